@@ -1,0 +1,1 @@
+"""The `sentinels` command (Typer). Heavy libraries are imported inside commands only."""

@@ -1,0 +1,70 @@
+"""Build the job spec from `--config FILE` and flags (flags win), with clear file errors.
+
+Validation proper happens in the submit function (the server knows the limits); here we
+only refuse files that are too big, not YAML, or try to construct objects.
+"""
+
+from pathlib import Path
+
+from sentinels.domain.spec import MAX_SPEC_BYTES
+
+from .client import CliError
+
+
+def load_file(path: str) -> dict:
+    import yaml
+
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise CliError(f"--config {path}: cannot read ({e.strerror})") from None
+    if size > MAX_SPEC_BYTES:
+        raise CliError(f"--config {path}: {size} bytes is over the {MAX_SPEC_BYTES // 1024} KiB limit for a job spec")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError:
+        raise CliError(f"--config {path}: not a text file") from None
+    except yaml.constructor.ConstructorError as e:
+        raise CliError(f"--config {path}: YAML tags that construct objects are not allowed ({e.problem})") from None
+    except yaml.YAMLError as e:
+        raise CliError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise CliError(f"--config {path}: a job spec is a mapping of fields, got {type(raw).__name__}")
+    return raw
+
+
+def pairs(items: list[str], flag: str) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def build(image: str, config: str | None, command: list[str], **flags) -> dict:
+    spec = load_file(config) if config else {}
+    spec["image"] = image
+    if command:
+        spec["command"], spec["args"] = command[:1], command[1:]
+    for key in ("name", "priority", "data", "experiment", "timeout", "outputs"):
+        if flags.get(key) is not None:
+            spec[key] = flags[key]
+    if flags.get("retries") is not None:
+        spec["retries"] = flags["retries"]
+    res = dict(spec.get("resources") or {}) if isinstance(spec.get("resources") or {}, dict) else spec["resources"]
+    for key in ("cpu", "memory", "gpu"):
+        if flags.get(key) is not None:
+            res[key] = flags[key]
+    if res:
+        spec["resources"] = res
+    for key, flag in (("env", "--env"), ("params", "--param")):
+        extra = pairs(flags.get(key) or [], flag)
+        if extra:
+            base = spec.get(key) or {}
+            spec[key] = {**base, **extra} if isinstance(base, dict) else base
+    return spec

@@ -1,0 +1,1 @@
+"""The four stateless functions; each reads as snapshot -> decide (pure) -> apply."""

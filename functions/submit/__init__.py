@@ -1,0 +1,1 @@
+"""submit: the only write entry point (job.submit / job.cancel / job.reprioritize)."""

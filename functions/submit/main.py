@@ -1,0 +1,70 @@
+"""functions-framework entry point of the submit function (HTTP signature, async).
+
+HTTP rather than cloud_event signature because the caller needs the job record back.
+Configuration (priorities, tokens, limits) is parsed at import, i.e. at start-up.
+"""
+
+import asyncio
+import logging
+
+import functions_framework.aio
+from starlette.responses import JSONResponse
+
+from sentinels import clock
+from sentinels.adapters import jetstream
+from sentinels.auth import Identities
+from sentinels.domain import events
+from sentinels.domain.errors import InvalidSpec
+from sentinels.http import error_response, read_event
+from sentinels.settings import Settings
+from sentinels.sinks import sink_for
+
+from functions.submit.service import SubmitService
+
+log = logging.getLogger("sentinels.submit")
+SETTINGS = Settings.load()
+PRIORITIES = SETTINGS.priorities()
+LIMITS = SETTINGS.limits()
+IDENTITIES = Identities.load(SETTINGS.tokens_file(), SETTINGS.file.get("user"))
+if IDENTITIES.single_user:
+    log.warning("no tokens file configured: single-user mode, every request acts as %s (admin)", IDENTITIES.local["user"])
+
+_service: SubmitService | None = None
+_nc = None
+_lock = asyncio.Lock()
+
+
+async def service() -> SubmitService:
+    """Connect on first use (and again after the connection closed); NATS down -> 503."""
+    global _service, _nc
+    async with _lock:
+        if _service is None or _nc.is_closed:
+            _nc = await jetstream.connect(SETTINGS.nats_url, "sentinels-submit", reconnect=True)
+            js = _nc.jetstream(timeout=5)
+            await jetstream.ensure(js)
+            _service = SubmitService(jobs=await jetstream.JetStreamJobs.open(js), queue=jetstream.JetStreamQueue(js),
+                                     history=jetstream.JetStreamHistory(js), sink=sink_for(js),
+                                     priorities=PRIORITIES, limits=LIMITS, clock=clock.now_iso)
+        return _service
+
+
+@functions_framework.aio.http
+async def submit(request):
+    if request.method == "GET":
+        return JSONResponse({"ok": True, "function": "submit", "single_user": IDENTITIES.single_user})
+    try:
+        ce = await read_event(request)
+        who = IDENTITIES.identify(request.headers.get("authorization"))
+        svc = await service()
+        kind = ce["type"]
+        if kind == events.JOB_SUBMIT:
+            status, body = await svc.submit(ce["data"], who, ce["source"], ce["id"])
+        elif kind == events.JOB_CANCEL:
+            status, body = await svc.cancel(ce["data"], who)
+        elif kind == events.JOB_REPRIORITIZE:
+            status, body = await svc.reprioritize(ce["data"], who)
+        else:
+            raise InvalidSpec(f"unknown CloudEvent type {kind!r} (accepted: {', '.join(events.WRITE_TYPES)})", "type")
+        return JSONResponse(body, status_code=status)
+    except Exception as exc:  # mapped to 4xx/503/500 with a JSON body
+        return error_response(exc)

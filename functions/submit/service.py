@@ -1,0 +1,133 @@
+"""What the submit function does with an authenticated request, over the ports only.
+
+Submit is made retry-safe by order: queue message first (deduplicated by job id), then
+the record by create-if-absent, then history and the queued event (both deduplicated).
+A retry after a crash anywhere completes the missing steps and repeats none.
+"""
+
+import asyncio
+from dataclasses import dataclass
+
+from sentinels.domain import events, job, states
+from sentinels.domain.errors import Conflict as Refused, Forbidden, InvalidSpec, NotFound
+from sentinels.domain.priority import PriorityConfig
+from sentinels.domain.spec import Limits, validate
+from sentinels.ports import Conflict, EventSink, History, JobQueue, JobStore
+
+SOURCE = "sentinels/submit"
+CANCEL_REQUESTED = "io.sentinels.job.cancel_requested"
+
+
+@dataclass
+class SubmitService:
+    jobs: JobStore
+    queue: JobQueue
+    history: History
+    sink: EventSink
+    priorities: PriorityConfig
+    limits: Limits
+    clock: callable
+
+    # --- submit ---------------------------------------------------------------------
+    async def submit(self, data, who: dict, source: str, event_id: str) -> tuple[int, dict]:
+        raw = data.get("spec") if isinstance(data, dict) and "spec" in data else data
+        spec = validate(raw, self.limits)
+        spec["priority"] = self.priorities.resolve(spec["priority"], who, spec)
+        job_id = job.job_id_for(who["user"], source, event_id)
+        now = self.clock()
+        entry = job.queue_entry(job_id=job_id, spec=spec, klass=spec["priority"], submitted_at=now)
+        seq = await self.queue.enqueue(entry, msg_id=job_id)
+        record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now,
+                                event_id=event_id, queue_seq=seq)
+        status = 201
+        try:
+            await self.jobs.create(record)
+        except Conflict:  # a retry of a submit that already made its record
+            record, _ = await self.jobs.get(job_id)
+            status = 200
+            if seq != record.get("queue_seq"):
+                await self.queue.remove(seq)  # retried after the dedupe window: drop the copy
+        await self._announce(None, record, events.JOB_QUEUED)
+        return status, record
+
+    async def _announce(self, before, after, event_type, data=None, tag=None) -> None:
+        """History entry + follow-up event, both idempotent by deterministic ids."""
+        tag = tag or f"{after['state']}:{after.get('attempts', 0)}"
+        entry = states.history_entry(before, after)
+        payload = data or {"job": after["id"], "class": after["priority"], "owner": after["owner"],
+                           "state": after["state"], "reason": after.get("reason", "")}
+        ce = events.envelope(event_type, SOURCE, f"{after['id']}:{tag}", payload, after["updated_at"],
+                             subject=after["id"])
+        await asyncio.gather(self.history.append(entry, msg_id=f"{after['id']}:{tag}"), self.sink.emit(ce))
+
+    # --- cancel / reprioritize ------------------------------------------------------
+    async def _owned(self, data, who) -> tuple[dict, int]:
+        job_id = data.get("job") if isinstance(data, dict) else None
+        if not job.is_job_id(job_id):
+            raise InvalidSpec(f"job: {job_id!r} is not a job id", "job")
+        got = await self.jobs.get(job_id)
+        if got is None:
+            raise NotFound(f"job {job_id} not found", "job")
+        record, rev = got
+        if record["owner"] != who["user"] and who.get("role") != "admin":
+            raise Forbidden(f"job {job_id} belongs to {record['owner']}; only its owner or an admin may change it")
+        return record, rev
+
+    async def cancel(self, data, who: dict) -> tuple[int, dict]:
+        record, _ = await self._owned(data, who)
+        reason = f"cancelled by {who['user']}"
+
+        def decide(r):
+            if r["state"] == states.QUEUED:
+                return states.transition(r, states.CANCELLED, now=self.clock(), reason=reason)
+            if r["state"] in states.ACTIVE and not r.get("cancel_requested"):
+                out = dict(r, cancel_requested=True, reason=f"cancel requested by {who['user']}", updated_at=self.clock())
+                return out
+            return None
+
+        done = await self.jobs.mutate(record["id"], decide)
+        if done is None:
+            current, _ = await self.jobs.get(record["id"])
+            if current["state"] in states.TERMINAL and current["state"] != states.CANCELLED:
+                raise Refused(f"job {current['id']} already ended ({current['state']}); nothing to cancel")
+            return 200, current  # already cancelled or cancel already requested
+        before, after = done
+        if after["state"] == states.CANCELLED:
+            await self.queue.remove(before["queue_seq"])
+            await self._announce(before, after, events.JOB_CANCELLED)
+        else:
+            await self.sink.emit(events.envelope(CANCEL_REQUESTED, SOURCE, f"{after['id']}:cancel", {"job": after["id"]},
+                                                 after["updated_at"], subject=after["id"]))
+        return 200, after
+
+    async def reprioritize(self, data, who: dict) -> tuple[int, dict]:
+        record, _ = await self._owned(data, who)
+        klass = data.get("priority") or data.get("class")
+        if not isinstance(klass, str):
+            raise InvalidSpec("priority: required (a class name)", "priority")
+        self.priorities.check_allowed(klass, who)
+        if record["state"] != states.QUEUED:
+            raise Refused(f"job {record['id']} is {record['state']}; only a queued job can change priority")
+        if record["priority"] == klass:
+            return 200, record
+        old_seq = record["queue_seq"]
+        entry = job.queue_entry(job_id=record["id"], spec=record["spec"], klass=klass, submitted_at=record["submitted_at"])
+        seq = await self.queue.enqueue(entry, msg_id=f"{record['id']}:{klass}:{old_seq}")
+        now = self.clock()
+
+        def decide(r):
+            if r["state"] != states.QUEUED or r["queue_seq"] != old_seq:
+                return None
+            spec = dict(r["spec"], priority=klass)
+            return dict(r, priority=klass, spec=spec, queue_seq=seq, updated_at=now,
+                        reason=f"priority {r['priority']} -> {klass} by {who['user']}")
+
+        done = await self.jobs.mutate(record["id"], decide)
+        if done is None:
+            await self.queue.remove(seq)
+            current, _ = await self.jobs.get(record["id"])
+            raise Refused(f"job {record['id']} changed while reprioritizing (now {current['state']}); try again")
+        before, after = done
+        await self.queue.remove(old_seq)
+        await self._announce(before, after, events.JOB_QUEUED, tag=f"prio:{klass}:{old_seq}")
+        return 200, after

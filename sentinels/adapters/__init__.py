@@ -1,0 +1,1 @@
+"""Adapters: real implementations of the ports (JetStream, HTTP sinks, ...) and in-memory twins."""

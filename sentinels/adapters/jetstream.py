@@ -1,0 +1,244 @@
+"""JetStream adapters (DESIGN §5): the job store (KV), the queue stream and history stream.
+
+Names here are the public contract that the `nats` CLI must make sense of. `ensure()`
+creates what is missing and never deletes or narrows what exists, so a second start, or
+a start against resources made with other settings, keeps every message.
+"""
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Optional
+
+import nats
+from nats.errors import NoServersError, TimeoutError as NatsTimeout
+from nats.js import api
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError, KeyNotFoundError
+
+from ..domain.errors import Unavailable
+from ..domain.events import subject_token
+from ..ports import Conflict
+
+log = logging.getLogger("sentinels.jetstream")
+
+JOBS_BUCKET = "sentinels_jobs"
+QUEUE_STREAM = "SENTINELS_QUEUE"
+EVENTS_STREAM = "SENTINELS_EVENTS"
+HISTORY_STREAM = "SENTINELS_HISTORY"
+QUEUE_SUBJECT = "sentinels.queue.{}"
+HISTORY_SUBJECT = "sentinels.history.{}"
+EVENTS_SUBJECT = "sentinels.events.{}"
+CAS_RETRIES = 20
+
+
+def _stream_configs(replicas: int) -> list[api.StreamConfig]:
+    common = dict(storage=api.StorageType.FILE, num_replicas=replicas, allow_direct=True,
+                  retention=api.RetentionPolicy.LIMITS, duplicate_window=120.0)
+    return [
+        api.StreamConfig(name=QUEUE_STREAM, subjects=["sentinels.queue.*"],
+                         description="sentinels: one message per waiting job, subject per priority class", **common),
+        api.StreamConfig(name=HISTORY_STREAM, subjects=["sentinels.history.*"],
+                         description="sentinels: every job state transition", **common),
+        api.StreamConfig(name=EVENTS_STREAM, subjects=["sentinels.events.>"], max_age=7 * 86400.0,
+                         description="sentinels: the embedded broker's CloudEvents", **common),
+    ]
+
+
+async def connect(url: str, name: str = "sentinels", *, reconnect: bool = False) -> "nats.NATS":
+    """Connect or raise Unavailable naming the address tried."""
+    try:
+        return await nats.connect(
+            url, name=name, connect_timeout=2, allow_reconnect=reconnect,
+            max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5,
+        )
+    except (NoServersError, OSError, NatsTimeout, asyncio.TimeoutError) as e:
+        raise Unavailable(f"cannot reach NATS JetStream at {url} ({type(e).__name__}); "
+                          "start the embedded default with `sentinels up` or set SENTINELS_NATS_URL") from None
+
+
+async def ensure(js, replicas: int = 1) -> None:
+    """Create the streams and the KV bucket if missing; extend subjects, never delete."""
+    for cfg in _stream_configs(replicas):
+        try:
+            info = await js.stream_info(cfg.name)
+        except NotFoundError:
+            await js.add_stream(cfg)
+            continue
+        missing = [s for s in cfg.subjects if s not in (info.config.subjects or [])]
+        if missing:
+            info.config.subjects = list(info.config.subjects or []) + missing
+            await js.update_stream(info.config)
+            log.warning("stream %s existed without subjects %s; added them", cfg.name, missing)
+    try:
+        await js.key_value(JOBS_BUCKET)
+    except BucketNotFoundError:
+        await js.create_key_value(api.KeyValueConfig(
+            bucket=JOBS_BUCKET, history=5, storage=api.StorageType.FILE, replicas=replicas, direct=True,
+            description="sentinels: job records by id"))
+
+
+class JetStreamJobs:
+    """`JobStore` over the KV bucket; every update is a compare-and-set on revision."""
+
+    def __init__(self, kv):
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js) -> "JetStreamJobs":
+        return cls(await js.key_value(JOBS_BUCKET))
+
+    async def get(self, job_id: str) -> Optional[tuple[dict, int]]:
+        try:
+            entry = await self.kv.get(job_id)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return json.loads(entry.value), entry.revision
+
+    async def create(self, record: dict) -> int:
+        try:
+            return await self.kv.create(record["id"], json.dumps(record).encode())
+        except KeyWrongLastSequenceError:
+            raise Conflict(record["id"]) from None
+
+    async def update(self, record: dict, revision: int) -> int:
+        try:
+            return await self.kv.update(record["id"], json.dumps(record).encode(), last=revision)
+        except KeyWrongLastSequenceError:
+            raise Conflict(record["id"]) from None
+
+    async def mutate(self, job_id: str, fn):
+        """Apply fn(record) -> new record (or None: no change) with CAS, retrying on conflict.
+
+        Returns (before, after) when something was written, None when the job is missing or
+        fn chose no change.
+        """
+        for _ in range(CAS_RETRIES):
+            got = await self.get(job_id)
+            if got is None:
+                return None
+            before, rev = got
+            after = fn(before)
+            if after is None:
+                return None
+            try:
+                await self.update(after, rev)
+                return before, after
+            except Conflict:
+                continue
+        raise Unavailable(f"job {job_id}: too many concurrent updates, try again")
+
+    async def all(self) -> list[dict]:
+        out = []
+        try:
+            watcher = await self.kv.watchall(ignore_deletes=True)
+        except NotFoundError:
+            return out
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.value:
+                    out.append(json.loads(entry.value))
+        finally:
+            await watcher.stop()
+        return out
+
+
+class JetStreamQueue:
+    """`JobQueue` over SENTINELS_QUEUE: order is class value, then stream sequence."""
+
+    def __init__(self, js):
+        self.js = js
+
+    async def enqueue(self, entry: dict, msg_id: str) -> int:
+        ack = await self.js.publish(QUEUE_SUBJECT.format(entry["class"]), json.dumps(entry).encode(),
+                                    stream=QUEUE_STREAM, headers={"Nats-Msg-Id": msg_id})
+        return ack.seq
+
+    async def remove(self, seq: int) -> bool:
+        try:
+            return await self.js.delete_msg(QUEUE_STREAM, seq)
+        except NotFoundError:
+            return False
+
+    async def read(self, klass: str, after: int = 0, limit: int = 50) -> list[tuple[int, dict]]:
+        """Up to `limit` entries of one class after sequence `after`, each one direct get."""
+        out, seq, subject = [], after, QUEUE_SUBJECT.format(klass)
+        while len(out) < limit:
+            try:
+                msg = await self.js.get_msg(QUEUE_STREAM, seq=seq + 1, subject=subject, next=True, direct=True)
+            except NotFoundError:
+                break
+            seq = msg.seq
+            out.append((seq, json.loads(msg.data)))
+        return out
+
+    async def heads(self, classes: list[str], limit: int) -> list[tuple[int, dict]]:
+        out: list[tuple[int, dict]] = []
+        for klass in classes:
+            if len(out) >= limit:
+                break
+            out += await self.read(klass, 0, limit - len(out))
+        return out
+
+    async def counts(self) -> dict[str, int]:
+        info = await self.js.stream_info(QUEUE_STREAM, subjects_filter="sentinels.queue.*")
+        return {subj.rsplit(".", 1)[1]: n for subj, n in (info.state.subjects or {}).items()}
+
+    async def ahead_in_class(self, klass: str, seq: int, in_class: int) -> int:
+        """How many of the `in_class` entries of `klass` precede `seq`, counted by the server."""
+        subject = QUEUE_SUBJECT.format(klass)
+        name = f"pos-{uuid.uuid4().hex[:12]}"
+        cfg = api.ConsumerConfig(name=name, filter_subject=subject, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                 opt_start_seq=seq, ack_policy=api.AckPolicy.NONE, inactive_threshold=5.0,
+                                 mem_storage=True, num_replicas=1)
+        info = await self.js.add_consumer(QUEUE_STREAM, cfg)
+        asyncio.ensure_future(self._drop(name))
+        return in_class - info.num_pending
+
+    async def _drop(self, name: str) -> None:
+        try:
+            await self.js.delete_consumer(QUEUE_STREAM, name)
+        except Exception:  # it expires by itself after inactive_threshold
+            pass
+
+    async def position(self, classes: list[str], klass: str, seq: int) -> Optional[int]:
+        """1-based place in the whole queue, from server-side counts (no scan)."""
+        counts = await self.counts()
+        before = sum(counts.get(k, 0) for k in classes[: classes.index(klass)]) if klass in classes else 0
+        return before + await self.ahead_in_class(klass, seq, counts.get(klass, 0)) + 1
+
+
+class JetStreamHistory:
+    """`History` over SENTINELS_HISTORY, one subject per job."""
+
+    def __init__(self, js):
+        self.js = js
+
+    async def append(self, entry: dict, msg_id: str) -> None:
+        await self.js.publish(HISTORY_SUBJECT.format(entry["job"]), json.dumps(entry).encode(),
+                              stream=HISTORY_STREAM, headers={"Nats-Msg-Id": msg_id})
+
+    async def of(self, job_id: str) -> list[dict]:
+        out, seq, subject = [], 0, HISTORY_SUBJECT.format(job_id)
+        while True:
+            try:
+                msg = await self.js.get_msg(HISTORY_STREAM, seq=seq + 1, subject=subject, next=True, direct=True)
+            except NotFoundError:
+                return out
+            seq = msg.seq
+            out.append(json.loads(msg.data))
+
+
+class JetStreamSink:
+    """`EventSink` for the embedded default: CloudEvents into SENTINELS_EVENTS for the router."""
+
+    def __init__(self, js):
+        self.js = js
+
+    async def emit(self, event: dict) -> None:
+        await self.js.publish(EVENTS_SUBJECT.format(subject_token(event["type"])), json.dumps(event).encode(),
+                              stream=EVENTS_STREAM, headers={"Nats-Msg-Id": event["id"]})

@@ -1,0 +1,59 @@
+"""The job state machine (DESIGN §4) and the one guarded transition function.
+
+Terminal states never change; a transition that is not in the table is refused, so a
+late or duplicate event cannot move a job backwards.
+"""
+
+import copy
+
+QUEUED, SCHEDULED, RUNNING = "QUEUED", "SCHEDULED", "RUNNING"
+SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
+STATES = (QUEUED, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ACTIVE = frozenset({SCHEDULED, RUNNING})
+
+ALLOWED = {
+    QUEUED: {SCHEDULED, CANCELLED},
+    SCHEDULED: {RUNNING, QUEUED, CANCELLED, FAILED, SUCCEEDED},
+    RUNNING: {SUCCEEDED, FAILED, QUEUED, CANCELLED},
+    SUCCEEDED: set(), FAILED: set(), CANCELLED: set(),
+}
+
+
+class IllegalTransition(Exception):
+    """A transition outside the table; callers treat it as a stale event to ignore."""
+
+
+def can_transition(state: str, to: str) -> bool:
+    return to in ALLOWED.get(state, ())
+
+
+def transition(record: dict, to: str, *, now: str, reason: str = "", **changes) -> dict:
+    """Return a new record in state `to`; raise IllegalTransition if the table forbids it.
+
+    Leaving SCHEDULED/RUNNING for QUEUED counts one more attempt (evicted, node lost,
+    never started). `changes` are extra fields to set on the record.
+    """
+    state = record["state"]
+    if not can_transition(state, to):
+        raise IllegalTransition(f"{record.get('id')}: {state} -> {to} is not allowed")
+    new = copy.deepcopy(record)
+    new.update(changes)
+    new["state"] = to
+    new["reason"] = reason
+    new.setdefault("timestamps", {})[to] = now
+    new["updated_at"] = now
+    if to == QUEUED and state in ACTIVE:
+        new["attempts"] = record.get("attempts", 0) + 1
+    return new
+
+
+def history_entry(before: dict | None, after: dict) -> dict:
+    return {
+        "job": after["id"],
+        "from": before["state"] if before else None,
+        "to": after["state"],
+        "reason": after.get("reason", ""),
+        "attempts": after.get("attempts", 0),
+        "at": after["updated_at"],
+    }

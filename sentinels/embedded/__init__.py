@@ -1,0 +1,1 @@
+"""The embedded default: one machine, no Kubernetes (`sentinels up`)."""

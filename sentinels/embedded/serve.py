@@ -1,0 +1,47 @@
+"""Serve one function with functions-framework's ASGI app under uvicorn.
+
+`python -m sentinels.embedded.serve NAME PORT` is what `sentinels up` runs per function;
+it is the same target and signature a Knative Service runs.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import functions
+
+FUNCTIONS = {
+    # name: (target, signature type, port offset from the submit port)
+    "submit": ("submit", "http", 0),
+    "schedule": ("schedule", "cloudevent", 1),
+    "on_job_event": ("on_job_event", "cloudevent", 2),
+    "alert": ("alert", "cloudevent", 3),
+}
+
+
+def source(name: str) -> Path:
+    return Path(functions.__file__).parent / name / "main.py"
+
+
+def available() -> list[str]:
+    return [n for n in FUNCTIONS if source(n).exists()]
+
+
+def main(argv=None) -> None:
+    argv = argv or sys.argv[1:]
+    name, port = argv[0], int(argv[1])
+    target, signature, _ = FUNCTIONS[name]
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    import uvicorn
+    from functions_framework.aio import create_asgi_app
+
+    try:
+        app = create_asgi_app(target, str(source(name)), signature)
+    except Exception as e:  # configuration errors surface here, at start
+        print(f"{name}: cannot start: {getattr(e, 'message', e)}", file=sys.stderr)
+        sys.exit(2)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""`sentinels up`: NATS JetStream + every function + the router, as child processes.
+
+Foreground: Ctrl-C (SIGINT) or SIGTERM stops every child cleanly. Background (`-d`):
+the same supervisor in its own session, its pid in `$SENTINELS_HOME/run/up.pid`, and
+`sentinels down` sends it SIGTERM. Children that die are restarted with a back-off.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from ..domain.errors import ConfigError
+from ..settings import Settings
+from . import natsd, serve
+
+PID_FILE = "up.pid"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def running_pid(settings: Settings) -> int | None:
+    path = settings.run_dir / PID_FILE
+    try:
+        pid = int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def healthy(url: str, timeout: float = 0.5) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/", timeout=timeout) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def check_config(settings: Settings) -> list[str]:
+    """Parse every server-side file now; raise ConfigError on the first bad one."""
+    from ..auth import Identities
+
+    settings.priorities()
+    settings.limits()
+    ids = Identities.load(settings.tokens_file(), settings.file.get("user"))
+    notes = []
+    if ids.single_user:
+        notes.append(f"single-user mode: no tokens file configured, every request acts as {ids.local['user']} (admin)")
+    return notes
+
+
+class Supervisor:
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.logs = settings.home / "logs"
+        self.children: dict[str, subprocess.Popen] = {}
+        self.stopping = False
+
+    def env(self) -> dict:
+        return {**os.environ, "SENTINELS_HOME": str(self.s.home), "SENTINELS_URL": self.s.url,
+                "SENTINELS_NATS_URL": self.s.nats_url, "MLFLOW_TRACKING_URI": self.s.mlflow_uri(),
+                "PYTHONUNBUFFERED": "1"}
+
+    def spawn(self, name: str) -> subprocess.Popen:
+        _, _, offset = serve.FUNCTIONS.get(name, (None, None, None))
+        if name == "router":
+            cmd = [sys.executable, "-m", "sentinels.embedded.router"]
+        else:
+            cmd = [sys.executable, "-m", "sentinels.embedded.serve", name, str(self.s.function_port(offset))]
+        out = open(self.logs / f"{name}.log", "ab")
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env())
+        self.children[name] = proc
+        return proc
+
+    def start(self) -> None:
+        for d in (self.s.home, self.logs, self.s.run_dir, self.s.home / "jobs"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.children["nats"] = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log")
+        asyncio.run(self._ensure_streams())
+        for name in serve.available():
+            self.spawn(name)
+        if (Path(__file__).parent / "router.py").exists():
+            self.spawn("router")
+        deadline = time.monotonic() + 30
+        while not healthy(self.s.url):
+            dead = [n for n, p in self.children.items() if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError(f"{', '.join(dead) or 'submit'} did not start; see {self.logs}")
+            time.sleep(0.05)
+        (self.s.run_dir / PID_FILE).write_text(json.dumps({"pid": os.getpid(), "url": self.s.url,
+                                                            "nats_url": self.s.nats_url}))
+
+    async def _ensure_streams(self) -> None:
+        from ..adapters import jetstream
+
+        nc = await jetstream.connect(self.s.nats_url)
+        try:
+            await jetstream.ensure(nc.jetstream())
+        finally:
+            await nc.close()
+
+    def watch(self) -> None:
+        """Restart children that die, until asked to stop."""
+        restarts: dict[str, int] = {}
+        while not self.stopping:
+            for name, proc in list(self.children.items()):
+                if proc.poll() is not None and not self.stopping and name != "nats":
+                    n = restarts[name] = restarts.get(name, 0) + 1
+                    print(f"sentinels: {name} exited ({proc.returncode}); restart #{n}", file=sys.stderr, flush=True)
+                    time.sleep(min(5.0, 0.2 * 2 ** min(n, 5)))
+                    self.spawn(name)
+            time.sleep(0.2)
+
+    def stop(self, *_):
+        self.stopping = True
+        order = [n for n in self.children if n != "nats"] + (["nats"] if "nats" in self.children else [])
+        for name in order:
+            proc = self.children[name]
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        try:
+            (self.s.run_dir / PID_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def run_foreground(settings: Settings, announce=print) -> int:
+    sup = Supervisor(settings)
+    stop = lambda *_: setattr(sup, "stopping", True)  # noqa: E731
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    sup.start()
+    announce(f"sentinels up: submit at {settings.url}, JetStream at {settings.nats_url}, data in {settings.home}")
+    try:
+        sup.watch()
+    finally:
+        sup.stop()
+        announce("sentinels: stopped")
+    return 0
+
+
+def main() -> None:
+    settings = Settings.load()
+    try:
+        for note in check_config(settings):
+            print(f"sentinels: {note}", flush=True)
+        sys.exit(run_foreground(settings, lambda m: print(m, flush=True)))
+    except ConfigError as e:
+        print(f"sentinels up: {e.message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
+
+
+def start_background(settings: Settings, timeout: float = 60) -> int:
+    """Start the supervisor detached; return its pid once the submit function answers."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    (settings.home / "logs").mkdir(exist_ok=True)
+    log = settings.home / "logs" / "up.log"
+    env = {**os.environ, "SENTINELS_HOME": str(settings.home), "SENTINELS_URL": settings.url,
+           "SENTINELS_NATS_URL": settings.nats_url}
+    proc = subprocess.Popen([sys.executable, "-m", "sentinels.embedded.supervisor"], stdin=subprocess.DEVNULL,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise ConfigError("the embedded default did not start:\n  " + "\n  ".join(tail))
+        if running_pid(settings) == proc.pid and healthy(settings.url):
+            return proc.pid
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    raise ConfigError(f"the embedded default did not answer at {settings.url} within {timeout:.0f} s; see {log}")
+
+
+def stop_background(settings: Settings, timeout: float = 30) -> bool:
+    pid = running_pid(settings)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    return True

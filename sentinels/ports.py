@@ -1,0 +1,45 @@
+"""The narrow ports between the functions and the outside world.
+
+Each port has a real adapter and an in-memory one (`sentinels.adapters`). Functions
+depend on these protocols only, so a newcomer can read them as the architecture's seams.
+"""
+
+from typing import Callable, Optional, Protocol
+
+
+class Conflict(Exception):
+    """A compare-and-set lost the race or a create found the key already there."""
+
+
+class JobStore(Protocol):
+    """Job records (KV `sentinels_jobs`), updated only by compare-and-set."""
+
+    async def get(self, job_id: str) -> Optional[tuple[dict, int]]: ...
+    async def create(self, record: dict) -> int: ...  # raises Conflict if it exists
+    async def update(self, record: dict, revision: int) -> int: ...  # raises Conflict
+    async def mutate(self, job_id: str, fn: Callable[[dict], Optional[dict]]) -> Optional[tuple[dict, dict]]: ...
+    async def all(self) -> list[dict]: ...
+
+
+class JobQueue(Protocol):
+    """Waiting jobs (stream `SENTINELS_QUEUE`), one subject per priority class."""
+
+    async def enqueue(self, entry: dict, msg_id: str) -> int: ...  # returns the stream sequence
+    async def remove(self, seq: int) -> bool: ...
+    async def heads(self, classes: list[str], limit: int) -> list[tuple[int, dict]]: ...
+    async def counts(self) -> dict[str, int]: ...
+    async def position(self, classes: list[str], klass: str, seq: int) -> Optional[int]: ...
+
+
+class History(Protocol):
+    """Every state transition (stream `SENTINELS_HISTORY`)."""
+
+    async def append(self, entry: dict, msg_id: str) -> None: ...
+    async def of(self, job_id: str) -> list[dict]: ...
+
+
+class EventSink(Protocol):
+    """Where a function sends follow-up CloudEvents (broker ingress, K_SINK or the router)."""
+
+    async def emit(self, event: dict) -> None: ...
+
