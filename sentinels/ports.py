@@ -43,3 +43,36 @@ class EventSink(Protocol):
 
     async def emit(self, event: dict) -> None: ...
 
+
+
+class Cluster(Protocol):
+    """Where jobs run: Kubernetes (`adapters.kubernetes`) or this machine (`adapters.local`).
+
+    Every call is idempotent: launching a job that already runs, or stopping one that is
+    gone, succeeds. Job objects carry the label `sentinels.io/job-id`.
+    """
+
+    async def nodes(self) -> list:  # [domain.placement.Node] with free capacity
+        ...
+
+    async def launch(self, record: dict, extra_env: dict) -> None:  # create the Job / start the process
+        ...
+
+    async def stop(self, record: dict) -> None:  # delete the Job / stop the process
+        ...
+
+    async def active(self) -> dict[str, str]:  # job id -> Job name, for what the cluster runs now
+        ...
+
+    async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
+        ...
+
+
+class Tracker(Protocol):
+    """Experiment tracking (MLflow): one run per job."""
+
+    def start_run(self, record: dict) -> dict:  # {"run_id", "experiment_id", "url"}
+        ...
+
+    def finish_run(self, record: dict, status: str, metrics: dict, outputs_dir: Optional[str]) -> None:
+        ...

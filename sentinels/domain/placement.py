@@ -1,0 +1,165 @@
+"""Placement (DESIGN §7): which waiting jobs start now, on which node, and why the rest wait.
+
+Pure: the caller passes the queue heads (already in queue order), the free capacity per
+node and `now`. One pass accounts for what it already placed. Strategies:
+
+* BestEffortFIFO (default): a job that does not fit does not block smaller ones behind it,
+  except that once the first waiting job has waited longer than `starvation_seconds`, the
+  nodes it could use are reserved for it (nothing behind it may take them).
+* StrictFIFO: the first job that does not fit stops the pass.
+"""
+
+from dataclasses import dataclass, field
+
+from .quantity import format_cpu, format_memory
+
+BEST_EFFORT, STRICT = "BestEffortFIFO", "StrictFIFO"
+STRATEGIES = (BEST_EFFORT, STRICT)
+GPU_TAINT = "nvidia.com/gpu"  # GPU jobs tolerate it (the manifest adds the toleration)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node's allocatable and free capacity (free = allocatable - requests of live pods)."""
+
+    name: str
+    cpu_millis: int
+    memory_bytes: int
+    gpu: int
+    free_cpu_millis: int
+    free_memory_bytes: int
+    free_gpu: int
+    labels: dict = field(default_factory=dict)
+    taints: tuple = ()  # ((key, value, effect), ...) with effect NoSchedule / NoExecute
+    ready: bool = True
+    schedulable: bool = True
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A queue head as the scheduler sees it."""
+
+    id: str
+    klass: str
+    rank: int  # class value: higher first
+    order: int  # submission order within the class
+    cpu_millis: int
+    memory_bytes: int
+    gpu: int
+    node_selector: dict = field(default_factory=dict)
+    waited_seconds: float = 0.0
+
+
+@dataclass
+class Decision:
+    placements: list = field(default_factory=list)  # [(job id, node name)]
+    reasons: dict = field(default_factory=dict)  # job id -> why it still waits
+    never_fits: set = field(default_factory=set)  # ids no node could ever take (as the cluster is now)
+
+
+def _tolerates(job: Waiting, node: Node) -> bool:
+    return all(effect not in ("NoSchedule", "NoExecute") or (key == GPU_TAINT and job.gpu > 0)
+               for key, _, effect in node.taints)
+
+
+def _usable(job: Waiting, node: Node) -> bool:
+    return node.ready and node.schedulable and _tolerates(job, node) and all(
+        node.labels.get(k) == v for k, v in job.node_selector.items())
+
+
+def _fits_total(job: Waiting, node: Node) -> bool:
+    return job.cpu_millis <= node.cpu_millis and job.memory_bytes <= node.memory_bytes and job.gpu <= node.gpu
+
+
+def _selector_text(sel: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sel.items())
+
+
+def _short_reason(job: Waiting, usable: list[Node], free: dict) -> str:
+    """Name the resource that is short on the best candidate node."""
+    checks = [
+        ("gpu", job.gpu, lambda n: free[n.name][2], lambda v: f"{v} GPU{'s' if v != 1 else ''}"),
+        ("cpu", job.cpu_millis, lambda n: free[n.name][0], lambda v: f"{format_cpu(v)} CPU"),
+        ("memory", job.memory_bytes, lambda n: free[n.name][1], lambda v: f"{format_memory(v)} memory"),
+    ]
+    for _, need, get, fmt in checks:
+        if need and all(get(n) < need for n in usable):
+            best = max(get(n) for n in usable)
+            return f"needs {fmt(need)} on one node; the largest free is {fmt(max(best, 0))}"
+    return "no single node has room for all of cpu, memory and GPUs together right now"
+
+
+def _never_reason(job: Waiting, nodes: list[Node]) -> str:
+    live = [n for n in nodes if n.ready and n.schedulable]
+    if not live:
+        return "no Ready, schedulable node in the cluster"
+    matching = [n for n in live if all(n.labels.get(k) == v for k, v in job.node_selector.items())]
+    if not matching:
+        return f"no node matches {_selector_text(job.node_selector)}"
+    tolerated = [n for n in matching if _tolerates(job, n)]
+    if not tolerated:
+        return "every matching node has a taint this job does not tolerate"
+    for need, get, fmt in ((job.gpu, lambda n: n.gpu, lambda v: f"{v} GPU{'s' if v != 1 else ''}"),
+                           (job.cpu_millis, lambda n: n.cpu_millis, lambda v: f"{format_cpu(v)} CPU"),
+                           (job.memory_bytes, lambda n: n.memory_bytes, lambda v: f"{format_memory(v)} memory")):
+        largest = max(get(n) for n in tolerated)
+        if need > largest:
+            return f"can never fit as the cluster is now: needs {fmt(need)} on one node; the largest node has {fmt(largest)}"
+    return "can never fit as the cluster is now: no node is large enough for all of it"
+
+
+def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
+          starvation_seconds: float = 1800.0) -> Decision:
+    """Decide one scheduling pass. `heads` must be in queue order."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    decision = Decision()
+    free = {n.name: [n.free_cpu_millis, n.free_memory_bytes, n.free_gpu] for n in nodes}
+    cpu_nodes = [n for n in nodes if n.gpu == 0]
+    gpu_nodes = sorted((n for n in nodes if n.gpu > 0), key=lambda n: n.free_gpu)
+    gpu_first, cpu_first = gpu_nodes + cpu_nodes, cpu_nodes + gpu_nodes  # keep GPU nodes for GPU jobs
+    failed_shapes: dict[tuple, list[tuple]] = {}  # selector -> shapes that found no room this pass
+    reserved: set[str] = set()
+    why: dict[tuple, tuple[str, set]] = {}
+    waiting_ahead = 0
+    for job in heads:
+        sel_key = tuple(sorted(job.node_selector.items()))
+        shape = (job.cpu_millis, job.memory_bytes, job.gpu)
+        if strategy == STRICT and waiting_ahead:
+            decision.reasons[job.id] = f"{waiting_ahead} job{'s' if waiting_ahead > 1 else ''} ahead must start first (StrictFIFO)"
+            waiting_ahead += 1
+            continue
+        node = None
+        if not any(all(s <= f for s, f in zip(prev, shape)) for prev in failed_shapes.get(sel_key, ())):
+            for n in gpu_first if job.gpu else cpu_first:
+                room = free[n.name]
+                if (room[2] >= job.gpu and room[0] >= job.cpu_millis and room[1] >= job.memory_bytes
+                        and n.name not in reserved and _usable(job, n)):
+                    node = n
+                    break
+        if node is not None:
+            room = free[node.name]
+            room[0] -= job.cpu_millis
+            room[1] -= job.memory_bytes
+            room[2] -= job.gpu
+            decision.placements.append((job.id, node.name))
+            continue
+        failed_shapes.setdefault(sel_key, []).append(shape)
+        cached = why.get((sel_key, shape))
+        if cached is None:  # one O(nodes) look per distinct request shape and selector
+            usable = [n for n in nodes if _usable(job, n)]
+            possible = [n for n in usable if _fits_total(job, n)]
+            reason = _short_reason(job, possible, free) if possible else _never_reason(job, nodes)
+            cached = why[(sel_key, shape)] = (reason, {n.name for n in possible})
+        reason, possible_names = cached
+        if not possible_names:
+            decision.reasons[job.id] = reason
+            decision.never_fits.add(job.id)
+            continue  # it cannot block anyone: nothing could ever start it as things are
+        if reserved & possible_names:
+            reason += "; nodes held for a job that has waited longer"
+        decision.reasons[job.id] = reason
+        if waiting_ahead == 0 and job.waited_seconds >= starvation_seconds and strategy == BEST_EFFORT:
+            reserved |= possible_names
+        waiting_ahead += 1
+    return decision
