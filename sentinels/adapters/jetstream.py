@@ -14,7 +14,7 @@ from typing import Optional
 import nats
 from nats.errors import NoServersError, TimeoutError as NatsTimeout
 from nats.js import api
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError, KeyNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError, KeyNotFoundError
 
 from ..domain.errors import Unavailable
 from ..domain.events import subject_token
@@ -45,16 +45,31 @@ def _stream_configs(replicas: int) -> list[api.StreamConfig]:
     ]
 
 
-async def connect(url: str, name: str = "sentinels", *, reconnect: bool = False) -> "nats.NATS":
-    """Connect or raise Unavailable naming the address tried."""
+async def connect(url: str, name: str = "sentinels", *, reconnect: bool = False, timeout: float = 3.0) -> "nats.NATS":
+    """Connect within `timeout` or raise Unavailable naming the address tried.
+
+    With `reconnect`, a connection that later drops keeps retrying in the background
+    (long-lived functions); the first connection attempt still fails fast.
+    """
     try:
-        return await nats.connect(
+        return await asyncio.wait_for(nats.connect(
             url, name=name, connect_timeout=2, allow_reconnect=reconnect,
             max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5,
-        )
+        ), timeout)
     except (NoServersError, OSError, NatsTimeout, asyncio.TimeoutError) as e:
         raise Unavailable(f"cannot reach NATS JetStream at {url} ({type(e).__name__}); "
                           "start the embedded default with `sentinels up` or set SENTINELS_NATS_URL") from None
+
+
+def _covers(pattern: str, subject: str) -> bool:
+    """Does NATS subject `pattern` (with * and >) match every subject `subject` matches?"""
+    p, t = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(t) > i
+        if i >= len(t) or (tok != "*" and tok != t[i]) or (tok == "*" and t[i] == ">"):
+            return False
+    return len(p) == len(t)
 
 
 async def ensure(js, replicas: int = 1) -> None:
@@ -65,9 +80,11 @@ async def ensure(js, replicas: int = 1) -> None:
         except NotFoundError:
             await js.add_stream(cfg)
             continue
-        missing = [s for s in cfg.subjects if s not in (info.config.subjects or [])]
+        theirs = list(info.config.subjects or [])
+        missing = [s for s in cfg.subjects if s not in theirs]
         if missing:
-            info.config.subjects = list(info.config.subjects or []) + missing
+            # keep their subjects unless ours cover them (the server refuses overlaps)
+            info.config.subjects = missing + [t for t in theirs if not any(_covers(m, t) for m in missing)]
             await js.update_stream(info.config)
             log.warning("stream %s existed without subjects %s; added them", cfg.name, missing)
     try:
@@ -159,9 +176,10 @@ class JetStreamQueue:
         return ack.seq
 
     async def remove(self, seq: int) -> bool:
+        """Delete one entry by sequence; False when it was already gone."""
         try:
             return await self.js.delete_msg(QUEUE_STREAM, seq)
-        except NotFoundError:
+        except (NotFoundError, BadRequestError):
             return False
 
     async def read(self, klass: str, after: int = 0, limit: int = 50) -> list[tuple[int, dict]]:

@@ -40,7 +40,8 @@ def main(argv=None) -> None:
     except Exception as e:  # configuration errors surface here, at start
         print(f"{name}: cannot start: {getattr(e, 'message', e)}", file=sys.stderr)
         sys.exit(2)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=3)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""What the alert function does with one CloudEvent: read, route, render, send once.
+
+Snapshot (the job record from KV) -> decide (pure `domain.notify`) -> apply (Slack).
+Events arrive at least once, so each (event, channel) pair is remembered in the KV
+bucket `sentinels_alerts` after a successful send and checked before the next one: a
+redelivered event sends nothing twice. A transient Slack failure raises `Unavailable`
+(503, the broker redelivers); anything else is logged and acknowledged, so a bad event
+or a Slack refusal never loops.
+"""
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sentinels.domain import events, job, notify, states
+from sentinels.domain.errors import ConfigError
+from sentinels.ports import JobStore
+
+log = logging.getLogger("sentinels.alert")
+ALERTS_BUCKET = "sentinels_alerts"
+ALERTS_TTL = 7 * 86400.0  # redeliveries come within minutes; a week is plenty
+JOB_TYPES = (events.JOB_SUCCEEDED, events.JOB_FAILED, events.JOB_CANCELLED)
+CAPACITY_TYPES = (events.CAPACITY_EXHAUSTED, events.CAPACITY_RECOVERED)
+
+
+class SentLog(Protocol):
+    """Which (event, channel) pairs were already sent."""
+
+    async def seen(self, key: str) -> bool: ...
+    async def mark(self, key: str) -> None: ...
+
+
+class MemorySentLog:
+    def __init__(self):
+        self.keys: set[str] = set()
+
+    async def seen(self, key: str) -> bool:
+        return key in self.keys
+
+    async def mark(self, key: str) -> None:
+        self.keys.add(key)
+
+
+class JetStreamSentLog:
+    """`SentLog` over the KV bucket `sentinels_alerts` (created if missing, entries expire)."""
+
+    def __init__(self, kv):
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js, replicas: int = 1) -> "JetStreamSentLog":
+        from nats.js import api
+        from nats.js.errors import BucketNotFoundError
+
+        try:
+            kv = await js.key_value(ALERTS_BUCKET)
+        except BucketNotFoundError:
+            kv = await js.create_key_value(api.KeyValueConfig(
+                bucket=ALERTS_BUCKET, history=1, ttl=ALERTS_TTL, storage=api.StorageType.FILE, replicas=replicas,
+                description="sentinels: alert events already sent to Slack (dedupe)"))
+        return cls(kv)
+
+    async def seen(self, key: str) -> bool:
+        from nats.js.errors import KeyNotFoundError
+
+        try:
+            await self.kv.get(key)
+            return True
+        except KeyNotFoundError:
+            return False
+
+    async def mark(self, key: str) -> None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        try:
+            await self.kv.create(key, b"1")
+        except KeyWrongLastSequenceError:  # a concurrent delivery marked it first
+            pass
+
+
+def dedupe_key(ce: dict, channel: str) -> str:
+    """A KV-safe key for one (CloudEvent, channel); CloudEvent ids may hold any character."""
+    return hashlib.sha256(f"{ce['source']}\x00{ce['id']}\x00{channel}".encode()).hexdigest()[:40]
+
+
+def notify_config(settings, env) -> notify.NotifyConfig:
+    """The `notify:` block of the configuration (a mapping, or a path to a YAML file;
+    SENTINELS_NOTIFY names a file that wins); SLACK_CHANNEL overrides the default channel."""
+    from sentinels.settings import _load_yaml_file
+
+    raw = env.get("SENTINELS_NOTIFY") or settings.file.get("notify")
+    if isinstance(raw, str):
+        raw = _load_yaml_file(Path(raw).expanduser(), "notify configuration")
+    if env.get("SLACK_CHANNEL"):
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError("notify configuration: expected a mapping")
+        raw = dict(raw or {}, default_channel=env["SLACK_CHANNEL"])
+    return notify.NotifyConfig.from_dict(raw)
+
+
+@dataclass
+class AlertService:
+    jobs: JobStore
+    sent: SentLog
+    notifier: object  # adapters.slack.SlackNotifier | ConsoleNotifier
+    cfg: notify.NotifyConfig
+    clock: callable
+
+    async def handle(self, ce: dict) -> tuple[int, dict]:
+        """(HTTP status, body) for one CloudEvent; raises Unavailable when Slack failed transiently."""
+        kind = ce["type"]
+        if kind in JOB_TYPES:
+            planned = await self._job(ce)
+        elif kind in CAPACITY_TYPES:
+            planned = self._capacity(ce)
+        else:
+            planned = f"event type {kind} is not one the alert function handles"
+        if isinstance(planned, str):
+            log.info("event %s (%s) ignored: %s", ce["id"], kind, planned)
+            return 200, {"ignored": planned}
+        channels, message = planned
+        sent, skipped = await self._deliver(ce, channels, message)
+        return 200, {"sent": sent, "already_sent": skipped}
+
+    async def _job(self, ce: dict):
+        data = ce.get("data")
+        job_id = data.get("job") if isinstance(data, dict) else None
+        if not job.is_job_id(job_id):
+            return f"data has no job id (got {job_id!r})"
+        got = await self.jobs.get(job_id)
+        if got is None:
+            return f"job {job_id} is unknown"
+        record = got[0]
+        if record.get("state") not in states.TERMINAL:
+            return f"job {job_id} is {record.get('state')}, not finished"
+        channels = notify.route(record, self.cfg)
+        if not channels:
+            return f"nobody asked to hear about job {job_id} {record['state'].lower()}"
+        return channels, notify.job_message(record, self.clock(), self.cfg)
+
+    def _capacity(self, ce: dict):
+        data = ce.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("summary"), str) or not data.get("episode"):
+            return "capacity event without episode and summary"
+        status = "recovered" if ce["type"] == events.CAPACITY_RECOVERED else "exhausted"
+        channel = self.cfg.capacity_channel or self.cfg.default_channel
+        return [channel], notify.capacity_message(dict(data, status=status))
+
+    async def _deliver(self, ce: dict, channels: list[str], message: dict) -> tuple[list[str], list[str]]:
+        from sentinels.adapters.slack import ConsoleNotifier, SendFailed
+
+        if not self.notifier.per_channel:
+            channels = channels[:1]  # a webhook has one channel of its own
+        sent, skipped = [], []
+        for channel in channels:
+            key = dedupe_key(ce, channel)
+            if await self.sent.seen(key):
+                skipped.append(channel)
+                continue
+            try:
+                used = await asyncio.to_thread(self.notifier.send, channel, message)
+            except ConfigError as e:  # credentials rejected: say so, keep the text in the log, do not loop
+                log.error("%s; notifications go to this log until it is fixed", e.message)
+                self.notifier = ConsoleNotifier(why="Slack rejected the configured credentials")
+                used = self.notifier.send(channel, message)
+            except SendFailed as e:
+                log.error("event %s for %s not sent: %s", ce["id"], channel or "the default channel", e.message)
+                continue
+            await self.sent.mark(key)
+            if used != channel:  # fell back to the default channel: it has this message now
+                await self.sent.mark(dedupe_key(ce, used))
+            sent.append(used)
+        return sent, skipped

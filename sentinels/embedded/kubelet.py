@@ -1,0 +1,374 @@
+"""The local executor's bookkeeping: a tiny kubelet plus Job controller for one machine.
+
+It launches job attempts as processes, retries failed ones up to the spec's `retries`
+(the Job's backoffLimit), enforces the timeout (activeDeadlineSeconds), stops jobs on
+request, and turns every change into ApiServerSource-shaped CloudEvents.
+
+Each job's directory `<jobs>/<id>/` holds `state.json` (rewritten atomically after every
+change), `job.yaml`, `work/`, `outputs/`, `attempt-<n>.log` (+ `log`, a link to the
+current one) and `attempt-<n>.exit` (written by the runner). Events wait in the state's
+`outbox` until the sink took them, so an executor crash loses none (their ids are
+deterministic, so JetStream drops a re-sent one). At start, `recover()` adopts attempts
+still running and reports the ones that ended while nobody watched.
+"""
+
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .. import clock
+from ..domain import local_objects as objects
+from ..domain.errors import Conflict, InvalidSpec, NotFound
+from ..domain.job import is_job_id
+from ..domain.placement import Node
+from ..domain.spec import DNS1123_LABEL, ENV_NAME
+from . import processes
+from .machine import Capacity
+
+log = logging.getLogger("sentinels.executor")
+
+BASIC_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "TMPDIR")
+MAX_LOG_BYTES = 512 * 1024  # what one `logs` reply may carry (NATS max_payload is 1 MB)
+POD_LOST_MESSAGE = "ended without leaving an exit code (killed with SIGKILL?)"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_launch(record, extra_env) -> tuple[dict, dict]:
+    if not isinstance(record, dict) or not is_job_id(record.get("id")):
+        raise InvalidSpec("launch: record.id must be a job id (10 characters a-z, 2-7)", "record.id")
+    if not isinstance(record.get("k8s_job"), str) or not DNS1123_LABEL.match(record["k8s_job"]) \
+            or len(record["k8s_job"]) > 63:
+        raise InvalidSpec("launch: record.k8s_job must be a DNS-1123 label", "record.k8s_job")
+    spec = record.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("resources"), dict):
+        raise InvalidSpec("launch: record.spec with resources is required", "record.spec")
+    for key in ("command", "args"):
+        if not isinstance(spec.get(key) or [], list) or not all(isinstance(a, str) for a in spec.get(key) or []):
+            raise InvalidSpec(f"launch: spec.{key} must be a list of strings", f"spec.{key}")
+    extra_env = extra_env or {}
+    if not isinstance(extra_env, dict) or not all(isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str)
+                                                  for k, v in extra_env.items()):
+        raise InvalidSpec("launch: extra_env must map variable names to strings", "extra_env")
+    return record, extra_env
+
+
+class Kubelet:
+    def __init__(self, jobs_dir: Path, capacity: Capacity, sink, *, now: Callable[[], str] = clock.now_iso,
+                 wall: Callable[[], float] = time.time):
+        self.dir = Path(jobs_dir)
+        self.cap = capacity
+        self.sink = sink
+        self.now = now
+        self.wall = wall
+        self.runs: dict[str, dict] = {}  # job id -> state (state.json)
+        self.children: dict[str, object] = {}  # job id -> Popen of the attempt this executor started
+        self._rv = 0
+
+    # --- persistence --------------------------------------------------------------------
+    def _job_dir(self, job_id: str) -> Path:
+        return self.dir / job_id
+
+    def _save(self, state: dict) -> None:
+        _write_atomic(self._job_dir(state["job"]) / "state.json", json.dumps(state))
+
+    def _next_rv(self) -> int:
+        self._rv = max(self._rv + 1, int(self.wall() * 1000))
+        return self._rv
+
+    # --- objects and events ---------------------------------------------------------------
+    def _job_info(self, state: dict) -> dict:
+        running = state["outcome"] is None and (state.get("pod") or {}).get("phase") == "Running"
+        return {**{k: state.get(k) for k in ("generation", "created", "started", "finished", "outcome", "reason",
+                                             "message", "succeeded", "failed")},
+                "active": int(state["outcome"] is None and bool(state.get("pod"))), "ready": int(running),
+                "resource_version": state["job_rv"]}
+
+    def _emit_job(self, state: dict, kind: str) -> None:
+        state["job_rv"] = self._next_rv()
+        obj = objects.job_object(state["record"], self._job_info(state))
+        state["outbox"].append(objects.apiserver_event(kind, obj, self.now()))
+
+    def _emit_pod(self, state: dict, kind: str) -> None:
+        pod = state["pod"]
+        pod["rv"] = self._next_rv()
+        info = {**pod, "generation": state["generation"], "resource_version": pod["rv"]}
+        obj = objects.pod_object(state["record"], pod["attempt"], info)
+        state["outbox"].append(objects.apiserver_event(kind, obj, self.now()))
+
+    async def flush(self) -> None:
+        """Hand every waiting event to the sink, in order per job; stop at the first failure."""
+        for state in list(self.runs.values()):
+            if not state["outbox"]:
+                continue
+            sent = 0
+            try:
+                for event in list(state["outbox"]):
+                    await self.sink.emit(event)
+                    sent += 1
+            except Exception as e:  # NATS away: the outbox keeps them for the next tick
+                log.warning("could not publish events of job %s yet: %s", state["job"], e)
+            finally:
+                if sent:
+                    del state["outbox"][:sent]
+                    self._save(state)
+            if sent < len(state["outbox"]) + sent and state["outbox"]:
+                return
+
+    # --- capacity -------------------------------------------------------------------------
+    def _live(self) -> list[dict]:
+        return [s for s in self.runs.values() if s["outcome"] is None]
+
+    def node(self) -> dict:
+        """This machine as a placement Node: allocatable, and free = allocatable - live requests."""
+        live = self._live()
+        used = [sum((s["record"]["spec"]["resources"].get(k) or 0) for s in live)
+                for k in ("cpu_millis", "memory_bytes", "gpu")]
+        alloc = (self.cap.cpu_millis, self.cap.memory_bytes, len(self.cap.gpus))
+        free = [a - u for a, u in zip(alloc, used)]
+        if self.cap.slots is not None and len(live) >= self.cap.slots:
+            free = [0, 0, 0]  # every slot taken: nothing else may start
+        labels = {"kubernetes.io/hostname": objects.NODE_NAME, "kubernetes.io/os": "linux", **self.cap.labels}
+        node = Node(name=objects.NODE_NAME, cpu_millis=alloc[0], memory_bytes=alloc[1], gpu=alloc[2],
+                    free_cpu_millis=free[0], free_memory_bytes=free[1], free_gpu=free[2], labels=labels)
+        return {**node.__dict__, "taints": []}
+
+    def active(self) -> dict[str, str]:
+        return {s["job"]: s["record"]["k8s_job"] for s in self._live()}
+
+    def _free_gpus(self) -> list[int]:
+        taken = {g for s in self._live() for g in (s.get("pod") or {}).get("gpus") or ()}
+        return [g for g in self.cap.gpus if g not in taken]
+
+    # --- launching --------------------------------------------------------------------------
+    def _env(self, state: dict, job_dir: Path, gpus: list[int]) -> dict:
+        spec = state["record"]["spec"]
+        env = {k: os.environ[k] for k in BASIC_ENV if k in os.environ}
+        env.update({k: str(v) for k, v in (spec.get("env") or {}).items()})
+        env.update(state["extra_env"])
+        env.update(SENTINELS_JOB_ID=state["job"], SENTINELS_CONFIG=str(job_dir / "job.yaml"),
+                   SENTINELS_OUTPUTS=str(job_dir / "outputs"))
+        if self.cap.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))  # "" hides every GPU from CPU jobs
+        return env
+
+    def _start_attempt(self, state: dict, gpus: list[int]) -> None:
+        """Start the next attempt (a new pod) of a live run and record it."""
+        job_dir = self._job_dir(state["job"])
+        attempt = state["attempt"] = state["attempt"] + 1
+        now = self.now()
+        state["pod"] = {"attempt": attempt, "created": now, "started": None, "finished": None, "phase": "Pending",
+                        "exit_code": None, "terminated_reason": None, "message": None, "pid": None, "pgid": None,
+                        "proc_start": None, "gpus": gpus}
+        self._save(state)  # a crash from here on finds a Pending pod without pid: reported lost
+        spec = state["record"]["spec"]
+        logfile = job_dir / f"attempt-{attempt}.log"
+        try:
+            started = processes.spawn(list(spec["command"]) + list(spec.get("args") or []),
+                                      env=self._env(state, job_dir, gpus), cwd=job_dir / "work", log=logfile,
+                                      result=job_dir / f"attempt-{attempt}.exit")
+        except OSError as e:  # the runner itself could not start (no python, no fork): a failed attempt
+            state["pod"].update(started=now, finished=now, phase="Failed", exit_code=None,
+                                message=f"could not start: {e.strerror or e}")
+            self._emit_pod(state, "add")
+            self._finish(state, objects.BACKOFF_REASON, f"could not start the process: {e.strerror or e}")
+            return
+        link = job_dir / "log.tmp"
+        link.unlink(missing_ok=True)
+        link.symlink_to(logfile.name)
+        os.replace(link, job_dir / "log")
+        self.children[state["job"]] = started.popen
+        state["pod"].update(phase="Running", started=self.now(), pid=started.pid, pgid=started.pgid,
+                            proc_start=started.proc_start)
+        self._emit_pod(state, "add")
+
+    def launch(self, record: dict, extra_env: Optional[dict] = None) -> dict:
+        """Start a job unless this run (id, attempts) was launched already: idempotent."""
+        record, extra_env = _check_launch(record, extra_env)
+        job_id, generation = record["id"], int(record.get("attempts") or 0)
+        old = self.runs.get(job_id)
+        if old is not None and (old["outcome"] is None or old["generation"] >= generation):
+            return {"launched": False, "job": job_id, "state": self._describe(old)}
+        spec = record["spec"]
+        need = int(spec["resources"].get("gpu") or 0)
+        free = self._free_gpus()
+        if need > len(free):
+            raise Conflict(f"job {job_id} needs {need} GPU{'s' if need != 1 else ''}; {len(free)} free on this machine")
+        job_dir = self._job_dir(job_id)
+        for sub in ("work", "outputs"):
+            (job_dir / sub).mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        _write_atomic(job_dir / "job.yaml", yaml.safe_dump(spec, sort_keys=False))
+        now = self.now()
+        timeout = spec.get("timeout_seconds")
+        state = {"job": job_id, "record": record, "extra_env": extra_env, "generation": generation, "created": now,
+                 "started": None, "finished": None, "deadline": self.wall() + timeout if timeout else None,
+                 "outcome": None, "reason": None, "message": None, "succeeded": 0, "failed": 0,
+                 "attempt": old["attempt"] if old else 0, "pod": None, "stopping": None, "job_rv": 0, "outbox": []}
+        self.runs[job_id] = state
+        if not spec.get("command"):
+            state.update(outcome="Failed", reason=objects.NO_COMMAND_REASON, message=objects.NO_COMMAND_MESSAGE,
+                         finished=now)
+            self._emit_job(state, "add")
+            self._save(state)
+            return {"launched": False, "job": job_id, "state": self._describe(state)}
+        state["started"] = now
+        self._start_attempt(state, free[:need])
+        if state["outcome"] is None:
+            self._emit_job(state, "add")
+        self._save(state)
+        return {"launched": True, "job": job_id, "state": self._describe(state)}
+
+    # --- ending -------------------------------------------------------------------------------
+    def _finish(self, state: dict, reason: Optional[str], message: Optional[str]) -> None:
+        """Mark the run Complete (reason None) or Failed, and emit the Job's change."""
+        state.update(outcome="Failed" if reason else "Complete", reason=reason, message=message,
+                     finished=self.now(), stopping=None)
+        self.children.pop(state["job"], None)
+        self._emit_job(state, "update")
+
+    def _ended(self, state: dict, code: Optional[int], finished: Optional[str] = None,
+               lost_message: str = POD_LOST_MESSAGE) -> None:
+        """The current attempt's process ended with `code` (None: nobody knows how)."""
+        pod = state["pod"]
+        if pod.get("pgid"):
+            processes.signal_group(pod["pgid"], signal.SIGKILL)  # leftovers of the job die with it, as in a pod
+        stopping = state.get("stopping")
+        pod.update(finished=finished or self.now(), exit_code=code, started=pod.get("started") or pod["created"],
+                   phase="Succeeded" if code == 0 and not stopping else "Failed")
+        if code is None:
+            pod.update(terminated_reason=objects.UNKNOWN_REASON, message=objects.UNKNOWN_MESSAGE)
+        self._emit_pod(state, "update")
+        if pod["phase"] == "Succeeded":
+            state["succeeded"] = 1
+            self._finish(state, None, None)
+            return
+        state["failed"] += 1
+        if stopping:
+            self._finish(state, stopping["reason"], stopping["message"])
+        elif code is None:
+            self._finish(state, objects.LOST_REASON, lost_message)
+        elif state["failed"] > int(state["record"]["spec"].get("retries") or 0):
+            self._finish(state, objects.BACKOFF_REASON, objects.BACKOFF_MESSAGE)
+        else:  # the Job controller's retry: a new pod
+            self._start_attempt(state, pod.get("gpus") or [])
+            if state["outcome"] is None:
+                self._emit_job(state, "update")
+
+    def _begin_stop(self, state: dict, reason: str, message: str) -> None:
+        state["stopping"] = {"reason": reason, "message": message, "kill_at": self.wall() + self.cap.stop_grace}
+        pgid = (state.get("pod") or {}).get("pgid")
+        if pgid:
+            processes.signal_group(pgid, signal.SIGTERM)
+
+    def stop(self, job_id: str) -> dict:
+        """SIGTERM now, SIGKILL after the grace period; the run then ends Failed "stopped". Idempotent."""
+        if not is_job_id(job_id):
+            raise InvalidSpec("stop: job must be a job id", "job")
+        state = self.runs.get(job_id)
+        if state is None or state["outcome"] is not None:
+            return {"stopping": False, "job": job_id, "state": self._describe(state) if state else "unknown"}
+        if not state.get("stopping"):
+            self._begin_stop(state, objects.STOPPED_REASON, objects.STOPPED_MESSAGE)
+            self._save(state)
+        return {"stopping": True, "job": job_id, "state": self._describe(state)}
+
+    def _exit_of(self, state: dict) -> tuple[bool, Optional[int], Optional[str]]:
+        """(ended, exit code, finished time) of the current attempt."""
+        pod = state["pod"]
+        result = self._job_dir(state["job"]) / f"attempt-{pod['attempt']}.exit"
+        popen = self.children.get(state["job"])
+        if popen is not None:
+            code = processes.exit_code(popen)
+            if code is None:
+                return False, None, None
+            written = processes.read_result(result)
+            return True, written["exit_code"] if written else code, None
+        if processes.alive(pod.get("pid"), pod.get("proc_start")):
+            return False, None, None
+        written = processes.read_result(result)
+        return (True, written["exit_code"], written.get("finished")) if written else (True, None, None)
+
+    def poll(self) -> None:
+        """One pass over live runs: ended attempts, deadlines, grace periods that ran out."""
+        for state in self._live():
+            if state.get("pod") is None or state["pod"]["phase"] != "Running":
+                continue
+            ended, code, finished = self._exit_of(state)
+            if ended:
+                self._ended(state, code, finished)
+                self._save(state)
+                continue
+            stopping = state.get("stopping")
+            if stopping is None and state.get("deadline") and self.wall() >= state["deadline"]:
+                self._begin_stop(state, objects.DEADLINE_REASON, objects.DEADLINE_MESSAGE)
+                self._save(state)
+            elif stopping and self.wall() >= stopping["kill_at"] and not stopping.get("killed"):
+                processes.signal_group(state["pod"]["pgid"], signal.SIGKILL)
+                stopping["killed"] = True
+                self._save(state)
+
+    # --- restart ----------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Load every job directory; adopt live attempts, report the ones that ended meanwhile."""
+        if not self.dir.is_dir():
+            self.dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.dir.glob("*/state.json")):
+            if not is_job_id(path.parent.name):
+                continue
+            try:
+                state = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                log.error("cannot read %s (%s); that job is not tracked", path, e)
+                continue
+            self.runs[state["job"]] = state
+            self._rv = max(self._rv, state.get("job_rv") or 0, (state.get("pod") or {}).get("rv") or 0)
+        for state in self._live():
+            pod = state.get("pod")
+            if pod is None:
+                continue
+            if pod["phase"] == "Pending" or pod.get("pid") is None:
+                self._ended(state, None, lost_message=objects.LOST_MESSAGE)
+            else:
+                ended, code, finished = self._exit_of(state)
+                if not ended:
+                    log.info("adopted job %s (pid %s)", state["job"], pod["pid"])
+                    continue
+                self._ended(state, code, finished, lost_message=objects.LOST_MESSAGE)
+            self._save(state)
+
+    # --- reading ----------------------------------------------------------------------------------
+    def _describe(self, state: dict) -> str:
+        if state["outcome"] == "Complete":
+            return "succeeded"
+        if state["outcome"] == "Failed":
+            return f"failed: {state['message']}"
+        return "stopping" if state.get("stopping") else "running"
+
+    def logs(self, job_id: str, tail: Optional[int] = None) -> list[str]:
+        if not is_job_id(job_id):
+            raise InvalidSpec("logs: job must be a job id", "job")
+        if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 0):
+            raise InvalidSpec("logs: tail must be a whole number", "tail")
+        path = self._job_dir(job_id) / "log"
+        if not path.exists():
+            if job_id in self.runs:
+                return []
+            raise NotFound(f"no local job {job_id}")
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - MAX_LOG_BYTES))
+            data = f.read()
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        if size > MAX_LOG_BYTES and lines:
+            lines = lines[1:]  # the first one is cut
+        return lines[-tail:] if tail else ([] if tail == 0 else lines)

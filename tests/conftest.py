@@ -1,0 +1,94 @@
+"""Shared fixtures: a real nats-server per test, the submit function over real HTTP."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sentinels.adapters import jetstream
+from sentinels.embedded import natsd
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def nats_url(tmp_path):
+    port = natsd.free_port()
+    proc = natsd.start(tmp_path / "js", port)
+    yield f"nats://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def js(nats_url):
+    nc = await jetstream.connect(nats_url)
+    ctx = nc.jetstream(timeout=5)
+    await jetstream.ensure(ctx)
+    yield ctx
+    await nc.close()
+
+
+def wait_http(url: str, proc=None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=0.5):
+                return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+class FunctionServer:
+    """A function served by functions-framework/uvicorn in a child process."""
+
+    def __init__(self, name: str, env: dict, home: Path):
+        self.port = natsd.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = home / f"{name}.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "sentinels.embedded.serve", name, str(self.port)],
+                                     env={**os.environ, **env}, stdout=open(self.log, "wb"),
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            wait_http(self.url + "/", self.proc)
+        except RuntimeError:
+            raise RuntimeError(self.log.read_text())
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def post_ce(url: str, event_type: str, data, *, token=None, event_id=None, source="tests", structured=False,
+            extra_headers=None, raw_body: bytes | None = None):
+    """POST a CloudEvent; return (status, json body)."""
+    event_id = event_id or str(uuid.uuid4())
+    if structured:
+        body = json.dumps({"specversion": "1.0", "type": event_type, "source": source, "id": event_id,
+                           "datacontenttype": "application/json", "data": data}).encode()
+        headers = {"content-type": "application/cloudevents+json"}
+    else:
+        body = json.dumps(data).encode()
+        headers = {"content-type": "application/json", "ce-specversion": "1.0", "ce-type": event_type,
+                   "ce-source": source, "ce-id": event_id}
+    if raw_body is not None:
+        body = raw_body
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    headers.update(extra_headers or {})
+    req = urllib.request.Request(url + "/", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
