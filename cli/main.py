@@ -140,7 +140,8 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
         record = got[0]
         if record["state"] == "QUEUED":
             prio = settings.priorities()
-            record["position"] = await queue.position(prio.ordered(), record["priority"], record["queue_seq"])
+            record["position"] = await queue.position(prio.ordered(), record["priority"], record["queue_seq"],
+                                                        record.get("queue_front", False))
         return record
 
     record = Reader(settings).run(look)

@@ -112,6 +112,18 @@ class Settings:
         except Exception as e:  # a bad limits block is a start-up error, never a first-use one
             raise ConfigError(f"configuration: bad limits ({getattr(e, 'message', e)})") from None
 
+    def backend(self) -> str:
+        name = os.environ.get("SENTINELS_BACKEND") or self.file.get("backend") or "local"
+        if name not in ("local", "kubernetes"):
+            raise ConfigError(f"configuration: backend must be local or kubernetes, not {name!r}")
+        return name
+
+    def section(self, key: str) -> dict:
+        raw = self.file.get(key) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"configuration: {key} must be a mapping")
+        return raw
+
     def mlflow_uri(self) -> str:
         return (os.environ.get("MLFLOW_TRACKING_URI") or self.file.get("mlflow_tracking_uri")
                 or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}")

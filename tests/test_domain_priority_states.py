@@ -61,7 +61,7 @@ def test_bad_priority_config_fails_at_load(raw, words):
         PriorityConfig.from_dict(raw)
 
 
-REC = {"id": "abcdefghij", "state": states.QUEUED, "attempts": 0, "timestamps": {}}
+REC = {"id": "abcdefghij", "state": states.QUEUED, "attempts": 1, "timestamps": {}}
 
 
 @pytest.mark.parametrize("path,ok", [
@@ -87,5 +87,5 @@ def test_transition_table(path, ok):
 def test_requeue_counts_an_attempt_and_never_mutates_input():
     running = states.transition(states.transition(REC, states.SCHEDULED, now="a"), states.RUNNING, now="b")
     again = states.transition(running, states.QUEUED, now="c", reason="node lost")
-    assert again["attempts"] == 1 and running["attempts"] == 0 and again["reason"] == "node lost"
+    assert again["attempts"] == 2 and running["attempts"] == 1 and again["reason"] == "node lost"
     assert REC["state"] == states.QUEUED and REC["timestamps"] == {}

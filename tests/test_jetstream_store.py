@@ -100,3 +100,16 @@ async def test_sink_publishes_cloudevents(js):
     await sink.emit({"type": "io.sentinels.job.queued", "id": "e1", "source": "t", "specversion": "1.0", "data": {}})
     msg = await js.get_msg(jetstream.EVENTS_STREAM, subject="sentinels.events.io_sentinels_job_queued")
     assert json.loads(msg.data)["id"] == "e1"
+
+
+async def test_requeued_jobs_wait_ahead_of_their_class(js):
+    q = jetstream.JetStreamQueue(js)
+    a = await q.enqueue(entry(1, "high"), "a")
+    b = await q.enqueue(entry(2, "high"), "b")
+    c = await q.enqueue(entry(3, "high"), "c", front=True)  # put back after an eviction
+    n = await q.enqueue(entry(4, "normal"), "n")
+    assert [s for s, _ in await q.heads(CLASSES, 10)] == [c, a, b, n]
+    assert await q.counts() == {"high": 3, "normal": 1}
+    assert await q.position(CLASSES, "high", c, front=True) == 1
+    assert await q.position(CLASSES, "high", a) == 2
+    assert await q.position(CLASSES, "normal", n) == 4

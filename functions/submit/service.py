@@ -5,7 +5,6 @@ the record by create-if-absent, then history and the queued event (both deduplic
 A retry after a crash anywhere completes the missing steps and repeats none.
 """
 
-import asyncio
 from dataclasses import dataclass
 
 from sentinels.domain import events, job, states
@@ -13,6 +12,7 @@ from sentinels.domain.errors import Conflict as Refused, Forbidden, InvalidSpec,
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.spec import Limits, validate
 from sentinels.ports import Conflict, EventSink, History, JobQueue, JobStore
+from sentinels.transitions import announce
 
 SOURCE = "sentinels/submit"
 CANCEL_REQUESTED = "io.sentinels.job.cancel_requested"
@@ -50,15 +50,8 @@ class SubmitService:
         await self._announce(None, record, events.JOB_QUEUED)
         return status, record
 
-    async def _announce(self, before, after, event_type, data=None, tag=None) -> None:
-        """History entry + follow-up event, both idempotent by deterministic ids."""
-        tag = tag or f"{after['state']}:{after.get('attempts', 0)}"
-        entry = states.history_entry(before, after)
-        payload = data or {"job": after["id"], "class": after["priority"], "owner": after["owner"],
-                           "state": after["state"], "reason": after.get("reason", "")}
-        ce = events.envelope(event_type, SOURCE, f"{after['id']}:{tag}", payload, after["updated_at"],
-                             subject=after["id"])
-        await asyncio.gather(self.history.append(entry, msg_id=f"{after['id']}:{tag}"), self.sink.emit(ce))
+    async def _announce(self, before, after, event_type, tag=None) -> None:
+        await announce(self.history, self.sink, SOURCE, before, after, event_type, tag=tag)
 
     # --- cancel / reprioritize ------------------------------------------------------
     async def _owned(self, data, who) -> tuple[dict, int]:

@@ -36,7 +36,7 @@ def _stream_configs(replicas: int) -> list[api.StreamConfig]:
     common = dict(storage=api.StorageType.FILE, num_replicas=replicas, allow_direct=True,
                   retention=api.RetentionPolicy.LIMITS, duplicate_window=120.0)
     return [
-        api.StreamConfig(name=QUEUE_STREAM, subjects=["sentinels.queue.*"],
+        api.StreamConfig(name=QUEUE_STREAM, subjects=["sentinels.queue.>"],
                          description="sentinels: one message per waiting job, subject per priority class", **common),
         api.StreamConfig(name=HISTORY_STREAM, subjects=["sentinels.history.*"],
                          description="sentinels: every job state transition", **common),
@@ -165,13 +165,22 @@ class JetStreamJobs:
 
 
 class JetStreamQueue:
-    """`JobQueue` over SENTINELS_QUEUE: order is class value, then stream sequence."""
+    """`JobQueue` over SENTINELS_QUEUE: order is class value, then submission order.
+
+    Subject `sentinels.queue.<class>` holds new submissions in stream order;
+    `sentinels.queue.<class>.requeued` holds jobs put back after an eviction or a lost
+    node, which wait ahead of their class (they had already reached its front once).
+    """
 
     def __init__(self, js):
         self.js = js
 
-    async def enqueue(self, entry: dict, msg_id: str) -> int:
-        ack = await self.js.publish(QUEUE_SUBJECT.format(entry["class"]), json.dumps(entry).encode(),
+    @staticmethod
+    def subject(klass: str, front: bool = False) -> str:
+        return QUEUE_SUBJECT.format(klass) + (".requeued" if front else "")
+
+    async def enqueue(self, entry: dict, msg_id: str, front: bool = False) -> int:
+        ack = await self.js.publish(self.subject(entry["class"], front), json.dumps(entry).encode(),
                                     stream=QUEUE_STREAM, headers={"Nats-Msg-Id": msg_id})
         return ack.seq
 
@@ -182,40 +191,55 @@ class JetStreamQueue:
         except (NotFoundError, BadRequestError):
             return False
 
-    async def read(self, klass: str, after: int = 0, limit: int = 50) -> list[tuple[int, dict]]:
-        """Up to `limit` entries of one class after sequence `after`, each one direct get."""
-        out, seq, subject = [], after, QUEUE_SUBJECT.format(klass)
-        while len(out) < limit:
-            try:
-                msg = await self.js.get_msg(QUEUE_STREAM, seq=seq + 1, subject=subject, next=True, direct=True)
-            except NotFoundError:
-                break
-            seq = msg.seq
-            out.append((seq, json.loads(msg.data)))
+    async def subject_counts(self) -> dict[str, int]:
+        info = await self.js.stream_info(QUEUE_STREAM, subjects_filter="sentinels.queue.>")
+        return dict(info.state.subjects or {})
+
+    async def counts(self) -> dict[str, int]:
+        """Waiting jobs per class, from the server's per-subject counts."""
+        out: dict[str, int] = {}
+        for subj, n in (await self.subject_counts()).items():
+            klass = subj.split(".")[2]
+            out[klass] = out.get(klass, 0) + n
+        return out
+
+    async def read(self, subject: str, limit: int) -> list[tuple[int, dict]]:
+        """The first `limit` entries of one subject, in one batch through a throw-away consumer."""
+        cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL,
+                                 inactive_threshold=5.0, mem_storage=True, num_replicas=1)
+        sub = await self.js.pull_subscribe(subject, stream=QUEUE_STREAM, config=cfg)
+        out: list[tuple[int, dict]] = []
+        try:
+            while len(out) < limit:
+                try:
+                    msgs = await sub.fetch(min(limit - len(out), 1024), timeout=0.3)
+                except NatsTimeout:
+                    break
+                out += [(m.metadata.sequence.stream, json.loads(m.data)) for m in msgs]
+        finally:
+            await sub.unsubscribe()
         return out
 
     async def heads(self, classes: list[str], limit: int) -> list[tuple[int, dict]]:
+        """The first `limit` waiting entries in queue order (classes given highest first)."""
+        counts = await self.subject_counts()
         out: list[tuple[int, dict]] = []
         for klass in classes:
-            if len(out) >= limit:
-                break
-            out += await self.read(klass, 0, limit - len(out))
+            for subject in (self.subject(klass, True), self.subject(klass)):
+                want = min(limit - len(out), counts.get(subject, 0))
+                if want > 0:
+                    out += await self.read(subject, want)
         return out
 
-    async def counts(self) -> dict[str, int]:
-        info = await self.js.stream_info(QUEUE_STREAM, subjects_filter="sentinels.queue.*")
-        return {subj.rsplit(".", 1)[1]: n for subj, n in (info.state.subjects or {}).items()}
-
-    async def ahead_in_class(self, klass: str, seq: int, in_class: int) -> int:
-        """How many of the `in_class` entries of `klass` precede `seq`, counted by the server."""
-        subject = QUEUE_SUBJECT.format(klass)
+    async def ahead_in_subject(self, subject: str, seq: int, total: int) -> int:
+        """How many of the `total` entries of `subject` precede `seq`, counted by the server."""
         name = f"pos-{uuid.uuid4().hex[:12]}"
         cfg = api.ConsumerConfig(name=name, filter_subject=subject, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                  opt_start_seq=seq, ack_policy=api.AckPolicy.NONE, inactive_threshold=5.0,
                                  mem_storage=True, num_replicas=1)
         info = await self.js.add_consumer(QUEUE_STREAM, cfg)
         asyncio.ensure_future(self._drop(name))
-        return in_class - info.num_pending
+        return total - info.num_pending
 
     async def _drop(self, name: str) -> None:
         try:
@@ -223,11 +247,15 @@ class JetStreamQueue:
         except Exception:  # it expires by itself after inactive_threshold
             pass
 
-    async def position(self, classes: list[str], klass: str, seq: int) -> Optional[int]:
+    async def position(self, classes: list[str], klass: str, seq: int, front: bool = False) -> int:
         """1-based place in the whole queue, from server-side counts (no scan)."""
-        counts = await self.counts()
-        before = sum(counts.get(k, 0) for k in classes[: classes.index(klass)]) if klass in classes else 0
-        return before + await self.ahead_in_class(klass, seq, counts.get(klass, 0)) + 1
+        counts = await self.subject_counts()
+        higher = classes[: classes.index(klass)] if klass in classes else []
+        before = sum(counts.get(self.subject(k, f), 0) for k in higher for f in (True, False))
+        subject = self.subject(klass, front)
+        if not front:
+            before += counts.get(self.subject(klass, True), 0)
+        return before + await self.ahead_in_subject(subject, seq, counts.get(subject, 0)) + 1
 
 
 class JetStreamHistory:
@@ -246,7 +274,8 @@ class JetStreamHistory:
             try:
                 msg = await self.js.get_msg(HISTORY_STREAM, seq=seq + 1, subject=subject, next=True, direct=True)
             except NotFoundError:
-                return out
+                # functions append concurrently; the transition time is the true order
+                return sorted(out, key=lambda e: e.get("at") or "")
             seq = msg.seq
             out.append(json.loads(msg.data))
 

@@ -14,14 +14,13 @@ from typing import Mapping, Optional
 from ..domain import quantity
 from ..domain.errors import ConfigError, InvalidSpec
 from ..domain.job import is_job_id
+from ..domain.observe import ATTEMPT_ANNOTATION, JOB_ID_LABEL  # the labels observe() reads back
 from ..domain.placement import GPU_TAINT
 from ..domain.spec import DNS1123_LABEL, ENV_NAME
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
-JOB_ID_LABEL = "sentinels.io/job-id"
 PRIORITY_LABEL = "sentinels.io/priority"
 OWNER_LABEL = "sentinels.io/owner"
-ATTEMPT_ANNOTATION = "sentinels.io/attempt"  # tells a re-run's objects from an earlier attempt's
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on its pods
 CONTAINER = "main"
 CONFIG_KEY = "job.yaml"

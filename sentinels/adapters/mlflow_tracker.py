@@ -71,7 +71,7 @@ class MlflowTracker:
         self.ui_url = ui_url
         self._remote = tracking_uri.startswith(("http://", "https://"))
         self._env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout)),
-                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(max_retries))} if self._remote else {}
+                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(max_retries))} if False else {}
         self._client_obj = None
 
     # --- plumbing -----------------------------------------------------------------------

@@ -106,16 +106,16 @@ def _exhausted_summary(waiting, by_resource, largest, allocated, since, now, cfg
     if waiting:
         ranked = sorted(by_resource, key=lambda r: (-by_resource[r], RESOURCES.index(r) if r in RESOURCES else 9))
         main = ranked[0] if ranked else None
+        lasted = minutes(now - since.get(ROOM, now))
         if main:
             others = "".join(f", {by_resource[r]} for {LABEL.get(r, r)}" for r in ranked[1:])
             parts.append(f"{_jobs(by_resource[main])} for {LABEL.get(main, main)}{others}")
         else:
-            parts.append(f"{_jobs(waiting)} for room")
-        lasted = now - since.get(ROOM, now)
+            parts.append(f"{_jobs(waiting)} for room for {lasted}")
         if main and main in allocated:
-            parts.append(f"{allocated[main]['text']} for {minutes(lasted)}")
-        else:
-            parts.append(f"for {minutes(lasted)}")
+            parts.append(f"{allocated[main]['text']} for {lasted}")
+        elif main:
+            parts.append(f"waiting for {lasted}")
         if main and main in largest:
             parts.append(f"largest request {amount(main, largest[main])}")
     for r in RESOURCES:

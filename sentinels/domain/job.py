@@ -32,7 +32,7 @@ def new_record(*, job_id: str, spec: dict, who: dict, klass: str, now: str, even
         "state": QUEUED,
         "priority": klass,
         "spec": spec,
-        "attempts": 0,
+        "attempts": 1,  # the attempt number: +1 each time it is put back in the queue
         "reason": "waiting for the scheduler",
         "timestamps": {QUEUED: now},
         "submitted_at": now,

@@ -184,12 +184,13 @@ def _container_state(info: dict, container_id: str | None) -> dict:
     if phase == "Running":
         return {"running": {"startedAt": started}}
     if phase in ("Succeeded", "Failed"):
-        code = info.get("exit_code")
-        code = UNKNOWN_EXIT_CODE if code is None else int(code)
-        reason = info.get("terminated_reason") or ("Completed" if code == 0 else "Error")
-        done = {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": k8s_time(info.get("finished"))}
-        if info.get("message"):
-            done["message"] = info["message"]
+        code, reason, message = info.get("exit_code"), info.get("terminated_reason"), info.get("message")
+        if code is None:  # nobody saw it end
+            code, reason, message = UNKNOWN_EXIT_CODE, reason or UNKNOWN_REASON, message or UNKNOWN_MESSAGE
+        reason = reason or ("Completed" if code == 0 else "Error")
+        done = {"exitCode": int(code), "reason": reason, "startedAt": started, "finishedAt": k8s_time(info.get("finished"))}
+        if message:
+            done["message"] = message
         if container_id:
             done["containerID"] = container_id
         return {"terminated": done}

@@ -44,7 +44,7 @@ def transition(record: dict, to: str, *, now: str, reason: str = "", **changes) 
     new.setdefault("timestamps", {})[to] = now
     new["updated_at"] = now
     if to == QUEUED and state in ACTIVE:
-        new["attempts"] = record.get("attempts", 0) + 1
+        new["attempts"] = record.get("attempts", 1) + 1
     return new
 
 

@@ -12,6 +12,8 @@ deterministic, so JetStream drops a re-sent one). At start, `recover()` adopts a
 still running and reports the ones that ended while nobody watched.
 """
 
+import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +21,8 @@ import signal
 import time
 from pathlib import Path
 from typing import Callable, Optional
+
+import yaml
 
 from .. import clock
 from ..domain import local_objects as objects
@@ -64,7 +68,7 @@ def _check_launch(record, extra_env) -> tuple[dict, dict]:
 class Kubelet:
     def __init__(self, jobs_dir: Path, capacity: Capacity, sink, *, now: Callable[[], str] = clock.now_iso,
                  wall: Callable[[], float] = time.time):
-        self.dir = Path(jobs_dir)
+        self.dir = Path(jobs_dir).resolve()  # jobs run in their own work dir: every path absolute
         self.cap = capacity
         self.sink = sink
         self.now = now
@@ -72,6 +76,7 @@ class Kubelet:
         self.runs: dict[str, dict] = {}  # job id -> state (state.json)
         self.children: dict[str, object] = {}  # job id -> Popen of the attempt this executor started
         self._rv = 0
+        self._flushing: Optional[asyncio.Lock] = None
 
     # --- persistence --------------------------------------------------------------------
     def _job_dir(self, job_id: str) -> Path:
@@ -106,22 +111,23 @@ class Kubelet:
 
     async def flush(self) -> None:
         """Hand every waiting event to the sink, in order per job; stop at the first failure."""
-        for state in list(self.runs.values()):
-            if not state["outbox"]:
-                continue
-            sent = 0
-            try:
-                for event in list(state["outbox"]):
-                    await self.sink.emit(event)
-                    sent += 1
-            except Exception as e:  # NATS away: the outbox keeps them for the next tick
-                log.warning("could not publish events of job %s yet: %s", state["job"], e)
-            finally:
+        if self._flushing is None:
+            self._flushing = asyncio.Lock()
+        async with self._flushing:
+            for state in list(self.runs.values()):
+                sent, error = 0, None
+                try:
+                    for event in list(state["outbox"]):
+                        await self.sink.emit(event)
+                        sent += 1
+                except Exception as e:  # NATS away: the outbox keeps them for the next pass
+                    error = e
                 if sent:
                     del state["outbox"][:sent]
                     self._save(state)
-            if sent < len(state["outbox"]) + sent and state["outbox"]:
-                return
+                if error is not None:
+                    log.warning("could not publish the events of job %s yet: %s", state["job"], error)
+                    return
 
     # --- capacity -------------------------------------------------------------------------
     def _live(self) -> list[dict]:
@@ -139,7 +145,7 @@ class Kubelet:
         labels = {"kubernetes.io/hostname": objects.NODE_NAME, "kubernetes.io/os": "linux", **self.cap.labels}
         node = Node(name=objects.NODE_NAME, cpu_millis=alloc[0], memory_bytes=alloc[1], gpu=alloc[2],
                     free_cpu_millis=free[0], free_memory_bytes=free[1], free_gpu=free[2], labels=labels)
-        return {**node.__dict__, "taints": []}
+        return {**dataclasses.asdict(node), "taints": []}
 
     def active(self) -> dict[str, str]:
         return {s["job"]: s["record"]["k8s_job"] for s in self._live()}
@@ -205,15 +211,14 @@ class Kubelet:
         job_dir = self._job_dir(job_id)
         for sub in ("work", "outputs"):
             (job_dir / sub).mkdir(parents=True, exist_ok=True)
-        import yaml
-
         _write_atomic(job_dir / "job.yaml", yaml.safe_dump(spec, sort_keys=False))
         now = self.now()
         timeout = spec.get("timeout_seconds")
         state = {"job": job_id, "record": record, "extra_env": extra_env, "generation": generation, "created": now,
                  "started": None, "finished": None, "deadline": self.wall() + timeout if timeout else None,
                  "outcome": None, "reason": None, "message": None, "succeeded": 0, "failed": 0,
-                 "attempt": old["attempt"] if old else 0, "pod": None, "stopping": None, "job_rv": 0, "outbox": []}
+                 "attempt": old["attempt"] if old else 0, "pod": None, "stopping": None, "job_rv": 0,
+                 "outbox": old["outbox"] if old else []}  # a requeued run keeps what was not sent yet
         self.runs[job_id] = state
         if not spec.get("command"):
             state.update(outcome="Failed", reason=objects.NO_COMMAND_REASON, message=objects.NO_COMMAND_MESSAGE,
@@ -222,9 +227,11 @@ class Kubelet:
             self._save(state)
             return {"launched": False, "job": job_id, "state": self._describe(state)}
         state["started"] = now
+        mark = len(state["outbox"])
         self._start_attempt(state, free[:need])
-        if state["outcome"] is None:
+        if state["outcome"] is None:  # the Job's add goes out before its pod's
             self._emit_job(state, "add")
+            state["outbox"].insert(mark, state["outbox"].pop())
         self._save(state)
         return {"launched": True, "job": job_id, "state": self._describe(state)}
 
@@ -234,7 +241,7 @@ class Kubelet:
         state.update(outcome="Failed" if reason else "Complete", reason=reason, message=message,
                      finished=self.now(), stopping=None)
         self.children.pop(state["job"], None)
-        self._emit_job(state, "update")
+        self._emit_job(state, "update" if state["job_rv"] else "add")
 
     def _ended(self, state: dict, code: Optional[int], finished: Optional[str] = None,
                lost_message: str = POD_LOST_MESSAGE) -> None:
@@ -245,8 +252,6 @@ class Kubelet:
         stopping = state.get("stopping")
         pod.update(finished=finished or self.now(), exit_code=code, started=pod.get("started") or pod["created"],
                    phase="Succeeded" if code == 0 and not stopping else "Failed")
-        if code is None:
-            pod.update(terminated_reason=objects.UNKNOWN_REASON, message=objects.UNKNOWN_MESSAGE)
         self._emit_pod(state, "update")
         if pod["phase"] == "Succeeded":
             state["succeeded"] = 1

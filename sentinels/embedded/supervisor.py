@@ -13,13 +13,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 from ..domain.errors import ConfigError
 from ..settings import Settings
 from . import natsd, serve
 
 PID_FILE = "up.pid"
+SERVICES = {"executor": "sentinels.embedded.executor", "router": "sentinels.embedded.router"}
 
 
 def pid_alive(pid: int) -> bool:
@@ -73,10 +73,10 @@ class Supervisor:
                 "PYTHONUNBUFFERED": "1"}
 
     def spawn(self, name: str) -> subprocess.Popen:
-        _, _, offset = serve.FUNCTIONS.get(name, (None, None, None))
-        if name == "router":
-            cmd = [sys.executable, "-m", "sentinels.embedded.router"]
+        if name in SERVICES:
+            cmd = [sys.executable, "-m", SERVICES[name]]
         else:
+            offset = serve.FUNCTIONS[name][2]
             cmd = [sys.executable, "-m", "sentinels.embedded.serve", name, str(self.s.function_port(offset))]
         out = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env())
@@ -88,10 +88,11 @@ class Supervisor:
             d.mkdir(parents=True, exist_ok=True)
         self.children["nats"] = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log")
         asyncio.run(self._ensure_streams())
+        if self.s.backend() == "local":
+            self.spawn("executor")
         for name in serve.available():
             self.spawn(name)
-        if (Path(__file__).parent / "router.py").exists():
-            self.spawn("router")
+        self.spawn("router")
         deadline = time.monotonic() + 30
         while not healthy(self.s.url):
             dead = [n for n, p in self.children.items() if p.poll() is not None]

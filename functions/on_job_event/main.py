@@ -1,0 +1,81 @@
+"""functions-framework entry point of the lifecycle function (HTTP signature, async).
+
+HTTP signature so that "come back later" (an event ahead of the state it needs, or the
+cluster API down) answers 503 and the broker redelivers, while bad or foreign events
+answer 200 and are dropped with a log line.
+"""
+
+import asyncio
+import logging
+
+import functions_framework.aio
+from starlette.responses import JSONResponse
+
+from sentinels import clock, wiring
+from sentinels.domain import events, lifecycle
+from sentinels.domain.errors import ConfigError
+from sentinels.http import error_response, read_event
+from sentinels.settings import Settings
+
+from functions.on_job_event.service import LifecycleService, RetryLater
+
+log = logging.getLogger("sentinels.on_job_event")
+SETTINGS = Settings.load()
+_cfg = SETTINGS.section("lifecycle")
+try:
+    POLICY = lifecycle.Policy(max_attempts=int(_cfg.get("max_attempts", 3)),
+                              image_pull_grace_seconds=float(_cfg.get("image_pull_grace_seconds", 300)))
+except (TypeError, ValueError):
+    raise ConfigError("lifecycle: max_attempts and image_pull_grace_seconds must be numbers") from None
+_service: LifecycleService | None = None
+_lock = asyncio.Lock()
+
+
+def outputs_dir(record: dict):
+    """Where a finished job's outputs are readable by this function."""
+    root = _cfg.get("outputs_root")
+    if root:
+        return f"{root.rstrip('/')}/{record['id']}"
+    if SETTINGS.backend() == "local":
+        return str(SETTINGS.home / "jobs" / record["id"] / "outputs")
+    return None
+
+
+async def service() -> LifecycleService:
+    global _service
+    async with _lock:
+        if _service is None:
+            stores = await wiring.open_stores(SETTINGS, "sentinels-on-job-event")
+            _service = LifecycleService(
+                jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
+                cluster=wiring.cluster_for(SETTINGS, stores.nc), clock=clock.now_iso, policy=POLICY,
+                tracker=wiring.tracker_for(SETTINGS), outputs_dir=outputs_dir)
+        return _service
+
+
+@functions_framework.aio.http
+async def on_job_event(request):
+    if request.method == "GET":
+        return JSONResponse({"ok": True, "function": "on_job_event"})
+    try:
+        ce = await read_event(request)
+        svc = await service()
+        kind, data = ce["type"], ce["data"]
+        if kind.startswith("dev.knative.apiserver.resource."):
+            outcome = await svc.handle(kind, data if isinstance(data, dict) else {}, ce["id"])
+        elif kind == events.JOB_CANCEL_REQUESTED:
+            outcome = await svc.cancel((data or {}).get("job"))
+        elif kind == events.PING:
+            outcome = f"mlflow caught up {await svc.catch_up()}"
+        elif kind == events.JOB_SCHEDULED:
+            got = await svc.jobs.get((data or {}).get("job", ""))
+            if got:
+                await svc.sync_mlflow(got[0])
+            outcome = "mlflow"
+        else:
+            outcome = "ignored"
+        return JSONResponse({"outcome": outcome})
+    except RetryLater as e:
+        return JSONResponse({"error": str(e)}, status_code=503)
+    except Exception as exc:
+        return error_response(exc)

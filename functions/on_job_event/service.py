@@ -1,0 +1,190 @@
+"""The lifecycle: observations of Jobs, Pods and Nodes move job records.
+
+snapshot (record) -> decide (pure `lifecycle.decide`) -> apply (CAS, then effects).
+Effects are idempotent (deduplicated queue entry, history and event ids), and the
+record remembers the last observation it applied, so a redelivery after a crash between
+the CAS and the effects finishes the effects once more without a second transition.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from sentinels.clock import parse_iso
+from sentinels.domain import events, job, lifecycle, observe, states, tracking
+from sentinels.domain.errors import SentinelsError, Unavailable
+from sentinels.transitions import announce
+
+log = logging.getLogger("sentinels.on_job_event")
+SOURCE = "sentinels/on_job_event"
+EVENT_FOR = {states.RUNNING: events.JOB_STARTED, states.SUCCEEDED: events.JOB_SUCCEEDED,
+             states.FAILED: events.JOB_FAILED, states.CANCELLED: events.JOB_CANCELLED,
+             states.QUEUED: events.JOB_REQUEUED}
+
+
+class RetryLater(Exception):
+    """The event came before the state it needs (e.g. pod running before SCHEDULED); redeliver."""
+
+
+@dataclass
+class LifecycleService:
+    jobs: object
+    queue: object
+    history: object
+    sink: object
+    cluster: object
+    clock: callable
+    policy: lifecycle.Policy = lifecycle.Policy()
+    tracker: object = None
+    outputs_dir: callable = None  # record -> local directory holding its outputs, or None
+    log_lines: int = 20
+    _node_states: dict = field(default_factory=dict)
+    owed_mlflow: set = field(default_factory=set)
+
+    async def handle(self, event_type: str, obj: dict, event_id: str = "") -> str:
+        """Apply one ApiServerSource-shaped event; returns a word for logs and tests."""
+        name = (obj.get("metadata") or {}).get("name") if isinstance(obj, dict) else None
+        obs = observe.observe(event_type, obj, self._node_states.get(name))
+        if obs is None:
+            return "ignored"
+        if obs.kind == "Node":
+            return await self._node(obs)
+        if obs.job_id is None:
+            log.info("ignoring %s %s: no valid sentinels.io/job-id label", obs.kind, obs.name)
+            return "ignored"
+        return await self._job(obs)
+
+    async def _job(self, obs: observe.Observation) -> str:
+        got = await self.jobs.get(obs.job_id)
+        if got is None:
+            log.info("ignoring %s %s: job %s unknown", obs.kind, obs.name, obs.job_id)
+            return "unknown-job"
+        record = got[0]
+        key = f"{obs.uid}:{obs.resource_version}:{obs.what}"
+        if record.get("last_observation") == key:  # redelivery after the CAS: finish the effects
+            await self._effects(None, record, self._last_step(record))
+            return "redelivered"
+        if obs.what == observe.RUNNING and record["state"] == states.QUEUED and obs.attempt in (None, record.get("attempts")):
+            raise RetryLater(f"job {obs.job_id} runs but is not recorded as scheduled yet")
+        now = parse_iso(self.clock())
+        sched = record.get("timestamps", {}).get(states.SCHEDULED)
+        step = lifecycle.decide(record, obs, now, self.policy, parse_iso(sched) if sched else None)
+        if step is None:
+            return "stale"
+        return await self.apply(record, step, key)
+
+    async def apply(self, record: dict, step: lifecycle.Step, key: str) -> str:
+        changes = dict(step.changes)
+        if lifecycle.STOP in step.effects:
+            changes["previous_job"] = record.get("k8s_job")
+        if lifecycle.LOGS in step.effects:
+            changes["log_tail"] = await self._log_tail(record)
+        seq = None
+        if lifecycle.REQUEUE in step.effects:
+            entry = job.queue_entry(job_id=record["id"], spec=record["spec"], klass=record["priority"],
+                                    submitted_at=record["submitted_at"], order=record.get("order"))
+            seq = await self.queue.enqueue(entry, msg_id=f"{record['id']}:requeue:{record.get('attempts', 1)}", front=True)
+            changes.update(queue_seq=seq, queue_front=True)
+        expected = record["state"]
+        now = self.clock()
+        step_data = {"to": step.to, "effects": list(step.effects)}
+
+        def decide(r):
+            if r["state"] != expected or r.get("last_observation") == key:
+                return None
+            if step.to is None:
+                return dict(r, reason=step.reason, updated_at=now, last_observation=key, **changes)
+            return states.transition(r, step.to, now=now, reason=step.reason, last_observation=key,
+                                     last_step=step_data, **changes)
+
+        done = await self.jobs.mutate(record["id"], decide)
+        if done is None:
+            if seq is not None:
+                await self.queue.remove(seq)
+            return "raced"
+        before, after = done
+        await self._effects(before, after, step_data if step.to else None)
+        return after["state"].lower() if step.to else "noted"
+
+    @staticmethod
+    def _last_step(record: dict) -> dict | None:
+        return record.get("last_step")
+
+    async def _effects(self, before: dict | None, after: dict, step: dict | None) -> None:
+        if not step:
+            return
+        if lifecycle.STOP in step["effects"]:
+            await self._stop(dict(after, k8s_job=after.get("previous_job") or after.get("k8s_job")))
+        await announce(self.history, self.sink, SOURCE, before, after, EVENT_FOR.get(after["state"]))
+        if lifecycle.CAPACITY in step["effects"]:
+            await self._capacity_changed(f"{after['id']}:{after['state']}:{after.get('attempts', 1)}",
+                                         f"job {after['id']} {after['state'].lower()}")
+        await self.sync_mlflow(after)
+
+    async def _stop(self, record: dict) -> None:
+        try:
+            await self.cluster.stop(record)
+        except SentinelsError as e:  # it is retried: the old Job still carries the old attempt
+            log.warning("job %s: stopping %s failed: %s", record["id"], record.get("k8s_job"), e.message)
+
+    async def _log_tail(self, record: dict) -> list[str]:
+        try:
+            return (await self.cluster.logs(record, self.log_lines))[-self.log_lines:]
+        except Exception as e:  # logs are a courtesy; the transition must not wait on them
+            log.info("job %s: no logs (%s)", record["id"], type(e).__name__)
+            return []
+
+    async def _capacity_changed(self, event_id: str, why: str) -> None:
+        await self.sink.emit(events.envelope(events.CAPACITY_CHANGED, SOURCE, event_id, {"why": why}, self.clock()))
+
+    async def _node(self, obs: observe.Observation) -> str:
+        if obs.node_state:
+            self._node_states[obs.name] = obs.node_state
+        if obs.what == observe.NODE_REMOVED:
+            self._node_states.pop(obs.name, None)
+            for record in lifecycle.jobs_on_lost_node(await self.jobs.all(), obs.name):
+                step = lifecycle._requeue_or_fail(record, f"node {obs.name} was removed", self.policy, False)
+                await self.apply(record, step, f"node-removed:{obs.name}:{obs.uid}")
+        await self._capacity_changed(f"node:{obs.name}:{obs.uid}:{obs.resource_version}:{obs.what}",
+                                     f"node {obs.name}: {obs.what}")
+        return obs.what
+
+    # --- cancel and MLflow ------------------------------------------------------------
+    async def cancel(self, job_id: str) -> str:
+        """Carry out a cancel the submit function recorded on a SCHEDULED/RUNNING job."""
+        got = await self.jobs.get(job_id) if job.is_job_id(job_id) else None
+        if got is None:
+            return "unknown-job"
+        record = got[0]
+        if record["state"] not in states.ACTIVE or not record.get("cancel_requested"):
+            return "nothing-to-do"
+        await self.cluster.stop(record)  # raises Unavailable: redelivered
+        step = lifecycle.Step(states.CANCELLED, record.get("reason") or "cancelled", (lifecycle.CAPACITY,))
+        return await self.apply(record, step, f"cancel:{record.get('attempts', 1)}")
+
+    async def sync_mlflow(self, record: dict) -> None:
+        """Bring MLflow up to date; when it does not answer, remember the job and try on the next tick."""
+        if self.tracker is None or not tracking.pending_ops(record):
+            self.owed_mlflow.discard(record["id"])
+            return
+        outputs = self.outputs_dir(record) if self.outputs_dir else None
+        try:
+            updated = await asyncio.to_thread(self.tracker.sync, record, outputs)
+        except Unavailable as e:
+            self.owed_mlflow.add(record["id"])
+            log.warning("job %s: MLflow not reachable (%s); will catch up", record["id"], e.message)
+            return
+        self.owed_mlflow.discard(record["id"])
+        if updated is not None:
+            keep = {k: updated[k] for k in ("mlflow", "mlflow_run_id", "links") if k in updated}
+            await self.jobs.mutate(record["id"], lambda r: dict(r, **keep))
+
+    async def catch_up(self) -> int:
+        """On the timer: retry MLflow for jobs that still owe it something."""
+        done = 0
+        for job_id in list(self.owed_mlflow):
+            got = await self.jobs.get(job_id)
+            if got:
+                await self.sync_mlflow(got[0])
+                done += job_id not in self.owed_mlflow
+        return done

@@ -1,0 +1,1 @@
+"""schedule: starts queued jobs when there is room, highest priority first."""

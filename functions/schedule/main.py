@@ -1,0 +1,56 @@
+"""functions-framework entry point of the schedule function (CloudEvent signature, async).
+
+Triggered by job.queued, the timer, capacity.changed and job-finished events; every
+trigger runs (or coalesces into) one scheduling pass. The timer also reconciles.
+"""
+
+import asyncio
+import logging
+
+import functions_framework.aio
+
+from sentinels import clock, wiring
+from sentinels.domain import events
+from sentinels.settings import Settings
+
+from functions.schedule.config import SchedulerConfig
+from functions.schedule.service import ScheduleService
+
+log = logging.getLogger("sentinels.schedule")
+SETTINGS = Settings.load()
+PRIORITIES = SETTINGS.priorities()
+CONFIG = SchedulerConfig.from_dict(SETTINGS.section("scheduler"))
+_service: ScheduleService | None = None
+_lock = asyncio.Lock()
+
+
+def mlflow_env(record: dict, run: dict | None) -> dict:
+    """What the container needs to log into the job's own MLflow run."""
+    env = {"MLFLOW_TRACKING_URI": SETTINGS.mlflow_uri(), "MLFLOW_EXPERIMENT_NAME": record["spec"]["experiment"]}
+    if run and run.get("run_id"):
+        env["MLFLOW_RUN_ID"] = run["run_id"]
+    return env
+
+
+async def service() -> ScheduleService:
+    global _service
+    async with _lock:
+        if _service is None:
+            stores = await wiring.open_stores(SETTINGS, "sentinels-schedule")
+            _service = ScheduleService(
+                jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
+                cluster=wiring.cluster_for(SETTINGS, stores.nc), priorities=PRIORITIES, cfg=CONFIG,
+                clock=clock.now_iso, tracker=wiring.tracker_for(SETTINGS), env_for_run=mlflow_env)
+        return _service
+
+
+@functions_framework.aio.cloud_event
+async def schedule(cloud_event):
+    svc = await service()
+    if cloud_event["type"] == events.PING:
+        repaired = await svc.reconcile()
+        if repaired:
+            log.info("reconcile repaired %d job(s)", repaired)
+    result = await svc.trigger()
+    if result and result["decided"]:
+        log.info("pass: %s", result)

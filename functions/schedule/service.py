@@ -1,0 +1,184 @@
+"""One scheduling pass: snapshot -> place (pure) -> apply.
+
+Apply order makes every crash and race harmless: launch first (idempotent: the Job name
+is the job id), then QUEUED -> SCHEDULED by compare-and-set, then drop the queue entry.
+If the launch fails nothing is marked; if the record changed meanwhile (cancelled) the
+launch is undone; if we crash after launching, `reconcile()` finds the running job and
+records it. Passes in one process are serialised and coalesced.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from sentinels.clock import parse_iso
+from sentinels.domain import events, placement, states
+from sentinels.domain.errors import SentinelsError
+from sentinels.transitions import announce
+
+from .config import SchedulerConfig
+
+log = logging.getLogger("sentinels.schedule")
+SOURCE = "sentinels/schedule"
+
+
+def to_waiting(entry: dict, rank: int, order: int, now: float) -> placement.Waiting:
+    return placement.Waiting(
+        id=entry["id"], klass=entry["class"], rank=rank, order=order, cpu_millis=int(entry["cpu_millis"]),
+        memory_bytes=int(entry["memory_bytes"]), gpu=int(entry["gpu"]), node_selector=entry.get("node_selector") or {},
+        waited_seconds=max(0.0, now - parse_iso(entry["submitted"])))
+
+
+@dataclass
+class ScheduleService:
+    jobs: object
+    queue: object
+    history: object
+    sink: object
+    cluster: object
+    priorities: object
+    cfg: SchedulerConfig
+    clock: callable  # -> iso string
+    tracker: object = None
+    env_for_run: callable = None  # (record, run info or None) -> env for the container (MLflow)
+    after_pass: callable = None  # async hook(decision, nodes, heads, now) for capacity alerts
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _dirty: bool = False
+    _reasons: dict = field(default_factory=dict)
+    last: dict = field(default_factory=dict)
+
+    async def trigger(self) -> dict | None:
+        """Run a pass now, or ask the running one to go again (events coalesce)."""
+        if self._lock.locked():
+            self._dirty = True
+            return None
+        async with self._lock:
+            self._dirty = True
+            while self._dirty:
+                self._dirty = False
+                self.last = await self.run_pass()
+            return self.last
+
+    async def run_pass(self) -> dict:
+        t0 = time.perf_counter()
+        now = parse_iso(self.clock())
+        classes = self.priorities.ordered()
+        nodes, heads = await asyncio.gather(self.cluster.nodes(), self.queue.heads(classes, self.cfg.window))
+        t1 = time.perf_counter()
+        by_id, waiting = {}, []
+        for seq, entry in heads:
+            if entry["id"] in by_id:  # a stale second copy (reprioritized or retried): keep the first
+                continue
+            by_id[entry["id"]] = (seq, entry)
+            waiting.append(to_waiting(entry, self.priorities.classes.get(entry["class"], 0), entry.get("order", seq), now))
+        decision = placement.place(waiting, nodes, self.cfg.strategy, self.cfg.starvation_seconds)
+        t2 = time.perf_counter()
+        sem = asyncio.Semaphore(self.cfg.concurrency)
+
+        async def start(job_id, node):
+            async with sem:
+                return await self._start(*by_id[job_id], node, now)
+
+        started = await asyncio.gather(*(start(j, n) for j, n in decision.placements))
+        await self._record_reasons(decision.reasons, by_id)
+        t3 = time.perf_counter()
+        if self.after_pass:
+            await self.after_pass(decision, nodes, waiting, now)
+        return {"queued_seen": len(waiting), "placed": sum(started), "decided": len(decision.placements),
+                "snapshot_s": t1 - t0, "decide_s": t2 - t1, "apply_s": t3 - t2}
+
+    async def _start(self, seq: int, entry: dict, node: str, now: float) -> bool:
+        job_id = entry["id"]
+        got = await self.jobs.get(job_id)
+        if got is None:
+            if now - parse_iso(entry["submitted"]) > self.cfg.orphan_grace_seconds:
+                await self.queue.remove(seq)  # its submit never completed
+            return False
+        record = got[0]
+        if record["state"] != states.QUEUED or record.get("queue_seq") != seq:
+            await self.queue.remove(seq)  # cancelled, already placed, or a stale copy
+            return False
+        run = await self._tracking(record)
+        try:
+            env = self.env_for_run(record, run) if self.env_for_run else {}
+            await self.cluster.launch(dict(record, node=node), env)
+        except SentinelsError as e:
+            log.warning("job %s: launch failed, stays queued: %s", job_id, e.message)
+            return False
+        extra = {"node": node}
+        if run:
+            extra.update(mlflow_run_id=run.get("run_id"), mlflow=run, links={**record.get("links", {}), "mlflow": run.get("url")})
+
+        def decide(r):
+            if r["state"] != states.QUEUED or r.get("queue_seq") != seq:
+                return None
+            return states.transition(r, states.SCHEDULED, now=self.clock(), reason=f"scheduled on {node}", **extra)
+
+        done = await self.jobs.mutate(job_id, decide)
+        if done is None:  # cancelled (or placed by another pass) while we launched
+            current = await self.jobs.get(job_id)
+            if current is None or current[0]["state"] not in states.ACTIVE:
+                await self.cluster.stop(record)
+            return False
+        before, after = done
+        self._reasons.pop(job_id, None)
+        await self.queue.remove(seq)
+        await announce(self.history, self.sink, SOURCE, before, after, events.JOB_SCHEDULED,
+                       data={"job": job_id, "node": node, "class": after["priority"], "owner": after["owner"]})
+        return True
+
+    async def _tracking(self, record: dict) -> dict | None:
+        """Create the MLflow run before launch so the container can log into it; MLflow down is not fatal."""
+        if self.tracker is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.tracker.start_run, record)
+        except Exception as e:  # the lifecycle function brings MLflow up to date later
+            log.warning("job %s: MLflow run not created now (%s); will catch up", record["id"], type(e).__name__)
+            return None
+
+    async def _record_reasons(self, reasons: dict, by_id: dict) -> None:
+        """Store 'why is my job waiting' on records, writing only reasons that changed."""
+        changed = [(j, r) for j, r in list(reasons.items())[: self.cfg.reason_window] if self._reasons.get(j) != r]
+        sem = asyncio.Semaphore(self.cfg.concurrency)
+
+        async def write(job_id, reason):
+            async with sem:
+                def decide(r):
+                    if r["state"] != states.QUEUED or r.get("reason") == reason:
+                        return None
+                    return dict(r, reason=reason)
+                await self.jobs.mutate(job_id, decide)
+                self._reasons[job_id] = reason
+
+        await asyncio.gather(*(write(j, r) for j, r in changed))
+        if len(self._reasons) > 4 * self.cfg.window:
+            self._reasons.clear()
+
+    async def reconcile(self) -> int:
+        """Repair what a crash left: jobs the cluster runs that the store does not know as running."""
+        repaired = 0
+        for job_id, _name in (await self.cluster.active()).items():
+            got = await self.jobs.get(job_id)
+            if got is None:
+                continue
+            record = got[0]
+            if record["state"] in states.TERMINAL:
+                await self.cluster.stop(record)
+                repaired += 1
+            elif record["state"] == states.QUEUED:
+                seq = record.get("queue_seq")
+
+                def decide(r):
+                    if r["state"] != states.QUEUED:
+                        return None
+                    return states.transition(r, states.SCHEDULED, now=self.clock(),
+                                             reason="found running in the cluster; record repaired")
+
+                done = await self.jobs.mutate(job_id, decide)
+                if done:
+                    await self.queue.remove(seq)
+                    await announce(self.history, self.sink, SOURCE, done[0], done[1], events.JOB_SCHEDULED)
+                    repaired += 1
+        return repaired

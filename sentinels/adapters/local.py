@@ -1,0 +1,61 @@
+"""`Cluster` for the embedded default: this machine, through the local executor over NATS.
+
+The executor (`python -m sentinels.embedded.executor`) answers core NATS requests with
+JSON on `sentinels.local.<verb>`; an error answer is {"error": msg, "status": http code}.
+No executor answering is `Unavailable`, so the scheduler retries later instead of failing
+the job.
+"""
+
+import json
+from typing import Optional
+
+from ..domain import errors
+from ..domain.placement import Node
+
+SUBJECT = "sentinels.local.{}"
+VERBS = ("nodes", "launch", "stop", "active", "logs")
+_BY_STATUS = {400: errors.InvalidSpec, 404: errors.NotFound, 409: errors.Conflict, 503: errors.Unavailable}
+
+
+def node_from_dict(raw: dict) -> Node:
+    return Node(**{**raw, "labels": dict(raw.get("labels") or {}),
+                   "taints": tuple(tuple(t) for t in raw.get("taints") or ())})
+
+
+class LocalCluster:
+    def __init__(self, nc, timeout: float = 5.0):
+        self.nc = nc
+        self.timeout = timeout
+
+    async def _ask(self, verb: str, body: Optional[dict] = None) -> dict:
+        from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+        subject = SUBJECT.format(verb)
+        try:
+            msg = await self.nc.request(subject, json.dumps(body or {}).encode(), timeout=self.timeout)
+        except (NoRespondersError, NatsTimeout) as e:
+            why = "nobody listens" if isinstance(e, NoRespondersError) else f"no answer within {self.timeout:g} s"
+            raise errors.Unavailable(f"local executor not answering on {subject} ({why}); "
+                                     "is `sentinels up` running?") from None
+        try:
+            reply = json.loads(msg.data)
+        except ValueError:
+            raise errors.Unavailable(f"local executor sent a malformed answer on {subject}") from None
+        if isinstance(reply, dict) and "error" in reply:
+            raise _BY_STATUS.get(reply.get("status"), errors.SentinelsError)(str(reply["error"]), reply.get("field"))
+        return reply
+
+    async def nodes(self) -> list[Node]:
+        return [node_from_dict(n) for n in (await self._ask("nodes"))["nodes"]]
+
+    async def launch(self, record: dict, extra_env: dict) -> None:
+        await self._ask("launch", {"record": record, "extra_env": dict(extra_env or {})})
+
+    async def stop(self, record: dict) -> None:
+        await self._ask("stop", {"job": record["id"]})
+
+    async def active(self) -> dict[str, str]:
+        return dict((await self._ask("active"))["active"])
+
+    async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
+        return list((await self._ask("logs", {"job": record["id"], "tail": tail}))["lines"])

@@ -1,0 +1,97 @@
+"""What an observation means for a job record (DESIGN §4): pure, no I/O.
+
+`decide()` maps one Observation (from `observe.py`) and the job's current record to a
+`Step`: the state to move to (through the one guarded `states.transition`), the reason,
+and the side effects the lifecycle function must carry out. Stale and duplicate
+observations (older attempt, terminal job, a state the table does not allow) give
+None, so a late event never moves a job backwards.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import observe as ob
+from . import states
+
+REQUEUE, STOP, LOGS, CAPACITY = "requeue", "stop", "logs", "capacity"
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_attempts: int = 3  # runs cut short by evictions / lost nodes before the job is failed
+    image_pull_grace_seconds: float = 300.0  # a pod stuck pulling its image this long fails the job
+
+
+@dataclass(frozen=True)
+class Step:
+    to: Optional[str]  # new state, or None: only `reason` changes
+    reason: str
+    effects: tuple = ()
+    changes: dict = field(default_factory=dict)
+
+
+def job_name(job_id: str, attempts: int) -> str:
+    """The Kubernetes Job of each attempt has its own name, so a late event of an old
+    attempt can never be mistaken for the new one."""
+    return f"sentinels-{job_id}" if attempts <= 1 else f"sentinels-{job_id}-a{attempts}"
+
+
+def _stale(record: dict, obs: ob.Observation) -> bool:
+    if obs.attempt is not None and obs.attempt != record.get("attempts", 1):
+        return True
+    return obs.kind == "Job" and obs.name is not None and obs.name != record.get("k8s_job")
+
+
+def _requeue_or_fail(record: dict, reason: str, policy: Policy, already_stopped: bool) -> Step:
+    attempts = record.get("attempts", 1) + 1
+    stop = () if already_stopped else (STOP,)
+    if attempts > policy.max_attempts:
+        return Step(states.FAILED, f"{reason}; gave up after {attempts - 1} attempts cut short by the infrastructure",
+                    stop + (CAPACITY,))
+    return Step(states.QUEUED, f"requeued after: {reason}", stop + (REQUEUE, CAPACITY),
+                {"k8s_job": job_name(record["id"], attempts), "node": None})
+
+
+def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Policy(),
+           scheduled_at: Optional[float] = None) -> Optional[Step]:
+    """The step this observation asks for, or None (stale, duplicate, or nothing to do)."""
+    state = record["state"]
+    if state in states.TERMINAL or _stale(record, obs):
+        return None
+    what = obs.what
+    if what == ob.RUNNING:
+        return Step(states.RUNNING, obs.reason) if state == states.SCHEDULED else None
+    if what == ob.SUCCEEDED:
+        return Step(states.SUCCEEDED, "completed", (CAPACITY,), {"exit_code": obs.exit_code or 0}) \
+            if state in states.ACTIVE else None
+    if what == ob.FAILED:
+        if state not in states.ACTIVE:
+            return None
+        if obs.kind == "Pod":  # one attempt failed; the Job says when retries are spent
+            retries = record["spec"].get("retries", 0)
+            if retries > 0:
+                return Step(None, f"attempt failed ({obs.reason}); Kubernetes retries it", (),
+                            {"exit_code": obs.exit_code})
+        code = {"exit_code": obs.exit_code} if obs.exit_code is not None else {}
+        return Step(states.FAILED, obs.reason, (LOGS, CAPACITY), code)
+    if what == ob.DISRUPTED:
+        return _requeue_or_fail(record, obs.reason, policy, False) if state in states.ACTIVE else None
+    if what == ob.DELETED:
+        if state not in states.ACTIVE:
+            return None
+        if record.get("cancel_requested"):
+            return Step(states.CANCELLED, record.get("reason") or "cancelled", (CAPACITY,))
+        return _requeue_or_fail(record, "its Kubernetes Job was deleted outside sentinels", policy, True)
+    if what == ob.PENDING and obs.problem and state in states.ACTIVE:
+        if scheduled_at is not None and now - scheduled_at >= policy.image_pull_grace_seconds:
+            return Step(states.FAILED, obs.reason, (STOP, LOGS, CAPACITY))
+        return Step(None, f"{obs.reason} (fails after {int(policy.image_pull_grace_seconds)}s)")
+    return None
+
+
+def node_event_frees_or_takes_room(obs: ob.Observation) -> bool:
+    return obs.kind == "Node"
+
+
+def jobs_on_lost_node(records: list[dict], node: str) -> list[dict]:
+    return [r for r in records if r.get("node") == node and r["state"] in states.ACTIVE]

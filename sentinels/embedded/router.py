@@ -1,0 +1,134 @@
+"""The embedded broker: CloudEvents from SENTINELS_EVENTS to the functions over HTTP.
+
+One durable pull consumer per trigger (named after the Trigger), delivery in binary
+content mode, Knative's rules: 2xx acks; 4xx other than 408/429 is final; 5xx, 408,
+429 and connection errors are retried with exponential back-off; after the last try
+the event goes to `sentinels.events.deadletter.<trigger>`. Also the timer: a
+`dev.knative.sources.ping` event every `SENTINELS_TICK` seconds (default 10).
+"""
+
+import asyncio
+import json
+import logging
+import os
+import uuid
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
+
+from .. import clock
+from ..adapters import jetstream
+from ..domain import events
+from ..settings import Settings
+from . import serve, triggers
+
+log = logging.getLogger("sentinels.router")
+IN_FLIGHT = 16
+
+
+def delays(t: triggers.Trigger) -> list[float]:
+    return [t.backoff_delay * (2 ** i if t.exponential else 1) for i in range(t.retry)]
+
+
+def headers_for(event: dict) -> dict:
+    h = {f"ce-{k}": str(v) for k, v in event.items() if k not in ("data", "datacontenttype") and v is not None}
+    h["content-type"] = event.get("datacontenttype") or "application/json"
+    return h
+
+
+class Router:
+    def __init__(self, settings: Settings, table: list[triggers.Trigger]):
+        self.s = settings
+        self.table = [t for t in table if t.function in serve.available()]
+        self.urls = {name: f"http://127.0.0.1:{settings.function_port(spec[2])}" for name, spec in serve.FUNCTIONS.items()}
+
+    async def run(self, tick: float) -> None:
+        import httpx
+
+        self.nc = await jetstream.connect(self.s.nats_url, "sentinels-router", reconnect=True)
+        self.js = self.nc.jetstream(timeout=5)
+        await jetstream.ensure(self.js)
+        self.http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        tasks = [asyncio.create_task(self.consume(t)) for t in self.table]
+        tasks.append(asyncio.create_task(self.timer(tick)))
+        log.info("routing %d triggers: %s", len(self.table), ", ".join(t.name for t in self.table))
+        await asyncio.gather(*tasks)
+
+    async def consume(self, t: triggers.Trigger) -> None:
+        subject = jetstream.EVENTS_SUBJECT.format(events.subject_token(t.event_type))
+        backoff = delays(t)
+        cfg = api.ConsumerConfig(durable_name=t.name, ack_policy=api.AckPolicy.EXPLICIT, max_deliver=t.retry + 1,
+                                 ack_wait=60.0, max_ack_pending=1000, deliver_policy=api.DeliverPolicy.ALL)
+        sub = await self.js.pull_subscribe(subject, durable=t.name, stream=jetstream.EVENTS_STREAM, config=cfg)
+        slots = asyncio.Semaphore(IN_FLIGHT)
+        while True:
+            try:
+                msgs = await sub.fetch(IN_FLIGHT, timeout=5)
+            except NatsTimeout:
+                continue
+            except Exception as e:  # connection trouble: the client reconnects, we retry
+                log.warning("%s: fetch failed (%s)", t.name, type(e).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await slots.acquire()
+                asyncio.create_task(self._deliver(t, msg, backoff, slots))
+
+    async def _deliver(self, t, msg, backoff, slots) -> None:
+        try:
+            event = json.loads(msg.data)
+            attempt = msg.metadata.num_delivered
+            outcome = await self.post(t.function, event)
+            if outcome == "ok":
+                await msg.ack()
+            elif outcome == "final" or attempt > t.retry:
+                await self.dead_letter(t, event, outcome)
+                await msg.term()
+            else:
+                await msg.nak(delay=backoff[min(attempt - 1, len(backoff) - 1)] if backoff else 0.1)
+        except Exception:
+            log.exception("%s: delivery crashed", t.name)
+        finally:
+            slots.release()
+
+    async def post(self, function: str, event: dict) -> str:
+        import httpx
+
+        body = json.dumps(event.get("data")).encode() if event.get("data") is not None else b""
+        try:
+            r = await self.http.post(self.urls[function] + "/", content=body, headers=headers_for(event))
+        except httpx.HTTPError as e:
+            log.warning("%s unreachable for %s (%s)", function, event.get("type"), type(e).__name__)
+            return "retry"
+        if 200 <= r.status_code < 300:
+            return "ok"
+        if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+            log.warning("%s refused %s %s: %s", function, event.get("type"), event.get("id"), r.text[:200])
+            return "final"
+        return "retry"
+
+    async def dead_letter(self, t, event: dict, outcome: str) -> None:
+        log.error("dead letter: %s %s after %s", t.name, event.get("id"), outcome)
+        await self.js.publish(f"sentinels.events.deadletter.{t.name}", json.dumps(event).encode(),
+                              stream=jetstream.EVENTS_STREAM)
+
+    async def timer(self, tick: float) -> None:
+        sink = jetstream.JetStreamSink(self.js)
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                await sink.emit(events.envelope(events.PING, "sentinels/timer", str(uuid.uuid4()), {}, clock.now_iso()))
+            except Exception as e:
+                log.warning("timer: %s", type(e).__name__)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = Settings.load()
+    tick = float(os.environ.get("SENTINELS_TICK") or settings.section("scheduler").get("tick", 10))
+    asyncio.run(Router(settings, triggers.load()).run(tick))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Builds the real adapters from settings, once per function process.
+
+Functions ask here for their ports instead of constructing adapters themselves, so the
+choice of backend (local executor or Kubernetes) and sink (router or broker) lives in
+one place.
+"""
+
+from dataclasses import dataclass
+
+from .adapters import jetstream
+from .settings import Settings
+from .sinks import sink_for
+
+
+@dataclass
+class Stores:
+    nc: object
+    js: object
+    jobs: jetstream.JetStreamJobs
+    queue: jetstream.JetStreamQueue
+    history: jetstream.JetStreamHistory
+    sink: object
+
+
+async def open_stores(settings: Settings, name: str) -> Stores:
+    nc = await jetstream.connect(settings.nats_url, name, reconnect=True)
+    js = nc.jetstream(timeout=5)
+    await jetstream.ensure(js)
+    return Stores(nc, js, await jetstream.JetStreamJobs.open(js), jetstream.JetStreamQueue(js),
+                  jetstream.JetStreamHistory(js), sink_for(js))
+
+
+def cluster_for(settings: Settings, nc):
+    if settings.backend() == "kubernetes":
+        from .adapters.kube_manifest import KubeConfig
+        from .adapters.kubernetes import KubernetesCluster
+
+        return KubernetesCluster(KubeConfig.from_dict(settings.section("kubernetes")))
+    from .adapters.local import LocalCluster
+
+    return LocalCluster(nc)
+
+
+class NoTracker:
+    """Used when MLflow is switched off (`mlflow_tracking_uri: none`)."""
+
+    def start_run(self, record):
+        return None
+
+
+def warm(tracker) -> None:
+    """Import MLflow and open its store in the background, so the first job does not pay for it."""
+    import threading
+
+    def go():
+        try:
+            tracker.warm()
+        except Exception:  # MLflow down at start is fine: runs catch up later
+            pass
+
+    if hasattr(tracker, "warm"):
+        threading.Thread(target=go, daemon=True, name="mlflow-warm").start()
+
+
+def tracker_for(settings: Settings):
+    uri = settings.mlflow_uri()
+    if uri in ("none", "off", ""):
+        return NoTracker()
+    from .adapters.mlflow_tracker import MlflowTracker
+
+    return MlflowTracker(uri)
