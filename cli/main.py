@@ -301,6 +301,16 @@ def history(job_id: str = typer.Argument(...), output: str = Output):
 
 
 @app.command()
+def logs(job_id: str = typer.Argument(...), follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends"),
+         tail: Optional[int] = typer.Option(None, "--tail", "-n", help="only the last N lines")):
+    """The job's output (local log file in the embedded default, pod logs on Kubernetes)."""
+    settings = _settings()
+    from .logs import show
+
+    raise typer.Exit(show(settings, job_id, follow, tail))
+
+
+@app.command()
 def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the background")):
     """Start the embedded default: NATS JetStream, the functions, the router."""
     settings = _settings()

@@ -13,7 +13,7 @@ import yaml
 from sentinels.adapters import jetstream
 from sentinels.domain import capacity_watch, events
 from sentinels.domain.errors import ConfigError
-from tests.fake_slack import SECRETS, TOKEN, FakeSlack, assert_no_secrets, block_problems
+from tests.fake_slack import TOKEN, FakeSlack, assert_no_secrets, block_problems
 from tests.test_alert_capacity import GPU_FULL, QUIET
 from tests.test_alert_notify import record
 

@@ -2,6 +2,7 @@
 
 import logging
 import time
+from urllib.parse import urlparse
 
 import pytest
 
@@ -120,11 +121,25 @@ def test_console_when_nothing_is_configured(logs):
                      "notification for #vision: resnet succeeded"]
 
 
+def test_secrets_reaching_the_sdk_logger_are_redacted(fake, logs):
+    """Defence in depth: whatever the SDK logs through our logger loses the token and the webhook path."""
+    slack.SlackNotifier(webhook_url=fake.webhook_url)
+    bot(fake)
+    sdk = logging.getLogger(slack.SDK_LOG)
+    sdk.error("Failed to send a request to %s (%s)", fake.webhook_url, urlparse(fake.webhook_url).path)
+    sdk.error(f"no luck with {TOKEN}")
+    assert [r.getMessage() for r in logs.records if r.name == slack.SDK_LOG] == [
+        "Failed to send a request to (redacted) ((redacted))", "no luck with (redacted)"]
+
+
 def test_configuration_errors():
     with pytest.raises(ConfigError, match="default_channel"):
         slack.notifier_from_env({"SLACK_BOT_TOKEN": TOKEN})
     with pytest.raises(ConfigError, match="http"):
         slack.notifier_from_env({"SLACK_WEBHOOK_URL": "hooks.example/x"})
+    with pytest.raises(ConfigError, match="whitespace"):
+        slack.notifier_from_env({"SLACK_WEBHOOK_URL": "https://hooks.example/a b"})
+    assert slack.notifier_from_env({"SLACK_WEBHOOK_URL": "https://hooks.example/x\n"}).kind == "webhook"  # a file's newline
 
 
 def test_the_sdk_alone_would_log_the_webhook_url(fake, caplog):

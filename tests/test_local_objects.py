@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from sentinels.domain import local_objects as lo
+from sentinels.domain import observe as ob
 from sentinels.domain.spec import DNS1123_LABEL
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubernetes"
@@ -25,7 +26,7 @@ def record(**spec_changes) -> dict:
                                                    "memory_bytes": 4 * 2**30},
             "priority": "high", "timeout_seconds": 7200, "retries": 1, "node_selector": {}, "labels": {"team": "vision"}}
     spec.update(spec_changes)
-    return {"id": "ab2cd3ef4g", "name": "resnet", "owner": "alice@example.com", "priority": "high", "attempts": 0,
+    return {"id": "ab2cd3ef4g", "name": "resnet", "owner": "alice@example.com", "priority": "high", "attempts": 1,
             "k8s_job": "sentinels-ab2cd3ef4g", "spec": spec}
 
 
@@ -178,3 +179,25 @@ def test_events_have_the_apiserversource_shape():
     assert len(ids) == 4
     with pytest.raises(ValueError, match="add, update or delete"):
         lo.apiserver_event("patch", job, T1)
+
+
+def test_the_lifecycle_reads_local_objects_like_cluster_ones():
+    """One code path: observe() understands what the executor emits, attempt included."""
+    def seen(kind: str, obj: dict):
+        return ob.observe(lo._EVENT_TYPES[kind], obj)
+
+    job = lo.job_object(record(), {"generation": 2, "created": T0, "outcome": "Failed", "finished": T2,
+                                   "reason": lo.DEADLINE_REASON, "message": lo.DEADLINE_MESSAGE})
+    got = seen("update", job)
+    assert (got.what, got.job_id, got.attempt, got.name) == (ob.FAILED, "ab2cd3ef4g", 2, "sentinels-ab2cd3ef4g")
+    assert "deadline" in got.reason
+    assert job["spec"]["template"]["metadata"]["annotations"] == {"sentinels.io/attempt": "2"}
+    done = seen("update", lo.job_object(record(), {"generation": 1, "created": T0, "outcome": "Complete", "finished": T2}))
+    assert (done.what, done.attempt) == (ob.SUCCEEDED, 1)
+    running = seen("add", pod("Running", generation=1))
+    assert (running.what, running.node_name, running.attempt) == (ob.RUNNING, "local", 1)
+    failed = seen("update", pod("Failed", generation=1, exit_code=3))
+    assert (failed.what, failed.exit_code, failed.reason) == (ob.FAILED, 3, "exit code 3")
+    stopped = seen("update", lo.job_object(record(), {"created": T0, "outcome": "Failed", "finished": T2,
+                                                      "reason": lo.STOPPED_REASON, "message": lo.STOPPED_MESSAGE}))
+    assert stopped.what == ob.FAILED and "stopped" in stopped.reason

@@ -27,6 +27,8 @@ try:
                               image_pull_grace_seconds=float(_cfg.get("image_pull_grace_seconds", 300)))
 except (TypeError, ValueError):
     raise ConfigError("lifecycle: max_attempts and image_pull_grace_seconds must be numbers") from None
+TRACKER = wiring.tracker_for(SETTINGS)
+wiring.warm(TRACKER)
 _service: LifecycleService | None = None
 _lock = asyncio.Lock()
 
@@ -49,7 +51,7 @@ async def service() -> LifecycleService:
             _service = LifecycleService(
                 jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
                 cluster=wiring.cluster_for(SETTINGS, stores.nc), clock=clock.now_iso, policy=POLICY,
-                tracker=wiring.tracker_for(SETTINGS), outputs_dir=outputs_dir)
+                tracker=TRACKER, outputs_dir=outputs_dir)
         return _service
 
 

@@ -20,6 +20,8 @@ log = logging.getLogger("sentinels.schedule")
 SETTINGS = Settings.load()
 PRIORITIES = SETTINGS.priorities()
 CONFIG = SchedulerConfig.from_dict(SETTINGS.section("scheduler"))
+TRACKER = wiring.tracker_for(SETTINGS)
+wiring.warm(TRACKER)
 _service: ScheduleService | None = None
 _lock = asyncio.Lock()
 
@@ -40,7 +42,7 @@ async def service() -> ScheduleService:
             _service = ScheduleService(
                 jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
                 cluster=wiring.cluster_for(SETTINGS, stores.nc), priorities=PRIORITIES, cfg=CONFIG,
-                clock=clock.now_iso, tracker=wiring.tracker_for(SETTINGS), env_for_run=mlflow_env)
+                clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env)
         return _service
 
 

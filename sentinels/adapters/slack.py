@@ -10,6 +10,7 @@ SDK logs through a logger that redacts them. `slack_sdk` is imported lazily.
 
 import logging
 import os
+from urllib.parse import urlparse
 
 from ..domain.errors import ConfigError, SentinelsError, Unavailable
 
@@ -41,7 +42,7 @@ class _Redact(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
             text = record.getMessage()
-            for secret in self.secrets:
+            for secret in sorted(self.secrets, key=len, reverse=True):
                 text = text.replace(secret, "(redacted)")
             record.msg, record.args = text, ()
         return True
@@ -120,7 +121,9 @@ class SlackNotifier:
         self.kind = "bot" if token else "webhook"
         self.per_channel = bool(token)  # a webhook posts to the one channel it was made for
         self._warned: set[str] = set()
-        logger = _sdk_logger(token or "", webhook_url or "")
+        if any(c.isspace() for c in (token or webhook_url)):
+            raise ConfigError(f"Slack: the {'bot token' if token else 'webhook URL'} contains whitespace")
+        logger = _sdk_logger(token or "", webhook_url or "", urlparse(webhook_url or "").path if webhook_url else "")
         if token:
             from slack_sdk import WebClient
 
@@ -206,7 +209,7 @@ def notifier_from_env(env=None, default_channel: str = ""):
 
     With both set, the bot token wins (it can route to channels)."""
     env = os.environ if env is None else env
-    token, webhook = env.get("SLACK_BOT_TOKEN"), env.get("SLACK_WEBHOOK_URL")
+    token, webhook = (env.get(var, "").strip() for var in ("SLACK_BOT_TOKEN", "SLACK_WEBHOOK_URL"))
     if token:
         if webhook:
             log.info("both SLACK_BOT_TOKEN and SLACK_WEBHOOK_URL are set; using the bot token")

@@ -5,7 +5,8 @@ reports real ones, so the lifecycle function has one code path for Kubernetes an
 machine. Pure: the executor passes every time, counter and exit code in `info`.
 
 `info` for `job_object` (all optional except `created`):
-  generation  the record's `attempts` when launched (a requeued job is a new Job uid)
+  generation  the record's `attempts` when launched: a requeued job is a new Job uid, and
+              the annotation sentinels.io/attempt lets the lifecycle drop a stale run's events
   created, started, finished   ISO times; resource_version  an int, monotonic
   active, ready, succeeded, failed   pod counts
   outcome  None | "Complete" | "Failed";  reason, message  for a "Failed" outcome
@@ -20,6 +21,7 @@ import re
 import uuid
 
 from .events import APISERVER_ADD, APISERVER_DELETE, APISERVER_UPDATE, envelope
+from .observe import ATTEMPT_ANNOTATION
 from .quantity import format_cpu, format_memory
 
 NAMESPACE = "local"
@@ -127,9 +129,15 @@ def _pod_spec(record: dict, node: str | None = None) -> dict:
     return out
 
 
+def _annotations(info: dict) -> dict:
+    """Which run of the job (the record's `attempts`), as the Kubernetes adapter writes it."""
+    return {ATTEMPT_ANNOTATION: str(int(info.get("generation") or 0))}
+
+
 def _metadata(name: str, uid: str, info: dict, labels: dict) -> dict:
     return {"name": name, "namespace": NAMESPACE, "uid": uid, "resourceVersion": str(int(info.get("resource_version") or 1)),
-            "generation": 1, "creationTimestamp": k8s_time(info.get("created")), "labels": labels}
+            "generation": 1, "creationTimestamp": k8s_time(info.get("created")), "labels": labels,
+            "annotations": _annotations(info)}
 
 
 def _condition(kind: str, status: bool, at: str | None, reason: str | None = None, message: str | None = None,
@@ -151,7 +159,8 @@ def job_object(record: dict, info: dict) -> dict:
         "parallelism": 1, "completions": 1, "backoffLimit": int(spec.get("retries") or 0),
         "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
         "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}, "manualSelector": False,
-        "template": {"metadata": {"labels": _pod_labels(record, uid)}, "spec": _pod_spec(record)},
+        "template": {"metadata": {"labels": _pod_labels(record, uid), "annotations": _annotations(info)},
+                     "spec": _pod_spec(record)},
         "completionMode": "NonIndexed", "suspend": False, "podReplacementPolicy": "Failed",
     }
     if spec.get("timeout_seconds"):

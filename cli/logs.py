@@ -1,0 +1,69 @@
+"""`sentinels logs`: print (and follow) a job's output.
+
+Embedded default: the local executor's per-job log file. Kubernetes: the pod log API
+through the Kubernetes backend (Elasticsearch comes with the observability work).
+"""
+
+import sys
+import time
+
+from sentinels.domain import job as jobmod
+from sentinels.domain import states
+
+from .client import CliError, Reader
+
+
+def _record(settings, job_id):
+    got = Reader(settings).run(lambda js, jobs, q, h: jobs.get(job_id))
+    if got is None:
+        raise CliError(f"job {job_id} not found")
+    return got[0]
+
+
+def show(settings, job_id: str, follow: bool, tail: int | None) -> int:
+    if not jobmod.is_job_id(job_id):
+        raise CliError(f"{job_id!r} is not a job id", 2)
+    record = _record(settings, job_id)
+    if settings.backend() == "kubernetes":
+        return _pod_logs(settings, record, tail)
+    path = settings.home / "jobs" / job_id / "log"
+    if not path.exists() and not follow:
+        raise CliError(f"no output yet: job {job_id} is {record['state']}" +
+                       (" (it has not started)" if record["state"] == states.QUEUED else ""))
+    offset = 0
+    if path.exists() and tail:
+        lines = path.read_text(errors="replace").splitlines(keepends=True)
+        sys.stdout.write("".join(lines[-tail:]))
+        offset = path.stat().st_size
+    checked = 0.0
+    while True:
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            if chunk:
+                offset += len(chunk)
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+        if not follow:
+            return 0
+        if time.monotonic() - checked > 1.0:
+            checked = time.monotonic()
+            if _record(settings, job_id)["state"] in states.TERMINAL:
+                follow = False  # one more read picks up the last lines
+                continue
+        time.sleep(0.2)
+
+
+def _pod_logs(settings, record, tail) -> int:
+    import asyncio
+
+    from sentinels.domain.errors import SentinelsError
+    from sentinels.wiring import cluster_for
+
+    try:
+        lines = asyncio.run(cluster_for(settings, None).logs(record, tail))
+    except SentinelsError as e:
+        raise CliError(e.message) from None
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,151 @@
+"""The schedule function's pass over in-memory ports: order, races, faults, repair."""
+
+import asyncio
+
+import pytest
+
+from functions.schedule.config import SchedulerConfig
+from functions.schedule.service import ScheduleService
+from functions.submit.service import SubmitService
+from sentinels import clock
+from sentinels.adapters.memory import MemoryCluster, MemoryHistory, MemoryJobs, MemoryQueue
+from sentinels.domain.errors import ConfigError
+from sentinels.domain.placement import Node
+from sentinels.domain.priority import PriorityConfig
+from sentinels.domain.spec import Limits
+from sentinels.sinks import MemorySink
+
+GI = 2**30
+ADMIN = {"user": "root", "role": "admin"}
+
+
+class World:
+    def __init__(self, nodes, **cfg):
+        self.jobs, self.queue, self.history, self.sink = MemoryJobs(), MemoryQueue(), MemoryHistory(), MemorySink()
+        self.cluster = MemoryCluster(nodes)
+        prio = PriorityConfig.from_dict(None)
+        self.submitter = SubmitService(self.jobs, self.queue, self.history, self.sink, prio, Limits(), clock.now_iso)
+        self.sched = ScheduleService(self.jobs, self.queue, self.history, self.sink, self.cluster, prio,
+                                     SchedulerConfig.from_dict(cfg), clock.now_iso)
+        self.n = 0
+
+    async def submit(self, cpu=1, gpu=0, priority="normal", name=None):
+        self.n += 1
+        spec = {"image": "python:3.11", "command": ["true"], "priority": priority, "name": name or f"j{self.n}",
+                "resources": {"cpu": cpu, "memory": "1Gi", "gpu": gpu}}
+        _, rec = await self.submitter.submit({"spec": spec}, ADMIN, "tests", f"ev{self.n}")
+        return rec["id"]
+
+    async def state(self, job_id):
+        return (await self.jobs.get(job_id))[0]
+
+
+def node(name, cpu=4, gpu=0):
+    return Node(name, cpu * 1000, 64 * GI, gpu, cpu * 1000, 64 * GI, gpu)
+
+
+async def test_highest_priority_first_and_reasons_for_the_rest():
+    w = World([node("a", cpu=2)])
+    low = await w.submit(priority="low")
+    normal = await w.submit()
+    high = await w.submit(priority="high")
+    critical = await w.submit(cpu=2, priority="critical")
+    result = await w.sched.trigger()
+    assert result["placed"] == 1 and w.cluster.launches == [critical]
+    assert (await w.state(critical))["state"] == "SCHEDULED"
+    assert (await w.state(high))["reason"] == "needs 1 CPU on one node; the largest free is 0 CPU"
+    assert sum((await w.queue.counts()).values()) == 3
+    w.cluster.finish(critical)
+    await w.sched.trigger()
+    assert w.cluster.launches == [critical, high, normal]
+    assert (await w.state(low))["state"] == "QUEUED"
+    assert [e["to"] for e in await w.history.of(high)] == ["QUEUED", "SCHEDULED"]
+    assert sum(1 for e in w.sink.events if e["type"] == "io.sentinels.job.scheduled") == 3
+
+
+async def test_concurrent_passes_and_duplicate_events_start_each_job_once():
+    w = World([node("a", cpu=64)])
+    ids = [await w.submit() for _ in range(20)]
+
+    other = ScheduleService(w.jobs, w.queue, w.history, w.sink, w.cluster, w.sched.priorities, w.sched.cfg, clock.now_iso)
+    await asyncio.gather(w.sched.trigger(), w.sched.trigger(), other.trigger(), other.run_pass())
+    assert sorted(w.cluster.launches) == sorted(ids)  # each launched once
+    for j in ids:
+        assert [e["to"] for e in await w.history.of(j)] == ["QUEUED", "SCHEDULED"]
+    assert await w.queue.counts() == {}
+
+
+async def test_api_5xx_marks_nothing_and_the_next_pass_retries():
+    w = World([node("a")])
+    j = await w.submit()
+    w.cluster.fail_launch = True
+    assert (await w.sched.trigger())["placed"] == 0
+    assert (await w.state(j))["state"] == "QUEUED" and await w.queue.counts() == {"normal": 1}
+    w.cluster.fail_launch = False
+    assert (await w.sched.trigger())["placed"] == 1
+    assert (await w.state(j))["state"] == "SCHEDULED"
+
+
+async def test_crash_between_launch_and_record_is_repaired():
+    w = World([node("a")])
+    j = await w.submit()
+    rec = await w.state(j)
+    await w.cluster.launch(dict(rec, node="a"), {})  # launched, then the scheduler died
+    assert await w.sched.reconcile() == 1
+    assert (await w.state(j))["state"] == "SCHEDULED" and await w.queue.counts() == {}
+    assert w.cluster.launches == [j]
+
+
+async def test_cancelled_job_still_running_is_stopped_on_reconcile():
+    w = World([node("a")])
+    j = await w.submit()
+    await w.sched.trigger()
+    await w.jobs.mutate(j, lambda r: dict(r, state="CANCELLED"))
+    await w.sched.reconcile()
+    assert w.cluster.stops == [j]
+
+
+async def test_stale_queue_entries_are_removed_not_started():
+    w = World([node("a")], orphan_grace="1s")
+    done = await w.submit()
+    await w.jobs.mutate(done, lambda r: dict(r, state="CANCELLED"))  # its queue entry lingered
+    await w.queue.enqueue({"id": "orphan0000", "class": "normal", "submitted": "2020-01-01T00:00:00Z",
+                           "cpu_millis": 1000, "memory_bytes": GI, "gpu": 0}, "orphan")
+    await w.sched.trigger()
+    assert w.cluster.launches == [] and await w.queue.counts() == {}
+
+
+async def test_job_that_never_fits_waits_with_a_reason_until_a_bigger_node_comes():
+    w = World([node("a", gpu=2)])
+    j = await w.submit(gpu=4)
+    await w.sched.trigger()
+    rec = await w.state(j)
+    assert rec["state"] == "QUEUED" and "can never fit" in rec["reason"] and "largest node has 2 GPUs" in rec["reason"]
+    w.cluster.base["b"] = node("b", gpu=8)
+    await w.sched.trigger()
+    assert (await w.state(j))["state"] == "SCHEDULED" and (await w.state(j))["node"] == "b"
+
+
+async def test_cancel_during_launch_undoes_the_launch():
+    w = World([node("a")])
+    j = await w.submit()
+    real_launch = w.cluster.launch
+
+    async def launch_then_cancel(record, env):
+        await real_launch(record, env)
+        await w.submitter.cancel({"job": j}, ADMIN)
+
+    w.cluster.launch = launch_then_cancel
+    await w.sched.trigger()
+    assert (await w.state(j))["state"] == "CANCELLED" and w.cluster.stops == [j]
+
+
+@pytest.mark.parametrize("raw,words", [
+    ({"strategy": "Random"}, "strategy must be one of"),
+    ({"starvation": "soon"}, "not a duration"),
+    ({"window": 0}, "at least 1"),
+    ({"colour": 1}, "unknown key"),
+])
+def test_bad_scheduler_config_fails_at_start(raw, words):
+    with pytest.raises(ConfigError, match=words):
+        SchedulerConfig.from_dict(raw)
