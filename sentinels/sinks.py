@@ -10,13 +10,16 @@ import os
 
 
 class MemorySink:
-    """In-memory sink for tests: keeps every event it was given."""
+    """In-memory sink: keeps the events given, deduplicated by id like the real ones."""
 
     def __init__(self):
         self.events: list[dict] = []
+        self._ids: set[str] = set()
 
     async def emit(self, event: dict) -> None:
-        self.events.append(event)
+        if event["id"] not in self._ids:
+            self._ids.add(event["id"])
+            self.events.append(event)
 
 
 class HttpSink:

@@ -117,7 +117,7 @@ class LifecycleService:
             await self._stop(dict(after, k8s_job=after.get("previous_job") or after.get("k8s_job")))
         await announce(self.history, self.sink, SOURCE, before, after, EVENT_FOR.get(after["state"]))
         if lifecycle.CAPACITY in step["effects"]:
-            await self._capacity_changed(f"{after['id']}:{after['state']}:{after.get('attempts', 1)}",
+            await self._capacity_changed(f"capacity:{after['id']}:{after['state']}:{after.get('attempts', 1)}",
                                          f"job {after['id']} {after['state'].lower()}")
         await self.sync_mlflow(after)
 

@@ -1,0 +1,257 @@
+"""The lifecycle function's logic on real Kubernetes objects (tests/fixtures/kubernetes),
+over in-memory ports: transitions, stale and duplicate events, requeue, node loss, crashes.
+
+The fixtures come from real clusters and carry no sentinels labels: `labelled()` adds
+`sentinels.io/job-id`, the attempt annotation and our Job name, nothing else. Objects
+with no real dump (evicted pod, deleted Job, removed node) are built from the
+Kubernetes API reference in the tests that need them.
+"""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from functions.on_job_event.service import LifecycleService, RetryLater
+from functions.schedule.config import SchedulerConfig
+from functions.schedule.service import ScheduleService
+from functions.submit.service import SubmitService
+from sentinels import clock
+from sentinels.adapters.memory import MemoryCluster, MemoryHistory, MemoryJobs, MemoryQueue
+from sentinels.domain import lifecycle
+from sentinels.domain.placement import Node
+from sentinels.domain.priority import PriorityConfig
+from sentinels.domain.spec import Limits
+from sentinels.sinks import MemorySink
+
+FIX = Path(__file__).parent / "fixtures" / "kubernetes"
+ADD, UPDATE, DELETE = ("dev.knative.apiserver.resource." + v for v in ("add", "update", "delete"))
+ADMIN = {"user": "root", "role": "admin"}
+GI = 2**30
+
+
+def fixture(name):
+    return yaml.safe_load((FIX / name).read_text())
+
+
+def labelled(obj, record, pod_of_job=True):
+    obj = copy.deepcopy(obj)
+    meta = obj["metadata"]
+    meta.setdefault("labels", {})["sentinels.io/job-id"] = record["id"]
+    meta.setdefault("annotations", {})["sentinels.io/attempt"] = str(record["attempts"])
+    if obj["kind"] == "Job":
+        meta["name"] = record["k8s_job"]
+    return obj
+
+
+class World:
+    def __init__(self, nodes=("n1", "n2"), retries=0):
+        self.jobs, self.queue, self.history, self.sink = MemoryJobs(), MemoryQueue(), MemoryHistory(), MemorySink()
+        self.cluster = MemoryCluster([Node(n, 8000, 32 * GI, 0, 8000, 32 * GI, 0) for n in nodes])
+        prio = PriorityConfig.from_dict(None)
+        self.submitter = SubmitService(self.jobs, self.queue, self.history, self.sink, prio, Limits(), clock.now_iso)
+        self.sched = ScheduleService(self.jobs, self.queue, self.history, self.sink, self.cluster, prio,
+                                     SchedulerConfig(), clock.now_iso)
+        self.life = LifecycleService(self.jobs, self.queue, self.history, self.sink, self.cluster, clock.now_iso,
+                                     lifecycle.Policy(max_attempts=3, image_pull_grace_seconds=300))
+        self.retries, self.n = retries, 0
+
+    async def running_job(self, cpu=4):
+        self.n += 1
+        spec = {"image": "python:3.11", "command": ["true"], "name": f"j{self.n}", "retries": self.retries,
+                "resources": {"cpu": cpu, "memory": "1Gi"}}
+        _, rec = await self.submitter.submit({"spec": spec}, ADMIN, "t", f"e{self.n}")
+        await self.sched.trigger()
+        rec = await self.get(rec["id"])
+        assert rec["state"] == "SCHEDULED"
+        assert await self.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), rec)) == "running"
+        return await self.get(rec["id"])
+
+    async def get(self, job_id):
+        return (await self.jobs.get(job_id))[0]
+
+    def events(self, kind):
+        return [e for e in self.sink.events if e["type"] == f"io.sentinels.{kind}"]
+
+
+async def test_running_then_succeeded_from_real_objects():
+    w = World()
+    rec = await w.running_job()
+    assert rec["state"] == "RUNNING" and len(w.events("job.started")) == 1
+    assert await w.life.handle(UPDATE, labelled(fixture("job-succeeded.yaml"), rec)) == "succeeded"
+    done = await w.get(rec["id"])
+    assert done["state"] == "SUCCEEDED" and done["reason"] == "completed"
+    assert len(w.events("job.succeeded")) == 1 and len(w.events("capacity.changed")) == 1
+    assert [e["to"] for e in await w.history.of(rec["id"])] == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
+
+
+@pytest.mark.parametrize("name,words", [
+    ("pod-failed-exitcode.yaml", "exit code 42"),
+    ("pod-oomkilled.yaml", "OOMKilled (exit 137)"),
+    ("job-failed-backofflimit.yaml", "BackoffLimitExceeded"),
+])
+async def test_failures_carry_the_reason_and_the_last_log_lines(name, words):
+    w = World()
+    rec = await w.running_job()
+    assert await w.life.handle(UPDATE, labelled(fixture(name), rec)) == "failed"
+    done = await w.get(rec["id"])
+    assert done["state"] == "FAILED" and words in done["reason"]
+    assert done["log_tail"] == ["log line 0", "log line 1", "log line 2"]
+    assert len(w.events("job.failed")) == 1
+
+
+async def test_pod_failure_with_retries_left_waits_for_the_job_verdict():
+    w = World(retries=2)
+    rec = await w.running_job()
+    assert await w.life.handle(UPDATE, labelled(fixture("pod-failed-exitcode.yaml"), rec)) == "noted"
+    assert (await w.get(rec["id"]))["state"] == "RUNNING"
+    assert await w.life.handle(UPDATE, labelled(fixture("job-failed-backofflimit.yaml"), rec)) == "failed"
+
+
+async def test_deadline_exceeded_job():
+    # no real dump of a Job failed on its deadline: condition built from the API reference
+    w = World()
+    rec = await w.running_job()
+    obj = labelled(fixture("job-failed-backofflimit.yaml"), rec)
+    obj["status"]["conditions"] = [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                    "message": "Job was active longer than specified deadline"}]
+    await w.life.handle(UPDATE, obj)
+    assert (await w.get(rec["id"]))["reason"] == "deadline exceeded (activeDeadlineSeconds)"
+
+
+async def test_same_event_three_times_moves_once_and_stale_events_never_move_back():
+    w = World()
+    rec = await w.running_job()
+    done = labelled(fixture("job-succeeded.yaml"), rec)
+    outcomes = [await w.life.handle(UPDATE, done) for _ in range(3)]
+    assert outcomes[0] == "succeeded" and set(outcomes[1:]) <= {"redelivered", "stale"}
+    assert len(w.events("job.succeeded")) == 1
+    assert await w.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), rec)) == "stale"  # late Running
+    assert (await w.get(rec["id"]))["state"] == "SUCCEEDED"
+
+
+async def test_unknown_job_foreign_object_and_bad_label_are_ignored():
+    w = World()
+    assert await w.life.handle(UPDATE, fixture("pod-running.yaml")) == "ignored"  # no sentinels label
+    fake = {"id": "zzzzzzzzzz", "attempts": 1, "k8s_job": "sentinels-zzzzzzzzzz"}
+    assert await w.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), fake)) == "unknown-job"
+    bad = labelled(fixture("pod-running.yaml"), fake)
+    bad["metadata"]["labels"]["sentinels.io/job-id"] = "../../etc"
+    assert await w.life.handle(UPDATE, bad) == "ignored"
+    assert await w.life.handle(UPDATE, {"kind": "Pod"}) == "ignored"  # malformed
+
+
+async def test_pod_event_before_the_job_is_recorded_as_scheduled_is_retried():
+    w = World()
+    _, rec = await w.submitter.submit({"spec": {"image": "python:3.11", "command": ["true"]}}, ADMIN, "t", "early")
+    with pytest.raises(RetryLater):
+        await w.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), rec))
+    await w.sched.trigger()
+    assert await w.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), rec)) == "running"
+
+
+async def test_eviction_requeues_at_the_front_and_counts_an_attempt():
+    w = World()
+    rec = await w.running_job()
+    other = await w.submitter.submit({"spec": {"image": "python:3.11", "name": "later", "resources": {"cpu": 8}}},
+                                     ADMIN, "t", "later")
+    evicted = labelled(fixture("pod-running.yaml"), rec)  # built from the API reference: no real dump
+    evicted["status"]["phase"] = "Failed"
+    evicted["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                                            "message": "Eviction API: evicting"})
+    assert await w.life.handle(UPDATE, evicted) == "queued"
+    again = await w.get(rec["id"])
+    assert again["attempts"] == 2 and again["k8s_job"].endswith("-a2") and again["queue_front"]
+    assert again["reason"].startswith("requeued after: evicted")
+    assert [e["id"] for _, e in await w.queue.heads(["critical", "high", "normal", "low"], 5)][0] == rec["id"]
+    assert rec["id"] in w.cluster.stops and len(w.events("job.requeued")) == 1
+    # the old attempt's late events are stale now
+    assert await w.life.handle(DELETE, labelled(fixture("job-failed-backofflimit.yaml"), rec)) == "stale"
+    assert other[1]["state"] == "QUEUED"
+
+
+async def test_node_removed_while_two_jobs_run_both_run_again_and_succeed():
+    w = World(nodes=("n1", "n2"))
+    a = await w.running_job(cpu=4)
+    b = await w.running_job(cpu=4)
+    assert {a["node"], b["node"]} == {"n1"}  # first fit puts both on n1
+    node = fixture("node-gpu.yaml")
+    node["metadata"]["name"] = "n1"
+    del w.cluster.base["n1"]
+    for r in (a, b):
+        w.cluster.finish(r["id"])
+    assert await w.life.handle(DELETE, node) == "node-removed"
+    for r in (a, b):
+        rec = await w.get(r["id"])
+        assert rec["state"] == "QUEUED" and rec["attempts"] == 2 and "node n1 was removed" in rec["reason"]
+    await w.sched.trigger()
+    for r in (a, b):
+        rec = await w.get(r["id"])
+        assert rec["state"] == "SCHEDULED" and rec["node"] == "n2"
+        await w.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), rec))
+        assert await w.life.handle(UPDATE, labelled(fixture("job-succeeded.yaml"), rec)) == "succeeded"
+        assert (await w.get(r["id"]))["attempts"] == 2
+
+
+async def test_too_many_infrastructure_failures_fail_the_job():
+    w = World()
+    rec = await w.running_job()
+    for attempt in range(3):
+        rec = await w.get(rec["id"])
+        if rec["state"] == "QUEUED":
+            await w.sched.trigger()
+            rec = await w.get(rec["id"])
+            await w.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), rec))
+            rec = await w.get(rec["id"])
+        deleted = labelled(fixture("job-succeeded.yaml"), rec)
+        deleted["status"] = {"active": 1}  # deleted while running, by someone else
+        await w.life.handle(DELETE, deleted)
+    final = await w.get(rec["id"])
+    assert final["state"] == "FAILED" and "gave up after 3 attempts" in final["reason"]
+
+
+async def test_crash_after_the_transition_is_completed_by_redelivery():
+    w = World()
+    rec = await w.running_job()
+    real = w.history.append
+    calls = {"n": 0}
+
+    async def crash_once(entry, msg_id):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("killed")
+        await real(entry, msg_id)
+
+    w.history.append = crash_once
+    done = labelled(fixture("job-succeeded.yaml"), rec)
+    with pytest.raises(RuntimeError):
+        await w.life.handle(UPDATE, done)
+    assert (await w.get(rec["id"]))["state"] == "SUCCEEDED"
+    assert [e["to"] for e in await w.history.of(rec["id"])][-1] == "RUNNING"  # the crash lost the history entry
+    assert await w.life.handle(UPDATE, done) == "redelivered"
+    assert len(w.events("job.succeeded")) == 1
+    assert [e["to"] for e in await w.history.of(rec["id"])][-1] == "SUCCEEDED"
+
+
+async def test_image_pull_error_fails_only_after_the_grace_period():
+    w = World()
+    rec = await w.running_job()
+    await w.jobs.mutate(rec["id"], lambda r: dict(r, state="SCHEDULED"))
+    pull = labelled(fixture("pod-errimagepull.yaml"), rec)
+    assert await w.life.handle(UPDATE, pull) == "noted"
+    assert "fails after 300s" in (await w.get(rec["id"]))["reason"]
+    await w.jobs.mutate(rec["id"], lambda r: dict(r, timestamps={**r["timestamps"], "SCHEDULED": "2020-01-01T00:00:00Z"}))
+    pull["metadata"]["resourceVersion"] = "999999"
+    assert await w.life.handle(UPDATE, pull) == "failed"
+    assert "image pull failed" in (await w.get(rec["id"]))["reason"]
+
+
+async def test_cancel_of_a_running_job_stops_it():
+    w = World()
+    rec = await w.running_job()
+    await w.submitter.cancel({"job": rec["id"]}, ADMIN)
+    assert (await w.get(rec["id"]))["cancel_requested"]
+    assert await w.life.cancel(rec["id"]) == "cancelled"
+    assert rec["id"] in w.cluster.stops and (await w.get(rec["id"]))["state"] == "CANCELLED"
+    assert await w.life.cancel(rec["id"]) == "nothing-to-do"
