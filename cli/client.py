@@ -65,7 +65,7 @@ class Reader:
         async def go():
             from sentinels.adapters import jetstream
 
-            nc = await jetstream.connect(self.settings.nats_url, "sentinels-cli")
+            nc = await jetstream.connect(self.settings.nats_url, "sentinels-cli", timeout=1.5)
             try:
                 js = nc.jetstream(timeout=5)
                 try:

@@ -51,9 +51,12 @@ async def connect(url: str, name: str = "sentinels", *, reconnect: bool = False,
     With `reconnect`, a connection that later drops keeps retrying in the background
     (long-lived functions); the first connection attempt still fails fast.
     """
+    async def quiet(e):  # nats-py prints tracebacks by default; we report our own message
+        log.debug("nats: %s", e)
+
     try:
         return await asyncio.wait_for(nats.connect(
-            url, name=name, connect_timeout=2, allow_reconnect=reconnect,
+            url, name=name, connect_timeout=2, allow_reconnect=reconnect, error_cb=quiet,
             max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5,
         ), timeout)
     except (NoServersError, OSError, NatsTimeout, asyncio.TimeoutError) as e:

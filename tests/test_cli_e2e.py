@@ -1,0 +1,140 @@
+"""The `sentinels` command against a running embedded default (`sentinels up -d`):
+NATS JetStream, the four functions, the router and the local executor, all real."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sentinels.embedded import natsd
+
+
+def free_block(n=4):
+    for _ in range(50):
+        base = natsd.free_port()
+        try:
+            socks = []
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    base = free_block()
+    env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_URL": f"http://127.0.0.1:{base}",
+           "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"}
+    up = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr + up.stdout
+    yield env
+    subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, timeout=60)
+
+
+def cli(env, *args, check=True, timeout=60):
+    r = subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in r.stderr, r.stderr
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_submit_runs_to_the_end_with_status_logs_and_history(env):
+    r = cli(env, "submit", "python:3.11", "--name", "hello", "--param", "lr=0.1", "--wait", "--",
+            sys.executable, "-c", "print('hello from the job')", timeout=120)
+    job_id = r.stdout.strip()
+    assert "SUCCEEDED" in r.stderr
+    status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
+    assert status["state"] == "SUCCEEDED" and status["spec"]["params"] == {"lr": "0.1"}
+    assert status["mlflow_run_id"]
+    assert "hello from the job" in cli(env, "logs", job_id).stdout
+    hist = yaml.safe_load(cli(env, "history", job_id, "-o", "yaml").stdout)
+    assert [h["to"] for h in hist] == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
+    assert job_id in cli(env, "ls", "--all").stdout and job_id not in cli(env, "ls").stdout
+
+
+def test_failed_job_keeps_exit_code_and_log_lines(env):
+    r = cli(env, "submit", "python:3.11", "--name", "boom", "--wait", "--", sys.executable, "-c",
+            "import sys; print('about to fail'); sys.exit(3)", check=False, timeout=120)
+    assert r.returncode == 1
+    status = json.loads(cli(env, "status", r.stdout.strip(), "-o", "json").stdout)
+    assert status["state"] == "FAILED" and "exit code 3" in status["reason"]
+    assert any("about to fail" in line for line in status.get("log_tail", []))
+
+
+def test_waiting_job_says_why_and_can_be_reprioritized_and_cancelled(env):
+    job_id = cli(env, "submit", "python:3.11", "--cpu", "60", "--name", "huge", "--", "true").stdout.strip()
+    for _ in range(50):
+        status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
+        if "can never fit" in status["reason"]:
+            break
+        import time
+        time.sleep(0.2)
+    assert status["state"] == "QUEUED" and status["position"] == 1
+    table = cli(env, "status", job_id).stdout
+    assert "can never fit" in table and "position:" in table
+    assert "huge" in cli(env, "queue").stdout
+    assert "high" in cli(env, "priority", job_id, "high").stdout
+    q = json.loads(cli(env, "queue", "-o", "json").stdout)
+    assert q["by_class"] == {"high": 1} and q["jobs"][0]["id"] == job_id
+    assert "CANCELLED" in cli(env, "cancel", job_id).stdout
+    assert json.loads(cli(env, "queue", "-o", "json").stdout)["total"] == 0
+    r = cli(env, "cancel", "zzzzzzzzzz", check=False)
+    assert r.returncode == 1 and "not found" in r.stderr
+
+
+@pytest.mark.parametrize("content,words", [
+    ("name: [unclosed", "not valid YAML"),
+    ("!!python/object/apply:os.system ['echo pwned']", "construct objects"),
+    ("- a\n- b\n", "mapping of fields"),
+    ("gpus: 2\n", "unknown field(s): gpus"),
+    ("resources: {cpu: -1}\n", "must not be negative"),
+    ("resources: {memory: 10Zi}\n", "unknown unit"),
+    ("data: /etc/shadow\n", "outside the data roots"),
+    ("priority: ultra\n", "unknown class"),
+    ("#" * 70_000, "over the 64 KiB limit"),
+])
+def test_bad_config_files_are_clear_errors_and_write_nothing(env, tmp_path, content, words):
+    before = json.loads(cli(env, "queue", "-o", "json").stdout)["total"]
+    path = tmp_path / "job.yaml"
+    path.write_text(content)
+    r = cli(env, "submit", "python:3.11", "--config", str(path), "--", "true", check=False)
+    assert r.returncode != 0 and words in r.stderr
+    assert json.loads(cli(env, "queue", "-o", "json").stdout)["total"] == before
+
+
+def test_bad_flags(env):
+    r = cli(env, "submit", "python:3.11", "--env", "NOEQUALS", "--", "true", check=False)
+    assert r.returncode != 0 and "KEY=VALUE" in r.stderr
+    r = cli(env, "ls", "-o", "xml", check=False)
+    assert r.returncode == 2 and "choose one of" in r.stderr
+    r = cli(env, "status", "not-an-id", check=False)
+    assert r.returncode != 0 and "not a job id" in r.stderr
+
+
+def test_second_up_refuses(env):
+    r = cli(env, "up", "-d", check=False)
+    assert r.returncode == 1 and "already running" in r.stderr
+
+
+def test_nothing_listening_names_the_address(tmp_path):
+    port = natsd.free_port()
+    env = {**os.environ, "SENTINELS_HOME": str(tmp_path), "SENTINELS_URL": f"http://127.0.0.1:{port}",
+           "SENTINELS_NATS_URL": f"nats://127.0.0.1:{port}"}
+    r = cli(env, "submit", "python:3.11", "--", "true", check=False)
+    assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr and "sentinels up" in r.stderr
+    r = cli(env, "queue", check=False)
+    assert r.returncode == 1 and f"nats://127.0.0.1:{port}" in r.stderr and "sentinels up" in r.stderr
