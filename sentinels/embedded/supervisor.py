@@ -86,7 +86,8 @@ class Supervisor:
     def start(self) -> None:
         for d in (self.s.home, self.logs, self.s.run_dir, self.s.home / "jobs"):
             d.mkdir(parents=True, exist_ok=True)
-        self.children["nats"] = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log")
+        self.children["nats"] = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log",
+                                            sync=str(self.s.file.get("nats_sync") or "") or None)
         asyncio.run(self._ensure_streams())
         if self.s.backend() == "local":
             self.spawn("executor")

@@ -1,0 +1,131 @@
+"""Helpers shared by the benchmarks: a private embedded stack, percentiles, a tiny HTTP client."""
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sentinels.embedded import natsd  # noqa: E402
+
+
+def pct(values, p):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, int(round(p / 100 * (len(values) - 1)))))
+    return values[k]
+
+
+def ms(x):
+    return f"{x * 1000:.1f} ms"
+
+
+def free_block(n=4):
+    import socket
+    for _ in range(100):
+        base = natsd.free_port()
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free ports")
+
+
+@contextmanager
+def stack(extra_env=None, config=None):
+    """`sentinels up -d` in a temporary home; yields the environment to talk to it."""
+    home = Path(tempfile.mkdtemp(prefix="sentinels-bench-"))
+    if config:
+        import yaml
+        (home / "config.yaml").write_text(yaml.safe_dump(config))
+    base = free_block()
+    env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_URL": f"http://127.0.0.1:{base}",
+           "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", **(extra_env or {})}
+    r = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode:
+        raise SystemExit(r.stderr)
+    try:
+        yield env
+    finally:
+        subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, cwd=ROOT)
+
+
+class Http:
+    """A minimal keep-alive HTTP/1.1 client, so the load generator is not the bottleneck."""
+
+    def __init__(self, host, port):
+        self.host, self.port = host, port
+
+    async def open(self):
+        self.r, self.w = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, body: bytes, headers: dict) -> tuple[int, bytes]:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.w.write(f"POST / HTTP/1.1\r\nhost: {self.host}\r\ncontent-length: {len(body)}\r\n{head}\r\n".encode() + body)
+        status_line = await self.r.readline()
+        length = 0
+        while True:
+            line = await self.r.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.decode().partition(":")
+            if k.lower() == "content-length":
+                length = int(v)
+        data = await self.r.readexactly(length) if length else b""
+        return int(status_line.split()[1]), data
+
+    def close(self):
+        self.w.close()
+
+
+def ce_headers(event_type: str, token=None):
+    h = {"content-type": "application/json", "ce-specversion": "1.0", "ce-type": event_type,
+         "ce-source": "bench", "ce-id": str(uuid.uuid4())}
+    if token:
+        h["authorization"] = f"Bearer {token}"
+    return h
+
+
+async def submit_load(url: str, n: int, clients: int, spec: dict) -> tuple[float, list[float]]:
+    from urllib.parse import urlparse
+    u = urlparse(url)
+    body = json.dumps({"spec": spec}).encode()
+    latencies: list[float] = []
+    per = n // clients
+
+    async def client():
+        c = Http(u.hostname, u.port)
+        await c.open()
+        for _ in range(per):
+            t = time.perf_counter()
+            status, data = await c.post(body, ce_headers("io.sentinels.job.submit"))
+            latencies.append(time.perf_counter() - t)
+            if status not in (200, 201):
+                raise SystemExit(f"submit answered {status}: {data[:200]!r}")
+        c.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return time.perf_counter() - t0, latencies
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")

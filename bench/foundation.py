@@ -1,0 +1,145 @@
+"""Issue 2 numbers: submit throughput, queue listing and status at 100,000 queued, CLI wall time.
+
+The submit benchmark runs NATS JetStream and the submit function alone (the router is
+not started, so the scheduler does not compete for the two cores while we measure).
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, ce_headers, median, ms, natsd, pct, submit_load  # noqa: F401
+
+from sentinels.adapters import jetstream
+from sentinels.domain import job
+from sentinels.domain.priority import PriorityConfig
+from sentinels.domain.spec import validate
+
+SPEC = {"image": "python:3.11", "command": ["python", "train.py"], "resources": {"cpu": 1, "memory": "1Gi"}}
+
+
+def wait_http(url, timeout=30):
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=0.5)
+            return
+        except Exception:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} did not start")
+
+
+def submit_throughput(n=6000, clients=8):
+    home = Path(tempfile.mkdtemp(prefix="sentinels-bench-"))
+    nport, sport = natsd.free_port(), natsd.free_port()
+    nats = natsd.start(home / "js", nport)
+    env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_NATS_URL": f"nats://127.0.0.1:{nport}"}
+    fn = subprocess.Popen([sys.executable, "-m", "sentinels.embedded.serve", "submit", str(sport)], env=env,
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{sport}/")
+        url = f"http://127.0.0.1:{sport}"
+        asyncio.run(submit_load(url, 400, clients, SPEC))  # warm up
+        elapsed, lat = asyncio.run(submit_load(url, n, clients, SPEC))
+        print(f"submit: {len(lat) / elapsed:,.0f} jobs/s with {clients} clients ({len(lat)} jobs); "
+              f"p50 {ms(pct(lat, 50))}, p99 {ms(pct(lat, 99))}   [target >= 1,000 jobs/s]")
+    finally:
+        fn.terminate()
+        fn.wait()
+        nats.terminate()
+        nats.wait()
+
+
+async def fill(js, n: int, prio: PriorityConfig) -> list[tuple[str, int]]:
+    """Queue n jobs across classes the fast way (async publishes), with their records."""
+    classes = prio.ordered()
+    spec = validate(SPEC)
+    futures, ids = [], []
+    for i in range(n):
+        klass = classes[i % len(classes)]
+        job_id = job.job_id_for("bench", "bench", str(i))
+        entry = job.queue_entry(job_id=job_id, spec=spec, klass=klass, submitted_at="2026-11-28T00:00:00.000Z")
+        futures.append((job_id, klass, await js.publish_async(jetstream.QUEUE_SUBJECT.format(klass), json.dumps(entry).encode())))
+        if len(futures) % 5000 == 0:
+            await asyncio.sleep(0)
+    acks = [(j, k, await f) for j, k, f in futures]
+    recs = []
+    for job_id, klass, ack in acks:
+        rec = job.new_record(job_id=job_id, spec=dict(spec, priority=klass), who={"user": "bench"}, klass=klass,
+                             now="2026-11-28T00:00:00.000Z", event_id=job_id, queue_seq=ack.seq)
+        recs.append(await js.publish_async(f"$KV.{jetstream.JOBS_BUCKET}.{job_id}", json.dumps(rec).encode()))
+        ids.append((job_id, ack.seq, klass))
+    for f in recs:
+        await f
+    return ids
+
+
+async def reads_at_100k(url: str, n=100_000):
+    prio = PriorityConfig.from_dict(None)
+    nc = await jetstream.connect(url)
+    js = nc.jetstream(timeout=30)
+    await jetstream.ensure(js)
+    t = time.perf_counter()
+    ids = await fill(js, n, prio)
+    print(f"filled {n:,} queued jobs (queue entries + records) in {time.perf_counter() - t:.1f} s")
+    jobs, queue = await jetstream.JetStreamJobs.open(js), jetstream.JetStreamQueue(js)
+
+    async def first_50():
+        heads = await queue.heads(prio.ordered(), 50)
+        await asyncio.gather(*(jobs.get(e["id"]) for _, e in heads), queue.counts())
+        return heads
+
+    async def status(job_id, seq, klass):
+        rec, _ = await jobs.get(job_id)
+        return await queue.position(prio.ordered(), klass, rec["queue_seq"])
+
+    list_t, status_t = [], []
+    for i in range(20):
+        t = time.perf_counter()
+        heads = await first_50()
+        list_t.append(time.perf_counter() - t)
+        assert len(heads) == 50 and heads[0][1]["class"] == "critical"
+        job_id, seq, klass = ids[(i * 4999 + 77) % n]
+        t = time.perf_counter()
+        pos = await status(job_id, seq, klass)
+        status_t.append(time.perf_counter() - t)
+        assert 1 <= pos <= n
+    print(f"queue listing, first 50 in order at {n:,} queued: median {ms(median(list_t))}, max {ms(max(list_t))}   [target <= 100 ms]")
+    print(f"status with queue position at {n:,} queued: median {ms(median(status_t))}, max {ms(max(status_t))}   [target <= 20 ms]")
+    await nc.close()
+    return ids
+
+
+def cli_status_wall(env, job_id, runs=7):
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "cli.main", "status", job_id], env=env, capture_output=True, cwd=ROOT)
+        times.append(time.perf_counter() - t)
+        assert r.returncode == 0, r.stderr
+    print(f"`sentinels status ID` as a whole process at 100,000 queued: median {ms(median(times))}   [target <= 400 ms]")
+
+
+def main():
+    submit_throughput()
+    home = Path(tempfile.mkdtemp(prefix="sentinels-bench-"))
+    port = natsd.free_port()
+    nats = natsd.start(home / "js", port)
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        ids = asyncio.run(reads_at_100k(url))
+        env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_NATS_URL": url}
+        cli_status_wall(env, ids[len(ids) // 2][0])
+    finally:
+        nats.terminate()
+        nats.wait()
+
+
+if __name__ == "__main__":
+    main()
