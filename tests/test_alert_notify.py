@@ -137,6 +137,7 @@ def test_requeued_job_times_the_last_attempt():
     r["timestamps"]["RUNNING"] = "2026-11-28T05:31:30.000Z"
     took, waited = notify.timings(r, "2026-11-28T07:00:00.000Z")
     assert (took, waited) == (44 * 60, 60)
+    assert notify.timings({"state": "FAILED"}, "not a time") == (None, None)
 
 
 def test_header_is_clipped_and_user_text_escaped():
@@ -144,6 +145,7 @@ def test_header_is_clipped_and_user_text_escaped():
     msg = notify.job_message(r, "2026-11-28T07:00:00.000Z")
     assert block_problems(msg["blocks"]) == []
     assert "<!channel>" not in str(msg["blocks"]) and "&lt;!channel&gt;" in str(msg["blocks"])
+    assert "<!channel>" not in msg["text"] and len(msg["text"]) <= 4000
 
 
 def test_capacity_message():

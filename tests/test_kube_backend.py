@@ -7,7 +7,6 @@ emulator is entered as a context manager, so creating an existing object answers
 The emulator ignores label and field selectors, which the adapter double-checks anyway.
 """
 
-import copy
 import logging
 import uuid
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 
 from sentinels.adapters.kube_manifest import KubeConfig
 from sentinels.adapters.kubernetes import KubernetesCluster, node_from_object, pod_requests
-from sentinels.domain.errors import InvalidSpec, Unavailable
+from sentinels.domain.errors import ConfigError, InvalidSpec, Unavailable
 from sentinels.domain.job import new_record
 from sentinels.domain.placement import Waiting, place
 from sentinels.domain.spec import validate
@@ -225,7 +224,26 @@ async def test_rejected_job_is_invalid_spec(api, cluster):
 
 async def test_unreachable_api_is_unavailable():
     cluster = KubernetesCluster(KubeConfig(namespace=NS, host=f"http://127.0.0.1:{natsd.free_port()}", request_timeout=2))
-    with pytest.raises(Unavailable, match="unreachable while listing nodes"):
+    with pytest.raises(Unavailable, match="unreachable while listing (nodes|pods)"):
         await cluster.nodes()
     with pytest.raises(Unavailable):
         await cluster.stop(make_record())
+
+
+async def test_client_from_a_kubeconfig_file(api, tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "emulator", "cluster": {"server": api.test_url}}],
+        "users": [{"name": "u", "user": {"token": "t0k3n"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "emulator", "user": "u"}}]}))
+    await post(api, "/api/v1/nodes", plain_node("cpu-1"))
+    cluster = KubernetesCluster(KubeConfig.from_dict({"namespace": NS, "kubeconfig": str(kubeconfig)}))
+    assert [n.name for n in await cluster.nodes()] == ["cpu-1"]
+    assert api._requests[-1].headers["Authorization"] == "Bearer t0k3n"
+
+
+async def test_no_usable_client_configuration_is_a_config_error(tmp_path):
+    cluster = KubernetesCluster(KubeConfig(kubeconfig=str(tmp_path / "missing")))
+    with pytest.raises(ConfigError, match="no in-cluster service account, no usable kubeconfig"):
+        await cluster.active()

@@ -155,8 +155,8 @@ def _status_message(exc) -> str:
 
 
 def _json(resp) -> dict:
-    data = resp.data if hasattr(resp, "data") else resp
-    return json.loads(data or b"{}")
+    """Read the whole body (which also frees the connection) and parse it."""
+    return json.loads(resp.data or b"{}")
 
 
 class KubernetesCluster:
@@ -193,7 +193,9 @@ class KubernetesCluster:
                     raise InvalidSpec(f"Kubernetes rejected {what}: {message}") from None
                 raise Unavailable(f"Kubernetes API error {e.status} while {what}: {message}") from None
             except (HTTPError, OSError) as e:
-                raise Unavailable(f"Kubernetes API unreachable while {what}: {type(e).__name__}") from None
+                host = getattr(getattr(self._client, "configuration", None), "host", "the API server")
+                cause = type(getattr(e, "reason", None) or e).__name__  # e.g. NewConnectionError, ReadTimeoutError
+                raise Unavailable(f"Kubernetes API unreachable while {what} ({host}): {cause}") from None
             except ValueError as e:  # a body that is not JSON
                 raise Unavailable(f"Kubernetes API answered nonsense while {what}: {e}") from None
 
@@ -229,7 +231,8 @@ class KubernetesCluster:
         if created.get("metadata", {}).get("uid"):  # the ConfigMap goes away with its Job (TTL)
             config_map = km.owned_by(config_map, {"apiVersion": "batch/v1", "kind": "Job", **created})
         await self._run(f"creating ConfigMap {name}",
-                        lambda: core.create_namespaced_config_map(ns, config_map, **self._opts()), exists_ok=True)
+                        lambda: _json(core.create_namespaced_config_map(ns, config_map, **self._opts())),
+                        exists_ok=True)
 
     async def _create_job(self, batch, job: dict) -> dict:
         """Create the Job; an existing one of the same attempt is success, one of an older attempt is replaced."""
@@ -257,15 +260,16 @@ class KubernetesCluster:
 
     async def _delete_job(self, batch, name: str) -> None:
         await self._run(f"deleting Job {name}",
-                        lambda: batch.delete_namespaced_job(name, self.cfg.namespace, propagation_policy="Background",
-                                                            **self._opts()), missing_ok=True)
+                        lambda: _json(batch.delete_namespaced_job(name, self.cfg.namespace,
+                                                                  propagation_policy="Background", **self._opts())),
+                        missing_ok=True)
 
     async def stop(self, record: dict) -> None:
         name = record.get("k8s_job") or f"sentinels-{record['id']}"
         await self._delete_job(self._api("BatchV1Api"), name)
         core = self._api("CoreV1Api")
         await self._run(f"deleting ConfigMap {name}",
-                        lambda: core.delete_namespaced_config_map(name, self.cfg.namespace, **self._opts()),
+                        lambda: _json(core.delete_namespaced_config_map(name, self.cfg.namespace, **self._opts())),
                         missing_ok=True)
 
     async def active(self) -> dict[str, str]:

@@ -40,7 +40,7 @@ class NotifyConfig:
     mute_success: frozenset = frozenset()              # users who do not want success messages
     kibana_url: str = ""                               # templates: {job} {name} {owner} {team} ...
     grafana_url: str = ""
-    mlflow_url: str = ""                               # e.g. {base}/#/experiments/{experiment_id}/runs/{run_id}
+    mlflow_url: str = ""                               # e.g. https://mlflow.example/#/experiments/{experiment_id}/runs/{run_id}
     on: frozenset = frozenset(DEFAULT_ON)
     capacity: CapacityConfig = CapacityConfig()         # when the scheduler calls capacity "exhausted"
 
@@ -72,7 +72,7 @@ class NotifyConfig:
         urls = {}
         for key in ("kibana_url", "grafana_url", "mlflow_url"):
             value = raw.get(key) or ""
-            if not isinstance(value, str) or (value and not value.startswith(("http://", "https://", "{base}"))):
+            if not isinstance(value, str) or (value and not value.startswith(("http://", "https://"))):
                 raise ConfigError(f"notify configuration: {key} must be an http(s) URL template, got {value!r}")
             urls[key] = value
         return cls(
@@ -161,9 +161,9 @@ def job_message(record: dict, now_iso: str, cfg: NotifyConfig = NotifyConfig()) 
     tail = [str(line) for line in (record.get("log_tail") or [])][-LOG_LINES:]
     if state == FAILED and tail:
         blocks.append(section(log_block("*Last log lines*\n", tail)))
-    text = f"{ICON.get(state, '')} {name} ({job_id}) of {owner} {state.lower()}".strip()
+    text = f"{ICON.get(state, '')} {esc(name)} ({job_id}) of {esc(owner)} {state.lower()}".strip()
     if reason:
-        text += f": {reason}"
+        text += f": {esc(reason)}"
     if took is not None:
         text += f" after {duration.human(took)}"
     for label, url in links:
@@ -179,6 +179,8 @@ def timings(record: dict, now_iso: str) -> tuple[float | None, float | None]:
     """
     ts = record.get("timestamps") or {}
     end = _at(ts.get(record.get("state"))) or _at(now_iso)
+    if end is None:
+        return None, None
     queued = _at(ts.get("QUEUED")) or _at(record.get("submitted_at"))
     started = [t for t in (_at(ts.get("RUNNING")), _at(ts.get("SCHEDULED"))) if t is not None
                and (queued is None or t >= queued) and t <= end]
@@ -195,8 +197,7 @@ def job_links(record: dict, cfg: NotifyConfig) -> list[tuple[str, str]]:
     spec = record.get("spec") or {}
     values = {"job": record.get("id"), "id": record.get("id"), "name": record.get("name"), "owner": record.get("owner"),
               "team": record.get("team"), "experiment": spec.get("experiment"), "k8s_job": record.get("k8s_job"),
-              "run_id": record.get("mlflow_run_id"), "experiment_id": record.get("mlflow_experiment_id"),
-              "base": own.get("mlflow_base")}
+              "run_id": record.get("mlflow_run_id"), "experiment_id": record.get("mlflow_experiment_id")}
     out = []
     for label, key, template in (("MLflow run", "mlflow", cfg.mlflow_url), ("Kibana logs", "kibana", cfg.kibana_url),
                                  ("Grafana", "grafana", cfg.grafana_url)):

@@ -244,11 +244,15 @@ class Kubelet:
         self._emit_job(state, "update" if state["job_rv"] else "add")
 
     def _ended(self, state: dict, code: Optional[int], finished: Optional[str] = None,
-               lost_message: str = POD_LOST_MESSAGE) -> None:
-        """The current attempt's process ended with `code` (None: nobody knows how)."""
+               lost_message: str = POD_LOST_MESSAGE, seen_now: bool = True) -> None:
+        """The current attempt's process ended with `code` (None: nobody knows how).
+
+        `seen_now`: the end was noticed at once, so the process group id cannot have been
+        reused yet and leftovers of the job may be killed (they die with it, as in a pod).
+        """
         pod = state["pod"]
-        if pod.get("pgid"):
-            processes.signal_group(pod["pgid"], signal.SIGKILL)  # leftovers of the job die with it, as in a pod
+        if pod.get("pgid") and seen_now:
+            processes.signal_group(pod["pgid"], signal.SIGKILL)
         stopping = state.get("stopping")
         pod.update(finished=finished or self.now(), exit_code=code, started=pod.get("started") or pod["created"],
                    phase="Succeeded" if code == 0 and not stopping else "Failed")
@@ -342,13 +346,13 @@ class Kubelet:
             if pod is None:
                 continue
             if pod["phase"] == "Pending" or pod.get("pid") is None:
-                self._ended(state, None, lost_message=objects.LOST_MESSAGE)
+                self._ended(state, None, lost_message=objects.LOST_MESSAGE, seen_now=False)
             else:
                 ended, code, finished = self._exit_of(state)
                 if not ended:
                     log.info("adopted job %s (pid %s)", state["job"], pod["pid"])
                     continue
-                self._ended(state, code, finished, lost_message=objects.LOST_MESSAGE)
+                self._ended(state, code, finished, lost_message=objects.LOST_MESSAGE, seen_now=False)
             self._save(state)
 
     # --- reading ----------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import logging
 import os
 import uuid
 
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
 from .. import clock
@@ -49,30 +48,25 @@ class Router:
         self.js = self.nc.jetstream(timeout=5)
         await jetstream.ensure(self.js)
         self.http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
-        tasks = [asyncio.create_task(self.consume(t)) for t in self.table]
-        tasks.append(asyncio.create_task(self.timer(tick)))
+        for t in self.table:
+            await self.consume(t)
         log.info("routing %d triggers: %s", len(self.table), ", ".join(t.name for t in self.table))
-        await asyncio.gather(*tasks)
+        await self.timer(tick)
 
     async def consume(self, t: triggers.Trigger) -> None:
+        """A durable push consumer per trigger; at most IN_FLIGHT deliveries at once."""
         subject = jetstream.EVENTS_SUBJECT.format(events.subject_token(t.event_type))
         backoff = delays(t)
-        cfg = api.ConsumerConfig(durable_name=t.name, ack_policy=api.AckPolicy.EXPLICIT, max_deliver=t.retry + 1,
-                                 ack_wait=60.0, max_ack_pending=1000, deliver_policy=api.DeliverPolicy.ALL)
-        sub = await self.js.pull_subscribe(subject, durable=t.name, stream=jetstream.EVENTS_STREAM, config=cfg)
         slots = asyncio.Semaphore(IN_FLIGHT)
-        while True:
-            try:
-                msgs = await sub.fetch(IN_FLIGHT, timeout=5)
-            except NatsTimeout:
-                continue
-            except Exception as e:  # connection trouble: the client reconnects, we retry
-                log.warning("%s: fetch failed (%s)", t.name, type(e).__name__)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await slots.acquire()
-                asyncio.create_task(self._deliver(t, msg, backoff, slots))
+
+        async def on_message(msg):
+            await slots.acquire()  # back-pressure: the client holds further messages
+            asyncio.create_task(self._deliver(t, msg, backoff, slots))
+
+        cfg = api.ConsumerConfig(durable_name=t.name, ack_policy=api.AckPolicy.EXPLICIT, max_deliver=t.retry + 1,
+                                 ack_wait=60.0, max_ack_pending=4 * IN_FLIGHT, deliver_policy=api.DeliverPolicy.ALL)
+        await self.js.subscribe(subject, durable=t.name, stream=jetstream.EVENTS_STREAM, cb=on_message,
+                                manual_ack=True, config=cfg)
 
     async def _deliver(self, t, msg, backoff, slots) -> None:
         try:
