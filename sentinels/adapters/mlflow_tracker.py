@@ -115,8 +115,9 @@ class MlflowTracker:
             return self._client_obj
 
     def warm(self) -> None:
-        """Import mlflow and open the store ahead of the first job (about a second)."""
-        self._client()
+        """Import mlflow and open the store ahead of the first job (a local store is created here)."""
+        with self._fail_fast():
+            self._client().search_experiments(max_results=1)
 
     def run_url(self, experiment_id: str, run_id: str) -> Optional[str]:
         base = self.ui_url or (self.tracking_uri if self._remote else None)

@@ -86,6 +86,7 @@ class Supervisor:
     def start(self) -> None:
         for d in (self.s.home, self.logs, self.s.run_dir, self.s.home / "jobs"):
             d.mkdir(parents=True, exist_ok=True)
+        init = self.init_mlflow()
         self.children["nats"] = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log",
                                             sync=str(self.s.file.get("nats_sync") or "") or None)
         asyncio.run(self._ensure_streams())
@@ -94,6 +95,9 @@ class Supervisor:
         for name in serve.available():
             self.spawn(name)
         self.spawn("router")
+        if init is not None and init.wait() != 0:
+            print(f"sentinels: the MLflow store {self.s.mlflow_uri()} could not be prepared; runs will catch up "
+                  "when it answers (see logs/mlflow-init.log)", file=sys.stderr, flush=True)
         deadline = time.monotonic() + 30
         while not healthy(self.s.url):
             dead = [n for n, p in self.children.items() if p.poll() is not None]
@@ -103,6 +107,15 @@ class Supervisor:
             time.sleep(0.05)
         (self.s.run_dir / PID_FILE).write_text(json.dumps({"pid": os.getpid(), "url": self.s.url,
                                                             "nats_url": self.s.nats_url}))
+
+    def init_mlflow(self) -> subprocess.Popen | None:
+        """Create a local MLflow store once, before the functions race to create its tables."""
+        uri = self.s.mlflow_uri()
+        if not uri.startswith("sqlite:"):
+            return None
+        code = "import sys; from sentinels.adapters.mlflow_tracker import MlflowTracker; MlflowTracker(sys.argv[1]).warm()"
+        return subprocess.Popen([sys.executable, "-c", code, uri], env=self.env(),
+                                stdout=open(self.logs / "mlflow-init.log", "ab"), stderr=subprocess.STDOUT)
 
     async def _ensure_streams(self) -> None:
         from ..adapters import jetstream
