@@ -124,6 +124,21 @@ class Settings:
             raise ConfigError(f"configuration: {key} must be a mapping")
         return raw
 
+    def notify(self, env=None):
+        """The `notify:` block (a mapping, or a path to a YAML file; SENTINELS_NOTIFY names a
+        file that wins); SLACK_CHANNEL overrides the default channel."""
+        from .domain import notify
+
+        env = os.environ if env is None else env
+        raw = env.get("SENTINELS_NOTIFY") or self.file.get("notify")
+        if isinstance(raw, str):
+            raw = _load_yaml_file(Path(raw).expanduser(), "notify configuration")
+        if env.get("SLACK_CHANNEL"):
+            if raw is not None and not isinstance(raw, dict):
+                raise ConfigError("notify configuration: expected a mapping")
+            raw = dict(raw or {}, default_channel=env["SLACK_CHANNEL"])
+        return notify.NotifyConfig.from_dict(raw)
+
     def mlflow_uri(self) -> str:
         return (os.environ.get("MLFLOW_TRACKING_URI") or self.file.get("mlflow_tracking_uri")
                 or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}")

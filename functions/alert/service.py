@@ -87,18 +87,7 @@ def dedupe_key(ce: dict, channel: str) -> str:
 
 
 def notify_config(settings, env) -> notify.NotifyConfig:
-    """The `notify:` block of the configuration (a mapping, or a path to a YAML file;
-    SENTINELS_NOTIFY names a file that wins); SLACK_CHANNEL overrides the default channel."""
-    from sentinels.settings import _load_yaml_file
-
-    raw = env.get("SENTINELS_NOTIFY") or settings.file.get("notify")
-    if isinstance(raw, str):
-        raw = _load_yaml_file(Path(raw).expanduser(), "notify configuration")
-    if env.get("SLACK_CHANNEL"):
-        if raw is not None and not isinstance(raw, dict):
-            raise ConfigError("notify configuration: expected a mapping")
-        raw = dict(raw or {}, default_channel=env["SLACK_CHANNEL"])
-    return notify.NotifyConfig.from_dict(raw)
+    return settings.notify(env)
 
 
 @dataclass

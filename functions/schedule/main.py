@@ -13,6 +13,7 @@ from sentinels import clock, wiring
 from sentinels.domain import events
 from sentinels.settings import Settings
 
+from functions.schedule.capacity import CapacityAlerts
 from functions.schedule.config import SchedulerConfig
 from functions.schedule.service import ScheduleService
 
@@ -20,6 +21,7 @@ log = logging.getLogger("sentinels.schedule")
 SETTINGS = Settings.load()
 PRIORITIES = SETTINGS.priorities()
 CONFIG = SchedulerConfig.from_dict(SETTINGS.section("scheduler"))
+CAPACITY = SETTINGS.notify().capacity
 TRACKER = wiring.tracker_for(SETTINGS)
 wiring.warm(TRACKER)
 _service: ScheduleService | None = None
@@ -39,10 +41,11 @@ async def service() -> ScheduleService:
     async with _lock:
         if _service is None:
             stores = await wiring.open_stores(SETTINGS, "sentinels-schedule")
+            alerts = await CapacityAlerts.open(stores.js, stores.sink, CAPACITY)
             _service = ScheduleService(
                 jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
                 cluster=wiring.cluster_for(SETTINGS, stores.nc), priorities=PRIORITIES, cfg=CONFIG,
-                clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env)
+                clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env, after_pass=alerts.after_pass)
         return _service
 
 

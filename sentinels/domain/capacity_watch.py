@@ -169,3 +169,35 @@ def _allocated(observation: dict) -> dict[str, tuple[int, int]]:
 
 def _int(value) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def pass_observation(decision, nodes: list, waiting: list) -> dict:
+    """What one scheduling pass saw, in the shape `step()` takes.
+
+    Jobs held back by order (StrictFIFO) wait for priority, not room, and do not count.
+    A waiting job is short of the first resource (GPU, CPU, memory) it needs more of than
+    any live node has free after the pass's own placements.
+    """
+    live = [n for n in nodes if n.ready and n.schedulable]
+    free = {n.name: [n.free_gpu, n.free_cpu_millis, n.free_memory_bytes] for n in live}
+    by_id = {w.id: w for w in waiting}
+    for job_id, node in decision.placements:
+        w = by_id.get(job_id)
+        if w is not None and node in free:
+            free[node][0] -= w.gpu
+            free[node][1] -= w.cpu_millis
+            free[node][2] -= w.memory_bytes
+    totals = [sum(n.gpu for n in live), sum(n.cpu_millis for n in live), sum(n.memory_bytes for n in live)]
+    left = [sum(max(0, f[i]) for f in free.values()) for i in range(3)]
+    most = [max((f[i] for f in free.values()), default=0) for i in range(3)]
+    room = [by_id[j] for j in decision.reasons if j in by_id and j not in decision.by_order]
+    by_resource = dict.fromkeys(RESOURCES, 0)
+    largest = dict.fromkeys(RESOURCES, 0)
+    for w in room:
+        need = (w.gpu, w.cpu_millis, w.memory_bytes)
+        short = next((r for r, n, m in zip(RESOURCES, need, most) if n > m), "cpu")
+        by_resource[short] += 1
+        for r, n in zip(RESOURCES, need):
+            largest[r] = max(largest[r], n)
+    return {"waiting_for_room": len(room), "by_resource": by_resource, "largest_request": largest,
+            "allocated": {r: (totals[i] - left[i], totals[i]) for i, r in enumerate(RESOURCES)}}

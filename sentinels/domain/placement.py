@@ -55,6 +55,7 @@ class Decision:
     placements: list = field(default_factory=list)  # [(job id, node name)]
     reasons: dict = field(default_factory=dict)  # job id -> why it still waits
     never_fits: set = field(default_factory=set)  # ids no node could ever take (as the cluster is now)
+    by_order: set = field(default_factory=set)  # ids that wait for jobs ahead (StrictFIFO), not for room
 
 
 def _tolerates(job: Waiting, node: Node) -> bool:
@@ -127,6 +128,7 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
         shape = (job.cpu_millis, job.memory_bytes, job.gpu)
         if strategy == STRICT and waiting_ahead:
             decision.reasons[job.id] = f"{waiting_ahead} job{'s' if waiting_ahead > 1 else ''} ahead must start first (StrictFIFO)"
+            decision.by_order.add(job.id)
             waiting_ahead += 1
             continue
         node = None

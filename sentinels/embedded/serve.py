@@ -14,8 +14,8 @@ FUNCTIONS = {
     # name: (target, signature type, port offset from the submit port)
     "submit": ("submit", "http", 0),
     "schedule": ("schedule", "cloudevent", 1),
-    "on_job_event": ("on_job_event", "cloudevent", 2),
-    "alert": ("alert", "cloudevent", 3),
+    "on_job_event": ("on_job_event", "http", 2),
+    "alert": ("alert", "http", 3),
 }
 
 

@@ -51,12 +51,20 @@ def check_config(settings: Settings) -> list[str]:
     """Parse every server-side file now; raise ConfigError on the first bad one."""
     from ..auth import Identities
 
+    from ..adapters import slack
+    from functions.schedule.config import SchedulerConfig
+
     settings.priorities()
     settings.limits()
+    settings.backend()
+    SchedulerConfig.from_dict(settings.section("scheduler"))
+    notify = settings.notify()
     ids = Identities.load(settings.tokens_file(), settings.file.get("user"))
     notes = []
     if ids.single_user:
         notes.append(f"single-user mode: no tokens file configured, every request acts as {ids.local['user']} (admin)")
+    notifier = slack.start(os.environ, notify.default_channel, strict=True)  # invalid_auth: a clear error now
+    notes.append(f"notifications: {notifier.describe()}")
     return notes
 
 
