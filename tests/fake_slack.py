@@ -153,7 +153,7 @@ class FakeSlack:
                 if payload.get("blocks") is not None and block_problems(payload["blocks"]):
                     return self._reply(200, {"ok": False, "error": "invalid_blocks"})
                 with fake.lock:
-                    fake.messages.append(dict(payload, via="api"))
+                    fake.messages.append(dict(payload, via="api", received=time.time()))
                     ts = f"{time.time():.6f}"
                 return self._reply(200, {"ok": True, "channel": "C" + channel.strip("#").upper()[:8], "ts": ts,
                                          "message": {"text": payload.get("text"), "ts": ts}})
@@ -164,7 +164,7 @@ class FakeSlack:
                 if payload.get("blocks") is not None and block_problems(payload["blocks"]):
                     return self._reply(400, b"invalid_blocks")
                 with fake.lock:
-                    fake.messages.append(dict(payload, channel=None, via="webhook"))
+                    fake.messages.append(dict(payload, channel=None, via="webhook", received=time.time()))
                 return self._reply(200, b"ok")
 
         return Handler
