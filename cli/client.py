@@ -72,6 +72,7 @@ class Reader:
                     jobs = await jetstream.JetStreamJobs.open(js)
                 except Exception:
                     raise CliError(f"no sentinels store at {self.settings.nats_url} yet; has `sentinels up` run?") from None
+                self.js = js
                 return await fn(js, jobs, jetstream.JetStreamQueue(js), jetstream.JetStreamHistory(js))
             finally:
                 await nc.close()
@@ -80,3 +81,11 @@ class Reader:
             return asyncio.run(go())
         except SentinelsError as e:
             raise CliError(e.message) from None
+
+
+async def waiting_reasons(js) -> dict:
+    """Why each waiting job waits, as the scheduler's last pass saw it."""
+    from sentinels.adapters.jetstream import JetStreamBoard
+
+    doc = await (await JetStreamBoard.open(js)).get("waiting")
+    return (doc or {}).get("reasons") or {}

@@ -139,6 +139,9 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
             return None
         record = got[0]
         if record["state"] == "QUEUED":
+            from .client import waiting_reasons
+
+            record["reason"] = (await waiting_reasons(js)).get(job_id, record["reason"])
             prio = settings.priorities()
             record["position"] = await queue.position(prio.ordered(), record["priority"], record["queue_seq"],
                                                         record.get("queue_front", False))
@@ -218,8 +221,11 @@ def queue(limit: int = typer.Option(50, "--limit", "-n", help="how many to show"
     async def look(js, jobs, q, history):
         import asyncio
 
+        from .client import waiting_reasons
+
         heads = await q.heads(prio.ordered(), limit)
         counts = await q.counts()
+        reasons = await waiting_reasons(js)
         got = await asyncio.gather(*(jobs.get(e["id"]) for _, e in heads))
         rows = []
         for (seq, entry), rec in zip(heads, got):
@@ -228,7 +234,7 @@ def queue(limit: int = typer.Option(50, "--limit", "-n", help="how many to show"
                 continue  # being scheduled/cancelled right now, or a stale copy
             rows.append({"position": len(rows) + 1, "id": entry["id"], "name": record["name"], "class": entry["class"],
                          "owner": record["owner"], "wait": _ago(entry["submitted"]), "resources": _res(record["spec"]),
-                         "reason": record.get("reason", "")})
+                         "reason": reasons.get(entry["id"], record.get("reason", ""))})
         return rows, counts
 
     rows, counts = Reader(settings).run(look)

@@ -38,6 +38,13 @@ class History(Protocol):
     async def of(self, job_id: str) -> list[dict]: ...
 
 
+class Board(Protocol):
+    """Small shared documents (KV `sentinels_state`), e.g. why each waiting job waits."""
+
+    async def get(self, key: str) -> Optional[dict]: ...
+    async def put(self, key: str, value: dict) -> None: ...
+
+
 class EventSink(Protocol):
     """Where a function sends follow-up CloudEvents (broker ingress, K_SINK or the router)."""
 

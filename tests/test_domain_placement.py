@@ -93,3 +93,10 @@ def test_memory_reason():
 def test_no_nodes_at_all():
     d = place([job(1)], [])
     assert d.reasons["job1"] == "no Ready, schedulable node in the cluster"
+
+
+def test_job_slots_limit_how_many_start_on_a_node():
+    slots = Node("local", 8000, 32 * GI, 0, 8000, 32 * GI, 0, free_pods=2)
+    d = place([job(1), job(2), job(3)], [slots])
+    assert [p[0] for p in d.placements] == ["job1", "job2"]
+    assert d.reasons["job3"] == "every job slot is busy (node pod capacity / local slots)"

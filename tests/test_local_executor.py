@@ -389,7 +389,7 @@ async def test_when_every_slot_is_taken_nothing_else_fits(tmp_path):
     assert kubelet.launch(rec, {})["launched"] is True
     try:
         node = kubelet.node()
-        assert (node["cpu_millis"], node["free_cpu_millis"], node["free_memory_bytes"]) == (8000, 0, 0)
+        assert (node["cpu_millis"], node["free_cpu_millis"], node["free_pods"]) == (8000, 7000, 0)
         kubelet.stop("qqqqqqqqqq")
         deadline = time.monotonic() + 5
         while kubelet.active():

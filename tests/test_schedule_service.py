@@ -8,7 +8,7 @@ from functions.schedule.config import SchedulerConfig
 from functions.schedule.service import ScheduleService
 from functions.submit.service import SubmitService
 from sentinels import clock
-from sentinels.adapters.memory import MemoryCluster, MemoryHistory, MemoryJobs, MemoryQueue
+from sentinels.adapters.memory import MemoryBoard, MemoryCluster, MemoryHistory, MemoryJobs, MemoryQueue
 from sentinels.domain.errors import ConfigError
 from sentinels.domain.placement import Node
 from sentinels.domain.priority import PriorityConfig
@@ -26,7 +26,7 @@ class World:
         prio = PriorityConfig.from_dict(None)
         self.submitter = SubmitService(self.jobs, self.queue, self.history, self.sink, prio, Limits(), clock.now_iso)
         self.sched = ScheduleService(self.jobs, self.queue, self.history, self.sink, self.cluster, prio,
-                                     SchedulerConfig.from_dict(cfg), clock.now_iso)
+                                     SchedulerConfig.from_dict(cfg), clock.now_iso, board=MemoryBoard())
         self.n = 0
 
     async def submit(self, cpu=1, gpu=0, priority="normal", name=None):
@@ -38,6 +38,9 @@ class World:
 
     async def state(self, job_id):
         return (await self.jobs.get(job_id))[0]
+
+    async def reason(self, job_id):
+        return ((await self.sched.board.get("waiting")) or {}).get("reasons", {}).get(job_id)
 
 
 def node(name, cpu=4, gpu=0):
@@ -53,7 +56,10 @@ async def test_highest_priority_first_and_reasons_for_the_rest():
     result = await w.sched.trigger()
     assert result["placed"] == 1 and w.cluster.launches == [critical]
     assert (await w.state(critical))["state"] == "SCHEDULED"
-    assert (await w.state(high))["reason"] == "needs 1 CPU on one node; the largest free is 0 CPU"
+    assert await w.reason(high) == "needs 1 CPU on one node; the largest free is 0 CPU"
+    writes = w.sched.board.writes
+    await w.sched.trigger()  # nothing changed: the reasons are not written again
+    assert w.sched.board.writes == writes
     assert sum((await w.queue.counts()).values()) == 3
     w.cluster.finish(critical)
     await w.sched.trigger()
@@ -119,8 +125,8 @@ async def test_job_that_never_fits_waits_with_a_reason_until_a_bigger_node_comes
     w = World([node("a", gpu=2)])
     j = await w.submit(gpu=4)
     await w.sched.trigger()
-    rec = await w.state(j)
-    assert rec["state"] == "QUEUED" and "can never fit" in rec["reason"] and "largest node has 2 GPUs" in rec["reason"]
+    rec, why = await w.state(j), await w.reason(j)
+    assert rec["state"] == "QUEUED" and "can never fit" in why and "largest node has 2 GPUs" in why
     w.cluster.base["b"] = node("b", gpu=8)
     await w.sched.trigger()
     assert (await w.state(j))["state"] == "SCHEDULED" and (await w.state(j))["node"] == "b"

@@ -8,14 +8,14 @@ duplicate announcement is dropped by the sink.
 import json
 import logging
 
-from nats.js import api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from sentinels import clock
+from sentinels.adapters.jetstream import STATE_BUCKET
 from sentinels.domain import capacity_watch, events
 
 log = logging.getLogger("sentinels.schedule")
-STATE_BUCKET, KEY = "sentinels_state", "capacity"
+KEY = "capacity"
 
 
 class CapacityAlerts:
@@ -24,12 +24,7 @@ class CapacityAlerts:
 
     @classmethod
     async def open(cls, js, sink, cfg):
-        try:
-            kv = await js.key_value(STATE_BUCKET)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(api.KeyValueConfig(bucket=STATE_BUCKET, history=1,
-                                                              description="sentinels: shared scheduler state"))
-        return cls(kv, sink, cfg)
+        return cls(await js.key_value(STATE_BUCKET), sink, cfg)
 
     async def after_pass(self, decision, nodes, waiting, now: float) -> None:
         try:

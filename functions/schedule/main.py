@@ -10,6 +10,7 @@ import logging
 import functions_framework.aio
 
 from sentinels import clock, wiring
+from sentinels.adapters.jetstream import JetStreamBoard
 from sentinels.domain import events
 from sentinels.settings import Settings
 
@@ -45,7 +46,8 @@ async def service() -> ScheduleService:
             _service = ScheduleService(
                 jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
                 cluster=wiring.cluster_for(SETTINGS, stores.nc), priorities=PRIORITIES, cfg=CONFIG,
-                clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env, after_pass=alerts.after_pass)
+                clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env, after_pass=alerts.after_pass,
+                board=await JetStreamBoard.open(stores.js))
         return _service
 
 

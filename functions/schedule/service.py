@@ -21,6 +21,7 @@ from .config import SchedulerConfig
 
 log = logging.getLogger("sentinels.schedule")
 SOURCE = "sentinels/schedule"
+REASONS_KEY = "waiting"  # in the Board: {"at": iso, "reasons": {job id: why it waits}}
 
 
 def to_waiting(entry: dict, rank: int, order: int, now: float) -> placement.Waiting:
@@ -43,6 +44,7 @@ class ScheduleService:
     tracker: object = None
     env_for_run: callable = None  # (record, run info or None) -> env for the container (MLflow)
     after_pass: callable = None  # async hook(decision, nodes, heads, now) for capacity alerts
+    board: object = None  # where the waiting reasons go (ports.Board)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _dirty: bool = False
     _reasons: dict = field(default_factory=dict)
@@ -122,7 +124,6 @@ class ScheduleService:
                 await self.cluster.stop(record)
             return False
         before, after = done
-        self._reasons.pop(job_id, None)
         await self.queue.remove(seq)
         await announce(self.history, self.sink, SOURCE, before, after, events.JOB_SCHEDULED,
                        data={"job": job_id, "node": node, "class": after["priority"], "owner": after["owner"]})
@@ -139,22 +140,17 @@ class ScheduleService:
             return None
 
     async def _record_reasons(self, reasons: dict, by_id: dict) -> None:
-        """Store 'why is my job waiting' on records, writing only reasons that changed."""
-        changed = [(j, r) for j, r in list(reasons.items())[: self.cfg.reason_window] if self._reasons.get(j) != r]
-        sem = asyncio.Semaphore(self.cfg.concurrency)
+        """Publish why each waiting job waits, as one document per pass (only when it changed).
 
-        async def write(job_id, reason):
-            async with sem:
-                def decide(r):
-                    if r["state"] != states.QUEUED or r.get("reason") == reason:
-                        return None
-                    return dict(r, reason=reason)
-                await self.jobs.mutate(job_id, decide)
-                self._reasons[job_id] = reason
-
-        await asyncio.gather(*(write(j, r) for j, r in changed))
-        if len(self._reasons) > 4 * self.cfg.window:
-            self._reasons.clear()
+        One write per pass instead of one per waiting job: `sentinels status` and
+        `sentinels queue` read it next to the record.
+        """
+        if self.board is None:
+            return
+        snapshot = dict(list(reasons.items())[: self.cfg.reason_window])
+        if snapshot != self._reasons:
+            await self.board.put(REASONS_KEY, {"at": self.clock(), "reasons": snapshot})
+            self._reasons = snapshot
 
     async def reconcile(self) -> int:
         """Repair what a crash left: jobs the cluster runs that the store does not know as running."""

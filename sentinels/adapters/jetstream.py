@@ -23,6 +23,7 @@ from ..ports import Conflict
 log = logging.getLogger("sentinels.jetstream")
 
 JOBS_BUCKET = "sentinels_jobs"
+STATE_BUCKET = "sentinels_state"  # small shared documents: the last pass's waiting reasons, capacity watch
 QUEUE_STREAM = "SENTINELS_QUEUE"
 EVENTS_STREAM = "SENTINELS_EVENTS"
 HISTORY_STREAM = "SENTINELS_HISTORY"
@@ -90,12 +91,14 @@ async def ensure(js, replicas: int = 1) -> None:
             info.config.subjects = missing + [t for t in theirs if not any(_covers(m, t) for m in missing)]
             await js.update_stream(info.config)
             log.warning("stream %s existed without subjects %s; added them", cfg.name, missing)
-    try:
-        await js.key_value(JOBS_BUCKET)
-    except BucketNotFoundError:
-        await js.create_key_value(api.KeyValueConfig(
-            bucket=JOBS_BUCKET, history=5, storage=api.StorageType.FILE, replicas=replicas, direct=True,
-            description="sentinels: job records by id"))
+    for bucket, history, what in ((JOBS_BUCKET, 5, "job records by id"),
+                                  (STATE_BUCKET, 1, "shared scheduler state")):
+        try:
+            await js.key_value(bucket)
+        except BucketNotFoundError:
+            await js.create_key_value(api.KeyValueConfig(
+                bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas, direct=True,
+                description=f"sentinels: {what}"))
 
 
 class JetStreamJobs:
@@ -165,6 +168,27 @@ class JetStreamJobs:
         finally:
             await watcher.stop()
         return out
+
+
+class JetStreamBoard:
+    """`Board` over KV `sentinels_state`: whole documents written by one writer at a time."""
+
+    def __init__(self, kv):
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js) -> "JetStreamBoard":
+        return cls(await js.key_value(STATE_BUCKET))
+
+    async def get(self, key: str) -> Optional[dict]:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return json.loads(entry.value) if entry.value else None
+
+    async def put(self, key: str, value: dict) -> None:
+        await self.kv.put(key, json.dumps(value).encode())
 
 
 class JetStreamQueue:

@@ -95,6 +95,19 @@ class MemoryHistory:
         return sorted((e for e in self.entries.values() if e["job"] == job_id), key=lambda e: e.get("at") or "")
 
 
+class MemoryBoard:
+    def __init__(self):
+        self.docs: dict[str, dict] = {}
+        self.writes = 0
+
+    async def get(self, key):
+        return copy.deepcopy(self.docs.get(key))
+
+    async def put(self, key, value):
+        self.writes += 1
+        self.docs[key] = copy.deepcopy(value)
+
+
 class MemoryCluster:
     """Nodes with fixed allocatable; launched jobs use their requests until stopped or finished."""
 

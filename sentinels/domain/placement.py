@@ -33,6 +33,7 @@ class Node:
     taints: tuple = ()  # ((key, value, effect), ...) with effect NoSchedule / NoExecute
     ready: bool = True
     schedulable: bool = True
+    free_pods: int | None = None  # how many more jobs may start here (pod capacity, local slots); None: no limit
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def _short_reason(job: Waiting, usable: list[Node], free: dict) -> str:
         if need and all(get(n) < need for n in usable):
             best = max(get(n) for n in usable)
             return f"needs {fmt(need)} on one node; the largest free is {fmt(max(best, 0))}"
+    if all(free[n.name][3] <= 0 for n in usable):
+        return "every job slot is busy (node pod capacity / local slots)"
     return "no single node has room for all of cpu, memory and GPUs together right now"
 
 
@@ -115,7 +118,8 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
     decision = Decision()
-    free = {n.name: [n.free_cpu_millis, n.free_memory_bytes, n.free_gpu] for n in nodes}
+    free = {n.name: [n.free_cpu_millis, n.free_memory_bytes, n.free_gpu,
+                     n.free_pods if n.free_pods is not None else len(heads)] for n in nodes}
     cpu_nodes = [n for n in nodes if n.gpu == 0]
     gpu_nodes = sorted((n for n in nodes if n.gpu > 0), key=lambda n: n.free_gpu)
     gpu_first, cpu_first = gpu_nodes + cpu_nodes, cpu_nodes + gpu_nodes  # keep GPU nodes for GPU jobs
@@ -135,7 +139,7 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
         if not any(all(s <= f for s, f in zip(prev, shape)) for prev in failed_shapes.get(sel_key, ())):
             for n in gpu_first if job.gpu else cpu_first:
                 room = free[n.name]
-                if (room[2] >= job.gpu and room[0] >= job.cpu_millis and room[1] >= job.memory_bytes
+                if (room[3] > 0 and room[2] >= job.gpu and room[0] >= job.cpu_millis and room[1] >= job.memory_bytes
                         and n.name not in reserved and _usable(job, n)):
                     node = n
                     break
@@ -144,6 +148,7 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
             room[0] -= job.cpu_millis
             room[1] -= job.memory_bytes
             room[2] -= job.gpu
+            room[3] -= 1
             decision.placements.append((job.id, node.name))
             continue
         failed_shapes.setdefault(sel_key, []).append(shape)

@@ -22,7 +22,7 @@ from . import machine
 from .kubelet import Kubelet
 
 log = logging.getLogger("sentinels.executor")
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.02  # how soon an ended process is noticed; a poll only checks live children
 
 
 async def _answer(kubelet: Kubelet, verb: str, body: dict) -> dict:

@@ -140,11 +140,10 @@ class Kubelet:
                 for k in ("cpu_millis", "memory_bytes", "gpu")]
         alloc = (self.cap.cpu_millis, self.cap.memory_bytes, len(self.cap.gpus))
         free = [a - u for a, u in zip(alloc, used)]
-        if self.cap.slots is not None and len(live) >= self.cap.slots:
-            free = [0, 0, 0]  # every slot taken: nothing else may start
         labels = {"kubernetes.io/hostname": objects.NODE_NAME, "kubernetes.io/os": "linux", **self.cap.labels}
         node = Node(name=objects.NODE_NAME, cpu_millis=alloc[0], memory_bytes=alloc[1], gpu=alloc[2],
-                    free_cpu_millis=free[0], free_memory_bytes=free[1], free_gpu=free[2], labels=labels)
+                    free_cpu_millis=free[0], free_memory_bytes=free[1], free_gpu=free[2], labels=labels,
+                    free_pods=None if self.cap.slots is None else max(0, self.cap.slots - len(live)))
         return {**dataclasses.asdict(node), "taints": []}
 
     def active(self) -> dict[str, str]:
