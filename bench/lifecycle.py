@@ -134,6 +134,7 @@ def mlflow_time(n=50):
 
 
 def main():
+    sys.stdout.reconfigure(line_buffering=True)
     home = Path(tempfile.mkdtemp(prefix="sentinels-bench-"))
     port = natsd.free_port()
     nats = natsd.start(home / "js", port)

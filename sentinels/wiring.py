@@ -41,13 +41,6 @@ def cluster_for(settings: Settings, nc):
     return LocalCluster(nc)
 
 
-class NoTracker:
-    """Used when MLflow is switched off (`mlflow_tracking_uri: none`)."""
-
-    def start_run(self, record):
-        return None
-
-
 def warm(tracker) -> None:
     """Import MLflow and open its store in the background, so the first job does not pay for it."""
     import threading
@@ -58,14 +51,15 @@ def warm(tracker) -> None:
         except Exception:  # MLflow down at start is fine: runs catch up later
             pass
 
-    if hasattr(tracker, "warm"):
+    if tracker is not None:
         threading.Thread(target=go, daemon=True, name="mlflow-warm").start()
 
 
 def tracker_for(settings: Settings):
+    """The MLflow tracker, or None when tracking is switched off (`MLFLOW_TRACKING_URI=none`)."""
     uri = settings.mlflow_uri()
     if uri in ("none", "off", ""):
-        return NoTracker()
+        return None
     from .adapters.mlflow_tracker import MlflowTracker
 
     return MlflowTracker(uri)

@@ -174,6 +174,10 @@ class LifecycleService:
             self.owed_mlflow.add(record["id"])
             log.warning("job %s: MLflow not reachable (%s); will catch up", record["id"], e.message)
             return
+        except SentinelsError as e:  # MLflow refused (e.g. the run was deleted): the job's state stands
+            self.owed_mlflow.discard(record["id"])
+            log.warning("job %s: MLflow refused the update: %s", record["id"], e.message)
+            return
         self.owed_mlflow.discard(record["id"])
         if updated is not None:
             keep = {k: updated[k] for k in ("mlflow", "mlflow_run_id", "links") if k in updated}

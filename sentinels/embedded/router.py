@@ -47,7 +47,8 @@ class Router:
         self.nc = await jetstream.connect(self.s.nats_url, "sentinels-router", reconnect=True)
         self.js = self.nc.jetstream(timeout=5)
         await jetstream.ensure(self.js)
-        self.http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self.http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32,
+                                                                    keepalive_expiry=2.0))  # < uvicorn's 5 s
         for t in self.table:
             await self.consume(t)
         log.info("routing %d triggers: %s", len(self.table), ", ".join(t.name for t in self.table))

@@ -119,7 +119,7 @@ class Supervisor:
     def init_mlflow(self) -> subprocess.Popen | None:
         """Create a local MLflow store once, before the functions race to create its tables."""
         uri = self.s.mlflow_uri()
-        if not uri.startswith("sqlite:"):
+        if not uri.startswith("sqlite:"):  # a server (or `none`) needs no preparing
             return None
         code = "import sys; from sentinels.adapters.mlflow_tracker import MlflowTracker; MlflowTracker(sys.argv[1]).warm()"
         return subprocess.Popen([sys.executable, "-c", code, uri], env=self.env(),
