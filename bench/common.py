@@ -31,22 +31,20 @@ def ms(x):
 
 
 def free_block(n=4):
-    import socket
-    for _ in range(100):
-        base = natsd.free_port()
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free ports")
+    return natsd.free_block(n)
+
+
+@contextmanager
+def nats_server():
+    """A private nats-server with JetStream; yields its URL."""
+    home = Path(tempfile.mkdtemp(prefix="sentinels-bench-"))
+    port = natsd.free_port()
+    proc = natsd.start(home / "js", port)
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 @contextmanager

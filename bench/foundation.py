@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, ce_headers, median, ms, natsd, pct, submit_load  # noqa: F401
+from common import ROOT, median, ms, nats_server, natsd, pct, submit_load
 
 from sentinels.adapters import jetstream
 from sentinels.domain import job
@@ -127,18 +127,12 @@ def cli_status_wall(env, job_id, runs=7):
 
 
 def main():
+    sys.stdout.reconfigure(line_buffering=True)
     submit_throughput()
-    home = Path(tempfile.mkdtemp(prefix="sentinels-bench-"))
-    port = natsd.free_port()
-    nats = natsd.start(home / "js", port)
-    try:
-        url = f"nats://127.0.0.1:{port}"
+    with nats_server() as url:
         ids = asyncio.run(reads_at_100k(url))
-        env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_NATS_URL": url}
+        env = {**os.environ, "SENTINELS_HOME": tempfile.mkdtemp(prefix="sentinels-bench-"), "SENTINELS_NATS_URL": url}
         cli_status_wall(env, ids[len(ids) // 2][0])
-    finally:
-        nats.terminate()
-        nats.wait()
 
 
 if __name__ == "__main__":

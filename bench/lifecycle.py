@@ -6,13 +6,11 @@ server that answers like Slack, and the lifecycle function's time per Kubernetes
 import asyncio
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from common import ROOT, ms, natsd, pct, stack, submit_load
+from common import ROOT, ms, nats_server, pct, stack, submit_load
 
 sys.path.insert(0, str(ROOT))
 from tests.fake_slack import FakeSlack  # noqa: E402
@@ -28,7 +26,6 @@ from sentinels.clock import parse_iso  # noqa: E402
 from sentinels.domain.placement import Node  # noqa: E402
 from sentinels.domain.priority import PriorityConfig  # noqa: E402
 from sentinels.domain.spec import Limits  # noqa: E402
-from sentinels.settings import Settings  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -135,14 +132,8 @@ def mlflow_time(n=50):
 
 def main():
     sys.stdout.reconfigure(line_buffering=True)
-    home = Path(tempfile.mkdtemp(prefix="sentinels-bench-"))
-    port = natsd.free_port()
-    nats = natsd.start(home / "js", port)
-    try:
-        asyncio.run(event_handling(f"nats://127.0.0.1:{port}"))
-    finally:
-        nats.terminate()
-        nats.wait()
+    with nats_server() as url:
+        asyncio.run(event_handling(url))
     mlflow_time()
     trivial_jobs()
 

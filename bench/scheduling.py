@@ -9,14 +9,12 @@ separately against a Kubernetes API emulator when `kmock` is installed.
 import asyncio
 import json
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
-from common import ROOT, median, ms, natsd, pct, stack
+from common import ROOT, median, ms, nats_server, pct, stack
 
 from foundation import fill
 from functions.schedule.config import SchedulerConfig
@@ -90,13 +88,12 @@ async def pass_at_100k(url):
 
 async def kube_launch_time(n=50):
     try:
-        import kmock  # noqa: F401
+        import kmock
         from sentinels.adapters.kube_manifest import KubeConfig
         from sentinels.adapters.kubernetes import KubernetesCluster
     except ImportError as e:
         print(f"Kubernetes API time: skipped ({e})")
         return
-    import kmock
     from sentinels.domain import job
     from sentinels.domain.spec import validate
 
@@ -157,14 +154,9 @@ def submit_to_start(n=20):
 
 
 def main():
-    home = Path(tempfile.mkdtemp(prefix="sentinels-bench-"))
-    port = natsd.free_port()
-    nats = natsd.start(home / "js", port)
-    try:
-        asyncio.run(pass_at_100k(f"nats://127.0.0.1:{port}"))
-    finally:
-        nats.terminate()
-        nats.wait()
+    sys.stdout.reconfigure(line_buffering=True)
+    with nats_server() as url:
+        asyncio.run(pass_at_100k(url))
     asyncio.run(kube_launch_time())
     submit_to_start()
 

@@ -9,32 +9,16 @@ every job to end, prints each final state with its MLflow run, then stops everyt
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from sentinels.embedded import natsd  # noqa: E402
 HOME = ROOT / ".sentinels-demo"
 JOBS = [("low", "0.05"), ("normal", "0.1"), ("high", "0.5"), ("low", "1.0"), ("critical", "2.0"), ("normal", "0.2")]
-
-
-def free_ports(n):
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        try:
-            socks = [socket.socket() for _ in range(n)]
-            for i, sk in enumerate(socks):
-                sk.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sk in socks:
-                sk.close()
 
 
 def sentinels(*args, show=True, check=True):
@@ -52,9 +36,9 @@ def sentinels(*args, show=True, check=True):
 shutil.rmtree(HOME, ignore_errors=True)
 HOME.mkdir()
 (HOME / "config.yaml").write_text("local:\n  slots: 2\n")
-base = free_ports(4)
+base = natsd.free_block(4)
 ENV = {**os.environ, "SENTINELS_HOME": str(HOME), "SENTINELS_URL": f"http://127.0.0.1:{base}",
-       "SENTINELS_NATS_URL": f"nats://127.0.0.1:{free_ports(1)}", "SENTINELS_TICK": "2"}
+       "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "2"}
 t0 = time.monotonic()
 print("== starting the embedded default (NATS JetStream, submit, schedule, on_job_event, alert, router, local executor)")
 sentinels("up", "-d")

@@ -63,3 +63,26 @@ def tracker_for(settings: Settings):
     from .adapters.mlflow_tracker import MlflowTracker
 
     return MlflowTracker(uri)
+
+
+class Lazy:
+    """A function's service, built on first use and again after its NATS connection closed.
+
+    Functions start without NATS (so a bad configuration fails at import, and NATS being
+    down answers 503 instead of a crash loop); `build(stores)` wires the service.
+    """
+
+    def __init__(self, settings: Settings, name: str, build):
+        import asyncio
+
+        self.settings, self.name, self.build = settings, name, build
+        self.service = None
+        self.stores: Stores | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self):
+        async with self._lock:
+            if self.service is None or self.stores.nc.is_closed:
+                self.stores = await open_stores(self.settings, self.name)
+                self.service = await self.build(self.stores)
+            return self.service

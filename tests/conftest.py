@@ -1,6 +1,7 @@
 """Shared fixtures: a real nats-server per test, the submit function over real HTTP."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,25 @@ from sentinels.adapters import jetstream
 from sentinels.embedded import natsd
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fake():
+    """A local server that answers like Slack (Web API and incoming webhook)."""
+    from tests.fake_slack import FakeSlack
+
+    with FakeSlack() as server:
+        yield server
+
+
+@pytest.fixture
+def logs(caplog):
+    """Every log record, including the Slack SDK's debug output; none may hold a secret."""
+    from tests.fake_slack import assert_no_secrets
+
+    caplog.set_level(logging.DEBUG)
+    yield caplog
+    assert_no_secrets(caplog)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import yaml
 from sentinels.adapters import jetstream
 from sentinels.domain import capacity_watch, events
 from sentinels.domain.errors import ConfigError
-from tests.fake_slack import TOKEN, FakeSlack, assert_no_secrets, block_problems
+from tests.fake_slack import TOKEN, block_problems
 from tests.test_alert_capacity import GPU_FULL, QUIET
 from tests.test_alert_notify import record
 
@@ -21,18 +21,6 @@ MAIN = Path(__file__).resolve().parent.parent / "functions" / "alert" / "main.py
 NOTIFY = {"default_channel": "#general", "capacity_channel": "#ops", "teams": {"vision": "#vision"},
           "experiments": {"resnet*": "#alerts"}, "kibana_url": "https://kibana.example/app/discover?q={job}"}
 
-
-@pytest.fixture
-def fake():
-    with FakeSlack() as server:
-        yield server
-
-
-@pytest.fixture
-def logs(caplog):
-    caplog.set_level(logging.DEBUG)
-    yield caplog
-    assert_no_secrets(caplog)
 
 
 def make_app(monkeypatch, home: Path, nats_url: str, slack_env: dict, notify_cfg=NOTIFY):
@@ -56,8 +44,8 @@ async def function(monkeypatch, tmp_path, nats_url, fake):
                            {"SLACK_BOT_TOKEN": TOKEN, "SLACK_API_URL": fake.api_url})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://alert") as client:
         yield poster(client), module
-    if module._nc is not None:
-        await module._nc.close()
+    if module.SERVICE.stores is not None:
+        await module.SERVICE.stores.nc.close()
 
 
 def poster(client):
@@ -184,7 +172,7 @@ async def test_webhook_sends_one_message_for_several_channels(monkeypatch, tmp_p
             status, _body = await post(events.JOB_SUCCEEDED, {"job": rec["id"]}, event_id="e-3")
             assert status == 200
         health = (await client.get("/")).json()
-    await module._nc.close()
+    await module.SERVICE.stores.nc.close()
     assert [m["via"] for m in fake.messages] == ["webhook"]
     assert health["notifications"] == "Slack incoming webhook"
 
@@ -199,7 +187,7 @@ async def test_invalid_token_at_start_logs_a_clear_error_and_falls_back_to_the_l
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://alert") as client:
         rec = await put(js, record())
         status, body = await poster(client)(events.JOB_SUCCEEDED, {"job": rec["id"]})
-    await module._nc.close()
+    await module.SERVICE.stores.nc.close()
     assert status == 200 and body["sent"] == ["#vision", "#alerts"]
     assert fake.messages == []
     assert any(r.getMessage().startswith("notification for #vision: :white_check_mark: resnet (ab2cd3ef4g)")

@@ -10,23 +10,11 @@ from sentinels.adapters import slack
 from sentinels.domain import notify
 from sentinels.domain.errors import ConfigError, Unavailable
 from sentinels.embedded import natsd
-from tests.fake_slack import SECRETS, TOKEN, FakeSlack, assert_no_secrets, block_problems
+from tests.fake_slack import SECRETS, TOKEN, block_problems
 from tests.test_alert_notify import record
 
 NOW = "2026-11-28T07:00:00.000Z"
 
-
-@pytest.fixture
-def fake():
-    with FakeSlack() as server:
-        yield server
-
-
-@pytest.fixture
-def logs(caplog):
-    caplog.set_level(logging.DEBUG)  # everything, including the SDK's own debug output
-    yield caplog
-    assert_no_secrets(caplog)
 
 
 def bot(fake, **kw):

@@ -3,7 +3,6 @@ NATS JetStream, the four functions, the router and the local executor, all real.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,21 +13,7 @@ from sentinels.embedded import natsd
 
 
 def free_block(n=4):
-    for _ in range(50):
-        base = natsd.free_port()
-        try:
-            socks = []
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
+    return natsd.free_block(n)
 
 
 @pytest.fixture(scope="module")

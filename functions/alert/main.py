@@ -7,15 +7,14 @@ start-up: a bad configuration fails then, a rejected token is logged and notific
 fall back to the log. Slack is a separate subscriber, so its outage never blocks jobs.
 """
 
-import asyncio
 import logging
 import os
 
 import functions_framework.aio
 from starlette.responses import JSONResponse
 
-from sentinels import clock
-from sentinels.adapters import jetstream, slack
+from sentinels import clock, wiring
+from sentinels.adapters import slack
 from sentinels.http import error_response, read_event
 from sentinels.settings import Settings
 
@@ -26,33 +25,22 @@ SETTINGS = Settings.load()
 NOTIFY = notify_config(SETTINGS, os.environ)
 NOTIFIER = slack.start(os.environ, NOTIFY.default_channel)
 
-_service: AlertService | None = None
-_nc = None
-_lock = asyncio.Lock()
+
+async def build(stores: wiring.Stores) -> AlertService:
+    return AlertService(jobs=stores.jobs, sent=await JetStreamSentLog.open(stores.js), notifier=NOTIFIER,
+                        cfg=NOTIFY, clock=clock.now_iso)
 
 
-async def service() -> AlertService:
-    """Connect on first use (and again after the connection closed); NATS down -> 503."""
-    global _service, _nc
-    async with _lock:
-        if _service is None or _nc.is_closed:
-            _nc = await jetstream.connect(SETTINGS.nats_url, "sentinels-alert", reconnect=True)
-            js = _nc.jetstream(timeout=5)
-            await jetstream.ensure(js)
-            notifier = _service.notifier if _service is not None else NOTIFIER
-            _service = AlertService(jobs=await jetstream.JetStreamJobs.open(js), sent=await JetStreamSentLog.open(js),
-                                    notifier=notifier, cfg=NOTIFY, clock=clock.now_iso)
-        return _service
+SERVICE = wiring.Lazy(SETTINGS, "sentinels-alert", build)
 
 
 @functions_framework.aio.http
 async def alert(request):
     if request.method == "GET":
-        notifier = _service.notifier if _service is not None else NOTIFIER
-        return JSONResponse({"ok": True, "function": "alert", "notifications": notifier.describe()})
+        return JSONResponse({"ok": True, "function": "alert", "notifications": NOTIFIER.describe()})
     try:
         ce = await read_event(request)
-        svc = await service()
+        svc = await SERVICE.get()
         status, body = await svc.handle(ce)
         return JSONResponse(body, status_code=status)
     except Exception as exc:  # Unavailable (Slack or NATS) -> 503, bad CloudEvent -> 400

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from sentinels.domain import events, job, notify, states

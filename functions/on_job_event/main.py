@@ -5,7 +5,6 @@ cluster API down) answers 503 and the broker redelivers, while bad or foreign ev
 answer 200 and are dropped with a log line.
 """
 
-import asyncio
 import logging
 
 import functions_framework.aio
@@ -29,8 +28,6 @@ except (TypeError, ValueError):
     raise ConfigError("lifecycle: max_attempts and image_pull_grace_seconds must be numbers") from None
 TRACKER = wiring.tracker_for(SETTINGS)
 wiring.warm(TRACKER)
-_service: LifecycleService | None = None
-_lock = asyncio.Lock()
 
 
 def outputs_dir(record: dict):
@@ -43,16 +40,14 @@ def outputs_dir(record: dict):
     return None
 
 
-async def service() -> LifecycleService:
-    global _service
-    async with _lock:
-        if _service is None:
-            stores = await wiring.open_stores(SETTINGS, "sentinels-on-job-event")
-            _service = LifecycleService(
-                jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
-                cluster=wiring.cluster_for(SETTINGS, stores.nc), clock=clock.now_iso, policy=POLICY,
-                tracker=TRACKER, outputs_dir=outputs_dir)
-        return _service
+async def build(stores: wiring.Stores) -> LifecycleService:
+    return LifecycleService(
+        jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
+        cluster=wiring.cluster_for(SETTINGS, stores.nc), clock=clock.now_iso, policy=POLICY,
+        tracker=TRACKER, outputs_dir=outputs_dir)
+
+
+SERVICE = wiring.Lazy(SETTINGS, "sentinels-on-job-event", build)
 
 
 @functions_framework.aio.http
@@ -61,7 +56,7 @@ async def on_job_event(request):
         return JSONResponse({"ok": True, "function": "on_job_event"})
     try:
         ce = await read_event(request)
-        svc = await service()
+        svc = await SERVICE.get()
         kind, data = ce["type"], ce["data"]
         if kind.startswith("dev.knative.apiserver.resource."):
             outcome = await svc.handle(kind, data if isinstance(data, dict) else {}, ce["id"])

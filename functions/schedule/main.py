@@ -4,7 +4,6 @@ Triggered by job.queued, the timer, capacity.changed and job-finished events; ev
 trigger runs (or coalesces into) one scheduling pass. The timer also reconciles.
 """
 
-import asyncio
 import logging
 
 import functions_framework.aio
@@ -25,35 +24,33 @@ CONFIG = SchedulerConfig.from_dict(SETTINGS.section("scheduler"))
 CAPACITY = SETTINGS.notify().capacity
 TRACKER = wiring.tracker_for(SETTINGS)
 wiring.warm(TRACKER)
-_service: ScheduleService | None = None
-_lock = asyncio.Lock()
 
 
 def mlflow_env(record: dict, run: dict | None) -> dict:
     """What the container needs to log into the job's own MLflow run."""
+    if TRACKER is None:
+        return {}
     env = {"MLFLOW_TRACKING_URI": SETTINGS.mlflow_uri(), "MLFLOW_EXPERIMENT_NAME": record["spec"]["experiment"]}
     if run and run.get("run_id"):
         env["MLFLOW_RUN_ID"] = run["run_id"]
     return env
 
 
-async def service() -> ScheduleService:
-    global _service
-    async with _lock:
-        if _service is None:
-            stores = await wiring.open_stores(SETTINGS, "sentinels-schedule")
-            alerts = await CapacityAlerts.open(stores.js, stores.sink, CAPACITY)
-            _service = ScheduleService(
-                jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
-                cluster=wiring.cluster_for(SETTINGS, stores.nc), priorities=PRIORITIES, cfg=CONFIG,
-                clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env, after_pass=alerts.after_pass,
-                board=await JetStreamBoard.open(stores.js))
-        return _service
+async def build(stores: wiring.Stores) -> ScheduleService:
+    alerts = await CapacityAlerts.open(stores.js, stores.sink, CAPACITY)
+    return ScheduleService(
+        jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
+        cluster=wiring.cluster_for(SETTINGS, stores.nc), priorities=PRIORITIES, cfg=CONFIG,
+        clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env, after_pass=alerts.after_pass,
+        board=await JetStreamBoard.open(stores.js))
+
+
+SERVICE = wiring.Lazy(SETTINGS, "sentinels-schedule", build)
 
 
 @functions_framework.aio.cloud_event
 async def schedule(cloud_event):
-    svc = await service()
+    svc = await SERVICE.get()
     if cloud_event["type"] == events.PING:
         repaired = await svc.reconcile()
         if repaired:

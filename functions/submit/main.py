@@ -4,20 +4,17 @@ HTTP rather than cloud_event signature because the caller needs the job record b
 Configuration (priorities, tokens, limits) is parsed at import, i.e. at start-up.
 """
 
-import asyncio
 import logging
 
 import functions_framework.aio
 from starlette.responses import JSONResponse
 
-from sentinels import clock
-from sentinels.adapters import jetstream
+from sentinels import clock, wiring
 from sentinels.auth import Identities
 from sentinels.domain import events
 from sentinels.domain.errors import InvalidSpec
 from sentinels.http import error_response, read_event
 from sentinels.settings import Settings
-from sentinels.sinks import sink_for
 
 from functions.submit.service import SubmitService
 
@@ -29,23 +26,12 @@ IDENTITIES = Identities.load(SETTINGS.tokens_file(), SETTINGS.file.get("user"))
 if IDENTITIES.single_user:
     log.warning("no tokens file configured: single-user mode, every request acts as %s (admin)", IDENTITIES.local["user"])
 
-_service: SubmitService | None = None
-_nc = None
-_lock = asyncio.Lock()
+async def build(stores: wiring.Stores) -> SubmitService:
+    return SubmitService(jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
+                         priorities=PRIORITIES, limits=LIMITS, clock=clock.now_iso)
 
 
-async def service() -> SubmitService:
-    """Connect on first use (and again after the connection closed); NATS down -> 503."""
-    global _service, _nc
-    async with _lock:
-        if _service is None or _nc.is_closed:
-            _nc = await jetstream.connect(SETTINGS.nats_url, "sentinels-submit", reconnect=True)
-            js = _nc.jetstream(timeout=5)
-            await jetstream.ensure(js)
-            _service = SubmitService(jobs=await jetstream.JetStreamJobs.open(js), queue=jetstream.JetStreamQueue(js),
-                                     history=jetstream.JetStreamHistory(js), sink=sink_for(js),
-                                     priorities=PRIORITIES, limits=LIMITS, clock=clock.now_iso)
-        return _service
+SERVICE = wiring.Lazy(SETTINGS, "sentinels-submit", build)
 
 
 @functions_framework.aio.http
@@ -55,7 +41,7 @@ async def submit(request):
     try:
         ce = await read_event(request)
         who = IDENTITIES.identify(request.headers.get("authorization"))
-        svc = await service()
+        svc = await SERVICE.get()
         kind = ce["type"]
         if kind == events.JOB_SUBMIT:
             status, body = await svc.submit(ce["data"], who, ce["source"], ce["id"])

@@ -31,6 +31,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_block(n: int) -> int:
+    """The first of `n` consecutive free ports (the embedded default listens on URL port + 0..3)."""
+    for _ in range(100):
+        base = free_port()
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise ConfigError(f"no {n} consecutive free ports found")
+
+
 def write_config(store: Path, port: int, host: str = "127.0.0.1", sync: str = "always") -> Path:
     store.mkdir(parents=True, exist_ok=True)
     conf = store / "nats.conf"
