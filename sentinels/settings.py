@@ -17,7 +17,8 @@ from .domain.spec import Limits
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONFIG_KEYS = {"url", "nats_url", "token", "priorities", "tokens_file", "limits", "data_roots",
-               "mlflow_tracking_uri", "user", "notify", "local"}
+               "mlflow_tracking_uri", "user", "notify", "local", "backend", "scheduler", "lifecycle",
+               "kubernetes", "nats_sync"}
 
 
 def _load_yaml_file(path: Path, what: str, max_bytes: int = 1 << 20):

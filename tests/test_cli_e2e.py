@@ -123,3 +123,40 @@ def test_nothing_listening_names_the_address(tmp_path):
     assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr and "sentinels up" in r.stderr
     r = cli(env, "queue", check=False)
     assert r.returncode == 1 and f"nats://127.0.0.1:{port}" in r.stderr and "sentinels up" in r.stderr
+
+
+def test_cancel_a_running_job_stops_its_process(env):
+    import time
+
+    job_id = cli(env, "submit", "python:3.11", "--name", "sleeper", "--", sys.executable, "-c",
+                 "import time; print('started', flush=True); time.sleep(120)").stdout.strip()
+    for _ in range(100):
+        if json.loads(cli(env, "status", job_id, "-o", "json").stdout)["state"] == "RUNNING":
+            break
+        time.sleep(0.2)
+    assert "cancel requested" in cli(env, "cancel", job_id).stdout
+    for _ in range(100):
+        status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
+        if status["state"] == "CANCELLED":
+            break
+        time.sleep(0.2)
+    assert status["state"] == "CANCELLED" and status["reason"].startswith("cancel")
+    assert "job-id" not in json.loads(cli(env, "queue", "-o", "json").stdout)
+    hist = [h["to"] for h in json.loads(cli(env, "history", job_id, "-o", "json").stdout)]
+    assert hist[-1] == "CANCELLED" and "RUNNING" in hist
+
+
+@pytest.mark.parametrize("config,words", [
+    ("priorities: {classes: {High: 1}}\n", "class name 'High'"),
+    ("scheduler: {strategy: Random}\n", "strategy must be one of"),
+    ("colour: blue\n", "unknown key(s) colour"),
+    ("limits: {cpu: lots}\n", "bad limits"),
+    ("local: {slots: 0}\n", "local.slots"),
+])
+def test_up_refuses_a_bad_configuration_at_start(tmp_path, config, words):
+    (tmp_path / "config.yaml").write_text(config)
+    env = {**os.environ, "SENTINELS_HOME": str(tmp_path), "SENTINELS_URL": f"http://127.0.0.1:{free_block()}",
+           "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}"}
+    r = cli(env, "up", "-d", check=False, timeout=120)
+    assert r.returncode != 0 and words in r.stderr, r.stderr
+    assert not (tmp_path / "run" / "up.pid").exists()

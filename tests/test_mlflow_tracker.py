@@ -260,3 +260,29 @@ def test_mlflow_unreachable_then_back(server, tmp_path):
     created = tracker.sync(fresh)
     assert pending_ops(created) == []
     assert tracker._client().get_run(created["mlflow_run_id"]).info.status == "SCHEDULED"
+
+
+async def test_lifecycle_keeps_states_right_while_mlflow_is_down_and_catches_up(server):
+    """The whole path: scheduled, running and succeeded while the MLflow server is down;
+    the job's states never wait for MLflow, and the next ticks bring its run up to date."""
+    from tests.test_lifecycle import UPDATE, World, fixture, labelled
+
+    w = World()
+    tracker = MlflowTracker(server.url)
+    w.sched.tracker = w.life.tracker = tracker
+    server.stop()
+    try:
+        rec = await w.running_job()  # submit, schedule (run creation fails), pod running
+        assert rec["state"] == "RUNNING" and rec["mlflow_run_id"] is None
+        assert await w.life.handle(UPDATE, labelled(fixture("job-succeeded.yaml"), rec)) == "succeeded"
+        assert (await w.get(rec["id"]))["state"] == "SUCCEEDED"
+        assert rec["id"] in w.life.owed_mlflow
+        assert await w.life.catch_up() == 0  # still down: nothing lost, still owed
+    finally:
+        server.start()
+    assert await w.life.catch_up() == 1
+    done = await w.get(rec["id"])
+    assert done["state"] == "SUCCEEDED" and done["mlflow"]["synced_state"] == SUCCEEDED
+    run = tracker._client().get_run(done["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["sentinels.job_id"] == rec["id"]
+    assert not w.life.owed_mlflow

@@ -56,7 +56,14 @@ def check_config(settings: Settings) -> list[str]:
 
     settings.priorities()
     settings.limits()
-    settings.backend()
+    if settings.backend() == "local":
+        from . import machine
+
+        machine.capacity(settings.section("local"))
+    else:
+        from ..adapters.kube_manifest import KubeConfig
+
+        KubeConfig.from_dict(settings.section("kubernetes"))
     SchedulerConfig.from_dict(settings.section("scheduler"))
     notify = settings.notify()
     ids = Identities.load(settings.tokens_file(), settings.file.get("user"))
