@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sentinels.clock import parse_iso
 from sentinels.domain import events, placement, states
 from sentinels.domain.errors import SentinelsError
+from sentinels.ports import Conflict
 from sentinels.transitions import announce
 
 from .config import SchedulerConfig
@@ -97,7 +98,7 @@ class ScheduleService:
             if now - parse_iso(entry["submitted"]) > self.cfg.orphan_grace_seconds:
                 await self.queue.remove(seq)  # its submit never completed
             return False
-        record = got[0]
+        record, revision = got
         if record["state"] != states.QUEUED or record.get("queue_seq") != seq:
             await self.queue.remove(seq)  # cancelled, already placed, or a stale copy
             return False
@@ -117,7 +118,7 @@ class ScheduleService:
                 return None
             return states.transition(r, states.SCHEDULED, now=self.clock(), reason=f"scheduled on {node}", **extra)
 
-        done = await self.jobs.mutate(job_id, decide)
+        done = await self._cas(record, revision, decide)
         if done is None:  # cancelled (or placed by another pass) while we launched
             current = await self.jobs.get(job_id)
             if current is None or current[0]["state"] not in states.ACTIVE:
@@ -128,6 +129,17 @@ class ScheduleService:
         await announce(self.history, self.sink, SOURCE, before, after, events.JOB_SCHEDULED,
                        data={"job": job_id, "node": node, "class": after["priority"], "owner": after["owner"]})
         return True
+
+    async def _cas(self, record: dict, revision: int, decide) -> tuple[dict, dict] | None:
+        """Compare-and-set from the revision already read; re-read only if someone wrote meanwhile."""
+        after = decide(record)
+        if after is None:
+            return None
+        try:
+            await self.jobs.update(after, revision)
+            return record, after
+        except Conflict:
+            return await self.jobs.mutate(record["id"], decide)
 
     async def _tracking(self, record: dict) -> dict | None:
         """Create the MLflow run before launch so the container can log into it; MLflow down is not fatal."""
