@@ -153,9 +153,11 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
     if fmt != "table":
         emit(record, fmt)
         return
+    from sentinels.domain.notify import job_links
+
     ts = record.get("timestamps", {})
     spec = record["spec"]
-    links = record.get("links") or {}
+    links = job_links(record, settings.notify())
     pairs([
         ("job", f"{record['id']}  ({record['name']})"),
         ("state", record["state"] + (" (cancel requested)" if record.get("cancel_requested") else "")),
@@ -170,9 +172,8 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
         ("submitted", f"{record['submitted_at']} ({_ago(record['submitted_at'])} ago)"),
         *[(s.lower(), t) for s, t in ts.items() if s != "QUEUED"],
         ("kubernetes job", record.get("k8s_job") if record["state"] != "QUEUED" else None),
-        ("mlflow run", links.get("mlflow") or record.get("mlflow_run_id")),
-        ("kibana", links.get("kibana")),
-        ("grafana", links.get("grafana")),
+        ("mlflow run", record.get("mlflow_run_id")),
+        *[(label.lower(), url) for label, url in links],
     ])
 
 

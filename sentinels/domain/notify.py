@@ -197,7 +197,8 @@ def job_links(record: dict, cfg: NotifyConfig) -> list[tuple[str, str]]:
     spec = record.get("spec") or {}
     values = {"job": record.get("id"), "id": record.get("id"), "name": record.get("name"), "owner": record.get("owner"),
               "team": record.get("team"), "experiment": spec.get("experiment"), "k8s_job": record.get("k8s_job"),
-              "run_id": record.get("mlflow_run_id"), "experiment_id": record.get("mlflow_experiment_id")}
+              "run_id": record.get("mlflow_run_id"),
+              "experiment_id": (record.get("mlflow") or {}).get("experiment_id") or record.get("mlflow_experiment_id")}
     out = []
     for label, key, template in (("MLflow run", "mlflow", cfg.mlflow_url), ("Kibana logs", "kibana", cfg.kibana_url),
                                  ("Grafana", "grafana", cfg.grafana_url)):
