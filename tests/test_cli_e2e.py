@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -44,7 +45,12 @@ def test_submit_runs_to_the_end_with_status_logs_and_history(env):
     assert "SUCCEEDED" in r.stderr
     status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
     assert status["state"] == "SUCCEEDED" and status["spec"]["params"] == {"lr": "0.1"}
-    assert status["mlflow_run_id"]
+    for _ in range(50):  # MLflow is brought up to date after the transition, not before it
+        if status.get("mlflow", {}).get("synced_state") == "SUCCEEDED":
+            break
+        time.sleep(0.2)
+        status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
+    assert status["mlflow_run_id"] and status["mlflow"]["synced_state"] == "SUCCEEDED"
     assert "hello from the job" in cli(env, "logs", job_id).stdout
     hist = yaml.safe_load(cli(env, "history", job_id, "-o", "yaml").stdout)
     assert [h["to"] for h in hist] == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]

@@ -255,3 +255,15 @@ async def test_cancel_of_a_running_job_stops_it():
     assert await w.life.cancel(rec["id"]) == "cancelled"
     assert rec["id"] in w.cluster.stops and (await w.get(rec["id"]))["state"] == "CANCELLED"
     assert await w.life.cancel(rec["id"]) == "nothing-to-do"
+
+
+async def test_an_end_seen_before_the_start_still_records_running():
+    w = World()
+    _, rec = await w.submitter.submit({"spec": {"image": "python:3.11", "command": ["true"]}}, ADMIN, "t", "fast")
+    await w.sched.trigger()
+    rec = await w.get(rec["id"])
+    assert await w.life.handle(UPDATE, labelled(fixture("job-succeeded.yaml"), rec)) == "succeeded"
+    assert await w.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), rec)) == "stale"  # came late
+    assert [e["to"] for e in await w.history.of(rec["id"])] == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
+    assert len(w.events("job.started")) == 1 and len(w.events("job.succeeded")) == 1
+    assert "RUNNING" in (await w.get(rec["id"]))["timestamps"]

@@ -22,6 +22,9 @@ EVENT_FOR = {states.RUNNING: events.JOB_STARTED, states.SUCCEEDED: events.JOB_SU
              states.QUEUED: events.JOB_REQUEUED}
 
 
+PASSED_THROUGH = "running (its start was seen after its end)"
+
+
 class RetryLater(Exception):
     """The event came before the state it needs (e.g. pod running before SCHEDULED); redeliver."""
 
@@ -87,13 +90,15 @@ class LifecycleService:
             changes.update(queue_seq=seq, queue_front=True)
         expected = record["state"]
         now = self.clock()
-        step_data = {"to": step.to, "effects": list(step.effects)}
+        step_data = {"to": step.to, "effects": list(step.effects), "through": step.through}
 
         def decide(r):
             if r["state"] != expected or r.get("last_observation") == key:
                 return None
             if step.to is None:
                 return dict(r, reason=step.reason, updated_at=now, last_observation=key, **changes)
+            if step.through:
+                r = states.transition(r, step.through, now=now, reason=PASSED_THROUGH)
             return states.transition(r, step.to, now=now, reason=step.reason, last_observation=key,
                                      last_step=step_data, **changes)
 
@@ -115,6 +120,12 @@ class LifecycleService:
             return
         if lifecycle.STOP in step["effects"]:
             await self._stop(dict(after, k8s_job=after.get("previous_job") or after.get("k8s_job")))
+        if step.get("through"):  # record and announce the state it passed on the way
+            mid = dict(after, state=step["through"], reason=PASSED_THROUGH,
+                       updated_at=after["timestamps"][step["through"]])
+            await announce(self.history, self.sink, SOURCE, dict(after, state=states.SCHEDULED), mid,
+                           EVENT_FOR.get(mid["state"]))
+            before = mid
         await announce(self.history, self.sink, SOURCE, before, after, EVENT_FOR.get(after["state"]))
         if lifecycle.CAPACITY in step["effects"]:
             await self._capacity_changed(f"capacity:{after['id']}:{after['state']}:{after.get('attempts', 1)}",

@@ -28,6 +28,7 @@ class Step:
     reason: str
     effects: tuple = ()
     changes: dict = field(default_factory=dict)
+    through: Optional[str] = None  # a state passed on the way (RUNNING, when its event came late)
 
 
 def job_name(job_id: str, attempts: int) -> str:
@@ -61,8 +62,9 @@ def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Polic
     what = obs.what
     if what == ob.RUNNING:
         return Step(states.RUNNING, obs.reason) if state == states.SCHEDULED else None
+    ran = states.RUNNING if state == states.SCHEDULED else None  # it ended, so it ran
     if what == ob.SUCCEEDED:
-        return Step(states.SUCCEEDED, "completed", (CAPACITY,), {"exit_code": obs.exit_code or 0}) \
+        return Step(states.SUCCEEDED, "completed", (CAPACITY,), {"exit_code": obs.exit_code or 0}, ran) \
             if state in states.ACTIVE else None
     if what == ob.FAILED:
         if state not in states.ACTIVE:
@@ -73,7 +75,7 @@ def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Polic
                 return Step(None, f"attempt failed ({obs.reason}); Kubernetes retries it", (),
                             {"exit_code": obs.exit_code})
         code = {"exit_code": obs.exit_code} if obs.exit_code is not None else {}
-        return Step(states.FAILED, obs.reason, (LOGS, CAPACITY), code)
+        return Step(states.FAILED, obs.reason, (LOGS, CAPACITY), code, ran if obs.exit_code is not None else None)
     if what == ob.DISRUPTED:
         return _requeue_or_fail(record, obs.reason, policy, False) if state in states.ACTIVE else None
     if what == ob.DELETED:
