@@ -76,10 +76,18 @@ class Cluster(Protocol):
 
 
 class Tracker(Protocol):
-    """Experiment tracking (MLflow): one run per job."""
+    """Experiment tracking (MLflow): one run per job, brought up to date from the record.
+
+    `sync` performs what `domain.tracking.pending_ops(record)` says is owed and returns the
+    updated record (None when nothing was owed); it raises Unavailable when MLflow does
+    not answer, so the caller can retry later without ever holding back a transition.
+    """
 
     def start_run(self, record: dict) -> dict:  # {"run_id", "experiment_id", "url"}
         ...
 
-    def finish_run(self, record: dict, status: str, metrics: dict, outputs_dir: Optional[str]) -> None:
+    def sync(self, record: dict, outputs_dir: Optional[str] = None) -> Optional[dict]:
+        ...
+
+    def warm(self) -> None:  # open the store ahead of the first job
         ...

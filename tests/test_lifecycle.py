@@ -267,3 +267,32 @@ async def test_an_end_seen_before_the_start_still_records_running():
     assert [e["to"] for e in await w.history.of(rec["id"])] == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
     assert len(w.events("job.started")) == 1 and len(w.events("job.succeeded")) == 1
     assert "RUNNING" in (await w.get(rec["id"]))["timestamps"]
+
+
+async def test_two_events_racing_on_one_job_both_count():
+    """The pod's Running and the Job's Complete handled at the same time: the loser of the
+    compare-and-set decides again on the fresh record instead of being dropped."""
+    import asyncio
+
+    w = World()
+    _, rec = await w.submitter.submit({"spec": {"image": "python:3.11", "command": ["true"]}}, ADMIN, "t", "race")
+    await w.sched.trigger()
+    rec = await w.get(rec["id"])
+    real_get = w.jobs.get
+    gate = asyncio.Event()
+    seen = {"n": 0}
+
+    async def slow_get(job_id):  # both handlers read the SCHEDULED record before either writes
+        got = await real_get(job_id)
+        seen["n"] += 1
+        if seen["n"] == 2:
+            gate.set()
+        await asyncio.wait_for(gate.wait(), 1)
+        return got
+
+    w.jobs.get = slow_get
+    outcomes = await asyncio.gather(w.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), rec)),
+                                    w.life.handle(UPDATE, labelled(fixture("job-succeeded.yaml"), rec)))
+    w.jobs.get = real_get
+    assert (await w.get(rec["id"]))["state"] == "SUCCEEDED", outcomes
+    assert [e["to"] for e in await w.history.of(rec["id"])] == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]

@@ -23,6 +23,7 @@ EVENT_FOR = {states.RUNNING: events.JOB_STARTED, states.SUCCEEDED: events.JOB_SU
 
 
 PASSED_THROUGH = "running (its start was seen after its end)"
+RACE_RETRIES = 10
 
 
 class RetryLater(Exception):
@@ -58,6 +59,14 @@ class LifecycleService:
         return await self._job(obs)
 
     async def _job(self, obs: observe.Observation) -> str:
+        """Decide on the current record; if another event changed it meanwhile, decide again."""
+        for _ in range(RACE_RETRIES):
+            outcome = await self._job_once(obs)
+            if outcome != "raced":
+                return outcome
+        raise RetryLater(f"job {obs.job_id}: changed under {RACE_RETRIES} attempts in a row")
+
+    async def _job_once(self, obs: observe.Observation) -> str:
         got = await self.jobs.get(obs.job_id)
         if got is None:
             log.info("ignoring %s %s: job %s unknown", obs.kind, obs.name, obs.job_id)
@@ -171,7 +180,10 @@ class LifecycleService:
             return "nothing-to-do"
         await self.cluster.stop(record)  # raises Unavailable: redelivered
         step = lifecycle.Step(states.CANCELLED, record.get("reason") or "cancelled", (lifecycle.CAPACITY,))
-        return await self.apply(record, step, f"cancel:{record.get('attempts', 1)}")
+        outcome = await self.apply(record, step, f"cancel:{record.get('attempts', 1)}")
+        if outcome == "raced":  # its state moved meanwhile (started, ended): look again
+            return await self.cancel(job_id)
+        return outcome
 
     async def sync_mlflow(self, record: dict) -> None:
         """Bring MLflow up to date; when it does not answer, remember the job and try on the next tick."""

@@ -35,14 +35,18 @@ class MemoryJobs:
         return rev
 
     async def mutate(self, job_id, fn):
-        got = await self.get(job_id)
-        if got is None:
-            return None
-        after = fn(copy.deepcopy(got[0]))
-        if after is None:
-            return None
-        await self.update(after, got[1])
-        return got[0], after
+        while True:  # like the JetStream store: retry on a lost compare-and-set
+            got = await self.get(job_id)
+            if got is None:
+                return None
+            after = fn(copy.deepcopy(got[0]))
+            if after is None:
+                return None
+            try:
+                await self.update(after, got[1])
+                return got[0], after
+            except Conflict:
+                continue
 
     async def all(self):
         return [copy.deepcopy(r) for r, _ in self.data.values()]
