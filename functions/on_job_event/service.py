@@ -163,7 +163,7 @@ class LifecycleService:
         if obs.what == observe.NODE_REMOVED:
             self._node_states.pop(obs.name, None)
             for record in lifecycle.jobs_on_lost_node(await self.jobs.all(), obs.name):
-                step = lifecycle._requeue_or_fail(record, f"node {obs.name} was removed", self.policy, False)
+                step = lifecycle.requeue_or_fail(record, f"node {obs.name} was removed", self.policy, False)
                 await self.apply(record, step, f"node-removed:{obs.name}:{obs.uid}")
         await self._capacity_changed(f"node:{obs.name}:{obs.uid}:{obs.resource_version}:{obs.what}",
                                      f"node {obs.name}: {obs.what}")

@@ -43,7 +43,8 @@ def _stale(record: dict, obs: ob.Observation) -> bool:
     return obs.kind == "Job" and obs.name is not None and obs.name != record.get("k8s_job")
 
 
-def _requeue_or_fail(record: dict, reason: str, policy: Policy, already_stopped: bool) -> Step:
+def requeue_or_fail(record: dict, reason: str, policy: Policy, already_stopped: bool) -> Step:
+    """Back to the queue for another attempt, or FAILED once the attempts are spent."""
     attempts = record.get("attempts", 1) + 1
     stop = () if already_stopped else (STOP,)
     if attempts > policy.max_attempts:
@@ -77,22 +78,18 @@ def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Polic
         code = {"exit_code": obs.exit_code} if obs.exit_code is not None else {}
         return Step(states.FAILED, obs.reason, (LOGS, CAPACITY), code, ran if obs.exit_code is not None else None)
     if what == ob.DISRUPTED:
-        return _requeue_or_fail(record, obs.reason, policy, False) if state in states.ACTIVE else None
+        return requeue_or_fail(record, obs.reason, policy, False) if state in states.ACTIVE else None
     if what == ob.DELETED:
         if state not in states.ACTIVE:
             return None
         if record.get("cancel_requested"):
             return Step(states.CANCELLED, record.get("reason") or "cancelled", (CAPACITY,))
-        return _requeue_or_fail(record, "its Kubernetes Job was deleted outside sentinels", policy, True)
+        return requeue_or_fail(record, "its Kubernetes Job was deleted outside sentinels", policy, True)
     if what == ob.PENDING and obs.problem and state in states.ACTIVE:
         if scheduled_at is not None and now - scheduled_at >= policy.image_pull_grace_seconds:
             return Step(states.FAILED, obs.reason, (STOP, LOGS, CAPACITY))
         return Step(None, f"{obs.reason} (fails after {int(policy.image_pull_grace_seconds)}s)")
     return None
-
-
-def node_event_frees_or_takes_room(obs: ob.Observation) -> bool:
-    return obs.kind == "Node"
 
 
 def jobs_on_lost_node(records: list[dict], node: str) -> list[dict]:
