@@ -72,7 +72,6 @@ def test_waiting_job_says_why_and_can_be_reprioritized_and_cancelled(env):
         status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
         if "can never fit" in status["reason"]:
             break
-        import time
         time.sleep(0.2)
     assert status["state"] == "QUEUED" and status["position"] == 1
     table = cli(env, "status", job_id).stdout
@@ -132,8 +131,6 @@ def test_nothing_listening_names_the_address(tmp_path):
 
 
 def test_cancel_a_running_job_stops_its_process(env):
-    import time
-
     job_id = cli(env, "submit", "python:3.11", "--name", "sleeper", "--", sys.executable, "-c",
                  "import time; print('started', flush=True); time.sleep(120)").stdout.strip()
     for _ in range(100):
