@@ -247,3 +247,20 @@ async def test_no_usable_client_configuration_is_a_config_error(tmp_path):
     cluster = KubernetesCluster(KubeConfig(kubeconfig=str(tmp_path / "missing")))
     with pytest.raises(ConfigError, match="no in-cluster service account, no usable kubeconfig"):
         await cluster.active()
+
+
+def test_pod_capacity_limits_how_many_more_jobs_a_node_takes():
+    """A node's allocatable `pods` minus its live pods (the kubelet's max-pods) reaches placement."""
+    from pathlib import Path
+
+    import yaml
+
+    from sentinels.adapters.kubernetes import live_pods_by_node, node_from_object
+
+    node = yaml.safe_load((Path(__file__).parent / "fixtures" / "kubernetes" / "node-gpu.yaml").read_text())
+    name = node["metadata"]["name"]
+    node["status"]["allocatable"]["pods"] = "3"
+    pods = [{"spec": {"nodeName": name}, "status": {"phase": p}} for p in ("Running", "Pending", "Succeeded")]
+    parsed = node_from_object(node, {}, live_pods_by_node(pods))
+    assert parsed.free_pods == 1  # 3 allowed, 2 live (the Succeeded one does not count)
+    assert node_from_object(node, {}).free_pods is None  # counts unknown: no limit assumed

@@ -65,6 +65,16 @@ def pod_requests(pod: Mapping) -> tuple[int, int, int]:
     return _add(total, _amounts(spec.get("overhead") or {}))
 
 
+def live_pods_by_node(pods: list) -> dict[str, int]:
+    """How many bound, non-terminal pods each node runs (counted against its pod capacity)."""
+    out: dict[str, int] = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+            out[node] = out.get(node, 0) + 1
+    return out
+
+
 def requests_by_node(pods: list) -> dict[str, tuple[int, int, int]]:
     """Sum the requests of bound, non-terminal pods per node name."""
     out: dict[str, tuple[int, int, int]] = {}
@@ -80,7 +90,7 @@ def requests_by_node(pods: list) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def parse_node(node: Mapping, pod_requests: Mapping) -> Node:
+def parse_node(node: Mapping, pod_requests: Mapping, pod_counts: Optional[Mapping] = None) -> Node:
     """Node object -> placement.Node; ValueError/TypeError/KeyError if it lacks capacity fields."""
     meta, spec, status = node.get("metadata") or {}, node.get("spec") or {}, node.get("status") or {}
     name = meta.get("name")
@@ -93,20 +103,24 @@ def parse_node(node: Mapping, pod_requests: Mapping) -> Node:
     used = tuple(pod_requests.get(name, (0, 0, 0)))
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     taints = tuple((t["key"], t.get("value") or "", t["effect"]) for t in spec.get("taints") or [])
+    pods = alloc.get("pods")
+    free_pods = None
+    if pods is not None and pod_counts is not None:
+        free_pods = max(0, int(quantity.parse(pods, "pods")) - pod_counts.get(name, 0))
     return Node(name=name, cpu_millis=cpu, memory_bytes=mem, gpu=gpu,
                 free_cpu_millis=max(0, cpu - used[0]), free_memory_bytes=max(0, mem - used[1]),
                 free_gpu=max(0, gpu - used[2]), labels=dict(meta.get("labels") or {}), taints=taints,
-                ready=ready, schedulable=not spec.get("unschedulable", False))
+                ready=ready, schedulable=not spec.get("unschedulable", False), free_pods=free_pods)
 
 
-def node_from_object(node: dict, pod_requests: dict) -> Optional[Node]:
+def node_from_object(node: dict, pod_requests: dict, pod_counts: Optional[dict] = None) -> Optional[Node]:
     """Like `parse_node`, but a malformed node is skipped (None) with a logged warning.
 
     `pod_requests` maps node name -> (cpu millis, memory bytes, gpus) requested by its live pods.
     """
     try:
-        return parse_node(node, pod_requests)
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        return parse_node(node, pod_requests, pod_counts)
+    except (ValueError, TypeError, KeyError, AttributeError, InvalidSpec) as e:
         name = (node.get("metadata") or {}).get("name") if isinstance(node, Mapping) else None
         log.warning("node %s skipped: malformed capacity (%s)", name or "<unnamed>", e)
         return None
@@ -220,8 +234,8 @@ class KubernetesCluster:
         raw_nodes, pods = await asyncio.gather(
             self._list("listing nodes", core.list_node),
             self._list("listing pods", core.list_pod_for_all_namespaces, field_selector=LIVE_PODS))
-        used = requests_by_node(pods)
-        return [n for n in (node_from_object(o, used) for o in raw_nodes) if n is not None]
+        used, counts = requests_by_node(pods), live_pods_by_node(pods)
+        return [n for n in (node_from_object(o, used, counts) for o in raw_nodes) if n is not None]
 
     async def launch(self, record: dict, extra_env: dict) -> None:
         config_map, job = km.job_objects(record, extra_env, self.cfg)
