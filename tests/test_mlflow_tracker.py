@@ -267,9 +267,13 @@ async def test_lifecycle_keeps_states_right_while_mlflow_is_down_and_catches_up(
     the job's states never wait for MLflow, and the next ticks bring its run up to date."""
     from tests.test_lifecycle import UPDATE, World, fixture, labelled
 
+    from functions.on_job_event.service import LifecycleService
+    from sentinels.adapters.memory import MemoryBoard
+
     w = World()
     tracker = MlflowTracker(server.url)
     w.sched.tracker = w.life.tracker = tracker
+    w.life.board = MemoryBoard()
     server.stop()
     try:
         rec = await w.running_job()  # submit, schedule (run creation fails), pod running
@@ -280,6 +284,9 @@ async def test_lifecycle_keeps_states_right_while_mlflow_is_down_and_catches_up(
         assert await w.life.catch_up() == 0  # still down: nothing lost, still owed
     finally:
         server.start()
+    # the lifecycle function restarted meanwhile: a new instance learns what is owed from the Board
+    w.life = LifecycleService(w.jobs, w.queue, w.history, w.sink, w.cluster, w.life.clock, tracker=tracker,
+                              board=w.life.board)
     assert await w.life.catch_up() == 1
     done = await w.get(rec["id"])
     assert done["state"] == "SUCCEEDED" and done["mlflow"]["synced_state"] == SUCCEEDED

@@ -11,6 +11,7 @@ import functions_framework.aio
 from starlette.responses import JSONResponse
 
 from sentinels import clock, wiring
+from sentinels.adapters.jetstream import JetStreamBoard
 from sentinels.domain import events, lifecycle
 from sentinels.domain.errors import ConfigError
 from sentinels.http import error_response, read_event
@@ -44,7 +45,7 @@ async def build(stores: wiring.Stores) -> LifecycleService:
     return LifecycleService(
         jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
         cluster=wiring.cluster_for(SETTINGS, stores.nc), clock=clock.now_iso, policy=POLICY,
-        tracker=TRACKER, outputs_dir=outputs_dir)
+        tracker=TRACKER, outputs_dir=outputs_dir, board=await JetStreamBoard.open(stores.js))
 
 
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-on-job-event", build)

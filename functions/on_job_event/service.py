@@ -24,6 +24,7 @@ EVENT_FOR = {states.RUNNING: events.JOB_STARTED, states.SUCCEEDED: events.JOB_SU
 
 PASSED_THROUGH = "running (its start was seen after its end)"
 RACE_RETRIES = 10
+OWED_KEY = "mlflow_owed"  # in the Board: {"jobs": [ids whose MLflow run is behind]}
 
 
 class RetryLater(Exception):
@@ -44,6 +45,7 @@ class LifecycleService:
     log_lines: int = 20
     _node_states: dict = field(default_factory=dict)
     owed_mlflow: set = field(default_factory=set)
+    board: object = None  # ports.Board: where the owed set survives restarts
 
     async def handle(self, event_type: str, obj: dict, event_id: str = "") -> str:
         """Apply one ApiServerSource-shaped event; returns a word for logs and tests."""
@@ -187,31 +189,45 @@ class LifecycleService:
 
     async def sync_mlflow(self, record: dict) -> None:
         """Bring MLflow up to date; when it does not answer, remember the job and try on the next tick."""
-        if self.tracker is None or not tracking.pending_ops(record):
-            self.owed_mlflow.discard(record["id"])
-            return
-        outputs = self.outputs_dir(record) if self.outputs_dir else None
+        owed = False
         try:
-            updated = await asyncio.to_thread(self.tracker.sync, record, outputs)
-        except Unavailable as e:
-            self.owed_mlflow.add(record["id"])
-            log.warning("job %s: MLflow not reachable (%s); will catch up", record["id"], e.message)
+            if self.tracker is None or not tracking.pending_ops(record):
+                return
+            outputs = self.outputs_dir(record) if self.outputs_dir else None
+            try:
+                updated = await asyncio.to_thread(self.tracker.sync, record, outputs)
+            except Unavailable as e:
+                owed = True
+                log.warning("job %s: MLflow not reachable (%s); will catch up", record["id"], e.message)
+                return
+            except SentinelsError as e:  # MLflow refused (e.g. the run was deleted): the job's state stands
+                log.warning("job %s: MLflow refused the update: %s", record["id"], e.message)
+                return
+            if updated is not None:
+                keep = {k: updated[k] for k in ("mlflow", "mlflow_run_id", "links") if k in updated}
+                await self.jobs.mutate(record["id"], lambda r: dict(r, **keep))
+        finally:
+            await self._owe(record["id"], owed)
+
+    async def _owe(self, job_id: str, owed: bool) -> None:
+        """Keep the set of jobs MLflow still owes, in memory and (when it changes) in the Board,
+        so a restart of this function during an MLflow outage forgets none."""
+        if owed == (job_id in self.owed_mlflow):
             return
-        except SentinelsError as e:  # MLflow refused (e.g. the run was deleted): the job's state stands
-            self.owed_mlflow.discard(record["id"])
-            log.warning("job %s: MLflow refused the update: %s", record["id"], e.message)
-            return
-        self.owed_mlflow.discard(record["id"])
-        if updated is not None:
-            keep = {k: updated[k] for k in ("mlflow", "mlflow_run_id", "links") if k in updated}
-            await self.jobs.mutate(record["id"], lambda r: dict(r, **keep))
+        (self.owed_mlflow.add if owed else self.owed_mlflow.discard)(job_id)
+        if self.board is not None:
+            await self.board.put(OWED_KEY, {"jobs": sorted(self.owed_mlflow)})
 
     async def catch_up(self) -> int:
         """On the timer: retry MLflow for jobs that still owe it something."""
+        if self.board is not None:
+            self.owed_mlflow |= set(((await self.board.get(OWED_KEY)) or {}).get("jobs") or [])
         done = 0
         for job_id in list(self.owed_mlflow):
             got = await self.jobs.get(job_id)
-            if got:
-                await self.sync_mlflow(got[0])
-                done += job_id not in self.owed_mlflow
+            if got is None:
+                await self._owe(job_id, False)
+                continue
+            await self.sync_mlflow(got[0])
+            done += job_id not in self.owed_mlflow
         return done
