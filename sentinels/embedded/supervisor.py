@@ -105,14 +105,16 @@ class Supervisor:
         self.children["nats"] = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log",
                                             sync=str(self.s.file.get("nats_sync") or "") or None)
         asyncio.run(self._ensure_streams())
+        # one process creates a local MLflow store before the functions open it: two
+        # processes migrating the same new sqlite file at once can leave it broken
+        if init is not None and init.wait() != 0:
+            print(f"sentinels: the MLflow store {self.s.mlflow_uri()} could not be prepared; runs will catch up "
+                  "when it answers (see logs/mlflow-init.log)", file=sys.stderr, flush=True)
         if self.s.backend() == "local":
             self.spawn("executor")
         for name in serve.available():
             self.spawn(name)
         self.spawn("router")
-        if init is not None and init.wait() != 0:
-            print(f"sentinels: the MLflow store {self.s.mlflow_uri()} could not be prepared; runs will catch up "
-                  "when it answers (see logs/mlflow-init.log)", file=sys.stderr, flush=True)
         deadline = time.monotonic() + 30
         while not healthy(self.s.url):
             dead = [n for n, p in self.children.items() if p.poll() is not None]
