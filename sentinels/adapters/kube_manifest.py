@@ -16,7 +16,7 @@ from ..domain.errors import ConfigError, InvalidSpec
 from ..domain.job import is_job_id
 from ..domain.observe import ATTEMPT_ANNOTATION, JOB_ID_LABEL  # the labels observe() reads back
 from ..domain.placement import GPU_TAINT
-from ..domain.spec import DNS1123_LABEL, ENV_NAME
+from ..domain.spec import DNS1123_LABEL, ENV_NAME, label_value
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 PRIORITY_LABEL = "sentinels.io/priority"
@@ -150,12 +150,6 @@ def _outputs_claim(raw) -> str:
             raise ConfigError("kubernetes.outputs_volume: expected {claim: <PVC name>}")
         raw = raw["claim"]
     return _dns_name(raw, "outputs_volume.claim")
-
-
-def label_value(text) -> str:
-    """Make any text a valid label value: <= 63 chars of [A-Za-z0-9_.-], alphanumeric at both ends."""
-    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text or ""))[:63]
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
 
 
 def base_labels(record: dict) -> dict:

@@ -17,12 +17,12 @@ machine. Pure: the executor passes every time, counter and exit code in `info`.
 """
 
 import hashlib
-import re
 import uuid
 
 from .events import APISERVER_ADD, APISERVER_DELETE, APISERVER_UPDATE, envelope
 from .observe import ATTEMPT_ANNOTATION
 from .quantity import format_cpu, format_memory
+from .spec import label_value
 
 NAMESPACE = "local"
 NODE_NAME = "local"
@@ -68,20 +68,13 @@ def pod_name(record: dict, attempt: int) -> str:
     return f"{record['k8s_job']}-{suffix}"
 
 
-def _label_value(text) -> str | None:
-    """Coerce free text (an owner such as alice@example.com) into a valid label value."""
-    value = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text or ""))[:63]
-    value = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
-    return value or None
-
-
 def _labels(record: dict) -> dict:
     spec = record.get("spec") or {}
     labels = dict(spec.get("labels") or {})
     labels["sentinels.io/job-id"] = record["id"]
     for key, value in (("sentinels.io/priority", record.get("priority")), ("sentinels.io/owner", record.get("owner"))):
-        if _label_value(value):
-            labels[key] = _label_value(value)
+        if label_value(value):
+            labels[key] = label_value(value)
     labels.update(MANAGED_BY)
     return labels
 

@@ -88,6 +88,13 @@ def _scalar_map(value, key, key_ok=None, key_what="", value_re=None):
     return out
 
 
+def label_value(text) -> str:
+    """Make any text a valid label value: <= 63 chars of [A-Za-z0-9_.-], alphanumeric at both ends
+    (an owner such as alice@example.com becomes alice-example.com); "" when nothing is left."""
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text or ""))[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
 def _label_key(k: str) -> bool:
     prefix, _, name = k.rpartition("/")
     if len(name) > 63 or not LABEL_NAME.match(name):
