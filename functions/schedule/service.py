@@ -84,7 +84,7 @@ class ScheduleService:
                 return await self._start(*by_id[job_id], node, now)
 
         started = await asyncio.gather(*(start(j, n) for j, n in decision.placements))
-        await self._record_reasons(decision.reasons, by_id)
+        await self._record_reasons(decision.reasons)
         t3 = time.perf_counter()
         if self.after_pass:
             await self.after_pass(decision, nodes, waiting, now)
@@ -151,7 +151,7 @@ class ScheduleService:
             log.warning("job %s: MLflow run not created now (%s); will catch up", record["id"], type(e).__name__)
             return None
 
-    async def _record_reasons(self, reasons: dict, by_id: dict) -> None:
+    async def _record_reasons(self, reasons: dict) -> None:
         """Publish why each waiting job waits, as one document per pass (only when it changed).
 
         One write per pass instead of one per waiting job: `sentinels status` and

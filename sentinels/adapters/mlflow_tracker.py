@@ -187,9 +187,6 @@ class MlflowTracker:
         if attempts is not None:
             self._client().set_tag(run_id, "sentinels.attempts", str(attempts))
 
-    def mark_running(self, run_id: str) -> None:
-        self.mark(run_id, "RUNNING")
-
     @_guarded("finish_run")
     def finish_run(self, record: dict, status: str, metrics: dict, outputs_dir: Optional[str]) -> None:
         """Log metrics and outputs, then end the run with `status`; a second call does nothing."""

@@ -1,6 +1,5 @@
 """CloudEvent type names (DESIGN §6) and the shape of the envelope, as plain data."""
 
-PREFIX = "io.sentinels."
 JOB_SUBMIT = "io.sentinels.job.submit"
 JOB_CANCEL = "io.sentinels.job.cancel"
 JOB_REPRIORITIZE = "io.sentinels.job.reprioritize"
@@ -21,7 +20,6 @@ APISERVER_UPDATE = "dev.knative.apiserver.resource.update"
 APISERVER_DELETE = "dev.knative.apiserver.resource.delete"
 
 WRITE_TYPES = (JOB_SUBMIT, JOB_CANCEL, JOB_REPRIORITIZE)
-TERMINAL_TYPES = {"SUCCEEDED": JOB_SUCCEEDED, "FAILED": JOB_FAILED, "CANCELLED": JOB_CANCELLED}
 
 
 def subject_token(event_type: str) -> str:
