@@ -163,3 +163,17 @@ def test_up_refuses_a_bad_configuration_at_start(tmp_path, config, words):
     r = cli(env, "up", "-d", check=False, timeout=120)
     assert r.returncode != 0 and words in r.stderr, r.stderr
     assert not (tmp_path / "run" / "up.pid").exists()
+
+
+@pytest.mark.parametrize("tokens,words", [
+    ("users: [{team: vision, token: abc}]\n", "needs a user name"),
+    ("users: [{user: alice}]\n", "needs token or token_sha256"),
+    ("!!python/object/apply:os.system ['true']\n", "not valid YAML"),
+])
+def test_up_refuses_a_bad_tokens_file(tmp_path, tokens, words):
+    (tmp_path / "tokens.yaml").write_text(tokens)
+    (tmp_path / "config.yaml").write_text(f"tokens_file: {tmp_path / 'tokens.yaml'}\n")
+    env = {**os.environ, "SENTINELS_HOME": str(tmp_path), "SENTINELS_URL": f"http://127.0.0.1:{free_block()}",
+           "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}"}
+    r = cli(env, "up", "-d", check=False, timeout=120)
+    assert r.returncode != 0 and "tokens file" in r.stderr and words in r.stderr, r.stderr
