@@ -100,24 +100,28 @@ def submit(
 
 
 def _follow(settings, job_id: str, quiet: bool = False) -> int:
-    """Print state changes until the job ends; exit code 0 only if it succeeded."""
-    import time
+    """Print state changes until the job ends (one connection); exit 0 only if it succeeded."""
+    import asyncio
 
     from sentinels.domain import states
 
     from .client import Reader
 
-    last = None
-    while True:
-        got = Reader(settings).run(lambda js, jobs, q, h: jobs.get(job_id))
-        record = got[0] if got else None
-        if record and record["state"] != last:
-            last = record["state"]
-            if not quiet:
-                print(f"{job_id}: {last}" + (f" ({record['reason']})" if record.get("reason") else ""), file=sys.stderr)
-            if last in states.TERMINAL:
-                return 0 if last == states.SUCCEEDED else 1
-        time.sleep(0.5)
+    async def follow(js, jobs, queue, history):
+        last = None
+        while True:
+            got = await jobs.get(job_id)
+            record = got[0] if got else None
+            if record and record["state"] != last:
+                last = record["state"]
+                if not quiet:
+                    print(f"{job_id}: {last}" + (f" ({record['reason']})" if record.get("reason") else ""),
+                          file=sys.stderr)
+                if last in states.TERMINAL:
+                    return 0 if last == states.SUCCEEDED else 1
+            await asyncio.sleep(0.3)
+
+    return Reader(settings).run(follow)
 
 
 @app.command()
