@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench install clean
+.PHONY: test check demo bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: check
 	$(BIN)/python -m pytest -q
+
+# the architecture: import contracts and types ([tool.importlinter] and [tool.mypy] in pyproject.toml)
+check: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
@@ -24,4 +29,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -17,7 +17,7 @@ from pathlib import Path
 from common import ROOT, median, ms, nats_server, pct, stack
 
 from foundation import fill
-from functions.schedule.config import SchedulerConfig
+from sentinels.domain.scheduler_config import SchedulerConfig
 from functions.schedule.service import ScheduleService, to_waiting
 from sentinels import clock
 from sentinels.adapters import jetstream

@@ -86,6 +86,7 @@ class Reader:
 async def waiting_reasons(js) -> dict:
     """Why each waiting job waits, as the scheduler's last pass saw it."""
     from sentinels.adapters.jetstream import JetStreamBoard
+    from sentinels.domain.names import WAITING_KEY
 
-    doc = await (await JetStreamBoard.open(js)).get("waiting")
+    doc = await (await JetStreamBoard.open(js)).get(WAITING_KEY)
     return (doc or {}).get("reasons") or {}

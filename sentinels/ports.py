@@ -24,11 +24,11 @@ class JobStore(Protocol):
 class JobQueue(Protocol):
     """Waiting jobs (stream `SENTINELS_QUEUE`), one subject per priority class."""
 
-    async def enqueue(self, entry: dict, msg_id: str) -> int: ...  # returns the stream sequence
+    async def enqueue(self, entry: dict, msg_id: str, front: bool = False) -> int: ...  # the stream sequence
     async def remove(self, seq: int) -> bool: ...
     async def heads(self, classes: list[str], limit: int) -> list[tuple[int, dict]]: ...
     async def counts(self) -> dict[str, int]: ...
-    async def position(self, classes: list[str], klass: str, seq: int) -> Optional[int]: ...
+    async def position(self, classes: list[str], klass: str, seq: int, front: bool = False) -> Optional[int]: ...
 
 
 class History(Protocol):
@@ -43,13 +43,36 @@ class Board(Protocol):
 
     async def get(self, key: str) -> Optional[dict]: ...
     async def put(self, key: str, value: dict) -> None: ...
+    async def read(self, key: str) -> tuple[Optional[dict], Optional[int]]: ...  # (document, revision)
+    async def swap(self, key: str, value: dict, revision: Optional[int]) -> bool: ...  # False: lost the race
+
+
+class SentLog(Protocol):
+    """Which (event, channel) pairs the alert function already sent (KV `sentinels_alerts`)."""
+
+    async def seen(self, key: str) -> bool: ...
+    async def mark(self, key: str) -> None: ...
+
+
+class Notifier(Protocol):
+    """Where alerts go: Slack (bot token or webhook) or the log (`adapters.slack`).
+
+    `send` returns the channel that got the message (the default one when the asked-for
+    channel was refused); it raises Unavailable (retry later), ConfigError (credentials
+    rejected) or SendFailed (this message refused for good).
+    """
+
+    per_channel: bool  # False: a webhook posts to its own channel only
+
+    def describe(self) -> str: ...
+    def check(self) -> None: ...
+    def send(self, channel: str, message: dict) -> str: ...
 
 
 class EventSink(Protocol):
     """Where a function sends follow-up CloudEvents (broker ingress, K_SINK or the router)."""
 
     async def emit(self, event: dict) -> None: ...
-
 
 
 class Cluster(Protocol):

@@ -119,6 +119,16 @@ class Settings:
             raise ConfigError(f"configuration: backend must be local or kubernetes, not {name!r}")
         return name
 
+    def scheduler(self):
+        from .domain.scheduler_config import SchedulerConfig
+
+        return SchedulerConfig.from_dict(self.section("scheduler"))
+
+    def lifecycle(self):
+        from .domain.lifecycle import LifecycleConfig
+
+        return LifecycleConfig.from_dict(self.section("lifecycle"))
+
     def section(self, key: str) -> dict:
         raw = self.file.get(key) or {}
         if not isinstance(raw, dict):

@@ -5,21 +5,39 @@ choice of backend (local executor or Kubernetes) and sink (router or broker) liv
 one place.
 """
 
+import os
 from dataclasses import dataclass
 
 from .adapters import jetstream
+from .ports import Board, EventSink, History, JobQueue, JobStore, SentLog
 from .settings import Settings
-from .sinks import sink_for
 
 
 @dataclass
 class Stores:
+    """One function's connection to JetStream and the ports over it."""
+
     nc: object
     js: object
-    jobs: jetstream.JetStreamJobs
-    queue: jetstream.JetStreamQueue
-    history: jetstream.JetStreamHistory
-    sink: object
+    jobs: JobStore
+    queue: JobQueue
+    history: History
+    board: Board
+    sink: EventSink
+
+    async def sent_log(self) -> SentLog:
+        """The alert function's record of what it already sent (its bucket is made on first use)."""
+        return await jetstream.JetStreamSentLog.open(self.js)
+
+
+def sink_for(js) -> EventSink:
+    """Knative: the broker ingress named by K_SINK or SENTINELS_BROKER_URL; embedded: the events stream."""
+    url = os.environ.get("K_SINK") or os.environ.get("SENTINELS_BROKER_URL")
+    if url:
+        from .adapters.http_sink import HttpSink
+
+        return HttpSink(url)
+    return jetstream.JetStreamSink(js)
 
 
 async def open_stores(settings: Settings, name: str) -> Stores:
@@ -27,7 +45,7 @@ async def open_stores(settings: Settings, name: str) -> Stores:
     js = nc.jetstream(timeout=5)
     await jetstream.ensure(js)
     return Stores(nc, js, await jetstream.JetStreamJobs.open(js), jetstream.JetStreamQueue(js),
-                  jetstream.JetStreamHistory(js), sink_for(js))
+                  jetstream.JetStreamHistory(js), await jetstream.JetStreamBoard.open(js), sink_for(js))
 
 
 def cluster_for(settings: Settings, nc):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from functions.on_job_event.service import LifecycleService, RetryLater
-from functions.schedule.config import SchedulerConfig
+from sentinels.domain.scheduler_config import SchedulerConfig
 from functions.schedule.service import ScheduleService
 from functions.submit.service import SubmitService
 from sentinels import clock
@@ -23,7 +23,7 @@ from sentinels.domain import lifecycle
 from sentinels.domain.placement import Node
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.spec import Limits
-from sentinels.sinks import MemorySink
+from sentinels.adapters.memory import MemorySink
 
 FIX = Path(__file__).parent / "fixtures" / "kubernetes"
 ADD, UPDATE, DELETE = ("dev.knative.apiserver.resource." + v for v in ("add", "update", "delete"))

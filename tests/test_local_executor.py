@@ -21,7 +21,7 @@ from sentinels.adapters.local import LocalCluster
 from sentinels.domain import errors
 from sentinels.embedded import machine
 from sentinels.embedded.kubelet import Kubelet
-from sentinels.sinks import MemorySink
+from sentinels.adapters.memory import MemorySink
 
 PY = sys.executable
 GRACE = 1  # seconds between SIGTERM and SIGKILL, from the test configuration

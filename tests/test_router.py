@@ -15,7 +15,7 @@ from sentinels.domain import events
 from sentinels.domain.errors import ConfigError
 from sentinels.embedded import router, triggers
 from sentinels.settings import Settings
-from sentinels.sinks import HttpSink
+from sentinels.adapters.http_sink import HttpSink
 
 TRIGGER = {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
            "metadata": {"name": "schedule-job-queued"},

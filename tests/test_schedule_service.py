@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from functions.schedule.config import SchedulerConfig
+from sentinels.domain.scheduler_config import SchedulerConfig
 from functions.schedule.service import ScheduleService
 from functions.submit.service import SubmitService
 from sentinels import clock
@@ -13,7 +13,7 @@ from sentinels.domain.errors import ConfigError
 from sentinels.domain.placement import Node
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.spec import Limits
-from sentinels.sinks import MemorySink
+from sentinels.adapters.memory import MemorySink
 
 GI = 2**30
 ADMIN = {"user": "root", "role": "admin"}

@@ -18,7 +18,7 @@ from sentinels.adapters import slack
 from sentinels.http import error_response, read_event
 from sentinels.settings import Settings
 
-from functions.alert.service import AlertService, JetStreamSentLog, notify_config
+from functions.alert.service import AlertService, notify_config
 
 log = logging.getLogger("sentinels.alert")
 SETTINGS = Settings.load()
@@ -27,8 +27,8 @@ NOTIFIER = slack.start(os.environ, NOTIFY.default_channel)
 
 
 async def build(stores: wiring.Stores) -> AlertService:
-    return AlertService(jobs=stores.jobs, sent=await JetStreamSentLog.open(stores.js), notifier=NOTIFIER,
-                        cfg=NOTIFY, clock=clock.now_iso)
+    return AlertService(jobs=stores.jobs, sent=await stores.sent_log(), notifier=NOTIFIER,
+                        cfg=NOTIFY, clock=clock.now_iso, fallback=slack.ConsoleNotifier)
 
 
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-alert", build)

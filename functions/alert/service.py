@@ -12,72 +12,15 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable
 
 from sentinels.domain import events, job, notify, states
-from sentinels.domain.errors import ConfigError
-from sentinels.ports import JobStore
+from sentinels.domain.errors import ConfigError, SendFailed
+from sentinels.ports import JobStore, Notifier, SentLog
 
 log = logging.getLogger("sentinels.alert")
-ALERTS_BUCKET = "sentinels_alerts"
-ALERTS_TTL = 7 * 86400.0  # redeliveries come within minutes; a week is plenty
 JOB_TYPES = (events.JOB_SUCCEEDED, events.JOB_FAILED, events.JOB_CANCELLED)
 CAPACITY_TYPES = (events.CAPACITY_EXHAUSTED, events.CAPACITY_RECOVERED)
-
-
-class SentLog(Protocol):
-    """Which (event, channel) pairs were already sent."""
-
-    async def seen(self, key: str) -> bool: ...
-    async def mark(self, key: str) -> None: ...
-
-
-class MemorySentLog:
-    def __init__(self):
-        self.keys: set[str] = set()
-
-    async def seen(self, key: str) -> bool:
-        return key in self.keys
-
-    async def mark(self, key: str) -> None:
-        self.keys.add(key)
-
-
-class JetStreamSentLog:
-    """`SentLog` over the KV bucket `sentinels_alerts` (created if missing, entries expire)."""
-
-    def __init__(self, kv):
-        self.kv = kv
-
-    @classmethod
-    async def open(cls, js, replicas: int = 1) -> "JetStreamSentLog":
-        from nats.js import api
-        from nats.js.errors import BucketNotFoundError
-
-        try:
-            kv = await js.key_value(ALERTS_BUCKET)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(api.KeyValueConfig(
-                bucket=ALERTS_BUCKET, history=1, ttl=ALERTS_TTL, storage=api.StorageType.FILE, replicas=replicas,
-                description="sentinels: alert events already sent to Slack (dedupe)"))
-        return cls(kv)
-
-    async def seen(self, key: str) -> bool:
-        from nats.js.errors import KeyNotFoundError
-
-        try:
-            await self.kv.get(key)
-            return True
-        except KeyNotFoundError:
-            return False
-
-    async def mark(self, key: str) -> None:
-        from nats.js.errors import KeyWrongLastSequenceError
-
-        try:
-            await self.kv.create(key, b"1")
-        except KeyWrongLastSequenceError:  # a concurrent delivery marked it first
-            pass
 
 
 def dedupe_key(ce: dict, channel: str) -> str:
@@ -93,9 +36,10 @@ def notify_config(settings, env) -> notify.NotifyConfig:
 class AlertService:
     jobs: JobStore
     sent: SentLog
-    notifier: object  # adapters.slack.SlackNotifier | ConsoleNotifier
+    notifier: Notifier
     cfg: notify.NotifyConfig
-    clock: callable
+    clock: Callable[[], str]
+    fallback: Callable[[str], Notifier]  # why -> where messages go once Slack rejected the credentials
 
     async def handle(self, ce: dict) -> tuple[int, dict]:
         """(HTTP status, body) for one CloudEvent; raises Unavailable when Slack failed transiently."""
@@ -138,8 +82,6 @@ class AlertService:
         return [channel], notify.capacity_message(dict(data, status=status))
 
     async def _deliver(self, ce: dict, channels: list[str], message: dict) -> tuple[list[str], list[str]]:
-        from sentinels.adapters.slack import ConsoleNotifier, SendFailed
-
         if not self.notifier.per_channel:
             channels = channels[:1]  # a webhook has one channel of its own
         sent, skipped = [], []
@@ -152,7 +94,7 @@ class AlertService:
                 used = await asyncio.to_thread(self.notifier.send, channel, message)
             except ConfigError as e:  # credentials rejected: say so, keep the text in the log, do not loop
                 log.error("%s; notifications go to this log until it is fixed", e.message)
-                self.notifier = ConsoleNotifier(why="Slack rejected the configured credentials")
+                self.notifier = self.fallback("Slack rejected the configured credentials")
                 used = self.notifier.send(channel, message)
             except SendFailed as e:
                 log.error("event %s for %s not sent: %s", ce["id"], channel or "the default channel", e.message)

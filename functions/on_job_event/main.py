@@ -11,9 +11,7 @@ import functions_framework.aio
 from starlette.responses import JSONResponse
 
 from sentinels import clock, wiring
-from sentinels.adapters.jetstream import JetStreamBoard
-from sentinels.domain import events, lifecycle
-from sentinels.domain.errors import ConfigError
+from sentinels.domain import events
 from sentinels.http import error_response, read_event
 from sentinels.settings import Settings
 
@@ -21,19 +19,14 @@ from functions.on_job_event.service import LifecycleService, RetryLater
 
 log = logging.getLogger("sentinels.on_job_event")
 SETTINGS = Settings.load()
-_cfg = SETTINGS.section("lifecycle")
-try:
-    POLICY = lifecycle.Policy(max_attempts=int(_cfg.get("max_attempts", 3)),
-                              image_pull_grace_seconds=float(_cfg.get("image_pull_grace_seconds", 300)))
-except (TypeError, ValueError):
-    raise ConfigError("lifecycle: max_attempts and image_pull_grace_seconds must be numbers") from None
+LIFECYCLE = SETTINGS.lifecycle()
 TRACKER = wiring.tracker_for(SETTINGS)
 wiring.warm(TRACKER)
 
 
 def outputs_dir(record: dict):
     """Where a finished job's outputs are readable by this function."""
-    root = _cfg.get("outputs_root")
+    root = LIFECYCLE.outputs_root
     if root:
         return f"{root.rstrip('/')}/{record['id']}"
     if SETTINGS.backend() == "local":
@@ -44,8 +37,8 @@ def outputs_dir(record: dict):
 async def build(stores: wiring.Stores) -> LifecycleService:
     return LifecycleService(
         jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
-        cluster=wiring.cluster_for(SETTINGS, stores.nc), clock=clock.now_iso, policy=POLICY,
-        tracker=TRACKER, outputs_dir=outputs_dir, board=await JetStreamBoard.open(stores.js))
+        cluster=wiring.cluster_for(SETTINGS, stores.nc), clock=clock.now_iso, policy=LIFECYCLE.policy,
+        tracker=TRACKER, outputs_dir=outputs_dir, board=stores.board)
 
 
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-on-job-event", build)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sentinels.clock import parse_iso
 from sentinels.domain import events, job, lifecycle, observe, states, tracking
 from sentinels.domain.errors import SentinelsError, Unavailable
+from sentinels.domain.names import MLFLOW_OWED_KEY
 from sentinels.transitions import announce
 
 log = logging.getLogger("sentinels.on_job_event")
@@ -24,7 +25,6 @@ EVENT_FOR = {states.RUNNING: events.JOB_STARTED, states.SUCCEEDED: events.JOB_SU
 
 PASSED_THROUGH = "running (its start was seen after its end)"
 RACE_RETRIES = 10
-OWED_KEY = "mlflow_owed"  # in the Board: {"jobs": [ids whose MLflow run is behind]}
 
 
 class RetryLater(Exception):
@@ -216,12 +216,12 @@ class LifecycleService:
             return
         (self.owed_mlflow.add if owed else self.owed_mlflow.discard)(job_id)
         if self.board is not None:
-            await self.board.put(OWED_KEY, {"jobs": sorted(self.owed_mlflow)})
+            await self.board.put(MLFLOW_OWED_KEY, {"jobs": sorted(self.owed_mlflow)})
 
     async def catch_up(self) -> int:
         """On the timer: retry MLflow for jobs that still owe it something."""
         if self.board is not None:
-            self.owed_mlflow |= set(((await self.board.get(OWED_KEY)) or {}).get("jobs") or [])
+            self.owed_mlflow |= set(((await self.board.get(MLFLOW_OWED_KEY)) or {}).get("jobs") or [])
         done = 0
         for job_id in list(self.owed_mlflow):
             got = await self.jobs.get(job_id)

@@ -9,18 +9,16 @@ import logging
 import functions_framework.aio
 
 from sentinels import clock, wiring
-from sentinels.adapters.jetstream import JetStreamBoard
 from sentinels.domain import events
 from sentinels.settings import Settings
 
 from functions.schedule.capacity import CapacityAlerts
-from functions.schedule.config import SchedulerConfig
 from functions.schedule.service import ScheduleService
 
 log = logging.getLogger("sentinels.schedule")
 SETTINGS = Settings.load()
 PRIORITIES = SETTINGS.priorities()
-CONFIG = SchedulerConfig.from_dict(SETTINGS.section("scheduler"))
+CONFIG = SETTINGS.scheduler()
 CAPACITY = SETTINGS.notify().capacity
 TRACKER = wiring.tracker_for(SETTINGS)
 wiring.warm(TRACKER)
@@ -37,12 +35,12 @@ def mlflow_env(record: dict, run: dict | None) -> dict:
 
 
 async def build(stores: wiring.Stores) -> ScheduleService:
-    alerts = await CapacityAlerts.open(stores.js, stores.sink, CAPACITY)
+    alerts = CapacityAlerts(stores.board, stores.sink, CAPACITY, clock.now_iso)
     return ScheduleService(
         jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
         cluster=wiring.cluster_for(SETTINGS, stores.nc), priorities=PRIORITIES, cfg=CONFIG,
         clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env, after_pass=alerts.after_pass,
-        board=await JetStreamBoard.open(stores.js))
+        board=stores.board)
 
 
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-schedule", build)

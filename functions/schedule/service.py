@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 
 from sentinels.clock import parse_iso
 from sentinels.domain import events, placement, states
+from sentinels.domain.names import WAITING_KEY
 from sentinels.domain.errors import SentinelsError
 from sentinels.ports import Conflict
 from sentinels.transitions import announce
 
-from .config import SchedulerConfig
+from sentinels.domain.scheduler_config import SchedulerConfig
 
 log = logging.getLogger("sentinels.schedule")
 SOURCE = "sentinels/schedule"
-REASONS_KEY = "waiting"  # in the Board: {"at": iso, "reasons": {job id: why it waits}}
 
 
 def to_waiting(entry: dict, rank: int, order: int, now: float) -> placement.Waiting:
@@ -161,7 +161,7 @@ class ScheduleService:
             return
         snapshot = dict(list(reasons.items())[: self.cfg.reason_window])
         if snapshot != self._reasons:
-            await self.board.put(REASONS_KEY, {"at": self.clock(), "reasons": snapshot})
+            await self.board.put(WAITING_KEY, {"at": self.clock(), "reasons": snapshot})
             self._reasons = snapshot
 
     async def reconcile(self) -> int:

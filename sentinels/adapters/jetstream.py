@@ -1,4 +1,4 @@
-"""JetStream adapters (DESIGN §5): the job store (KV), the queue stream and history stream.
+"""JetStream adapters: the job store (KV), the queue and history streams, the board, the sink.
 
 Names here are the public contract that the `nats` CLI must make sense of. `ensure()`
 creates what is missing and never deletes or narrows what exists, so a second start, or
@@ -18,30 +18,25 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, KeyWrongLastSeq
 
 from ..domain.errors import Unavailable
 from ..domain.events import subject_token
+from ..domain.names import (ALERTS_BUCKET, ALERTS_TTL, DUPLICATE_WINDOW, EVENTS_STREAM, EVENTS_SUBJECT,
+                            EVENTS_SUBJECTS, HISTORY_STREAM, HISTORY_SUBJECT, HISTORY_SUBJECTS, JOBS_BUCKET,
+                            QUEUE_STREAM, QUEUE_SUBJECT, QUEUE_SUBJECTS, REQUEUED_SUFFIX, STATE_BUCKET)
 from ..ports import Conflict
 
 log = logging.getLogger("sentinels.jetstream")
 
-JOBS_BUCKET = "sentinels_jobs"
-STATE_BUCKET = "sentinels_state"  # small shared documents: the last pass's waiting reasons, capacity watch
-QUEUE_STREAM = "SENTINELS_QUEUE"
-EVENTS_STREAM = "SENTINELS_EVENTS"
-HISTORY_STREAM = "SENTINELS_HISTORY"
-QUEUE_SUBJECT = "sentinels.queue.{}"
-HISTORY_SUBJECT = "sentinels.history.{}"
-EVENTS_SUBJECT = "sentinels.events.{}"
 CAS_RETRIES = 20
 
 
 def _stream_configs(replicas: int) -> list[api.StreamConfig]:
     common = dict(storage=api.StorageType.FILE, num_replicas=replicas, allow_direct=True,
-                  retention=api.RetentionPolicy.LIMITS, duplicate_window=120.0)
+                  retention=api.RetentionPolicy.LIMITS, duplicate_window=DUPLICATE_WINDOW)
     return [
-        api.StreamConfig(name=QUEUE_STREAM, subjects=["sentinels.queue.>"],
+        api.StreamConfig(name=QUEUE_STREAM, subjects=[QUEUE_SUBJECTS],
                          description="sentinels: one message per waiting job, subject per priority class", **common),
-        api.StreamConfig(name=HISTORY_STREAM, subjects=["sentinels.history.*"],
+        api.StreamConfig(name=HISTORY_STREAM, subjects=[HISTORY_SUBJECTS],
                          description="sentinels: every job state transition", **common),
-        api.StreamConfig(name=EVENTS_STREAM, subjects=["sentinels.events.>"], max_age=7 * 86400.0,
+        api.StreamConfig(name=EVENTS_STREAM, subjects=[EVENTS_SUBJECTS], max_age=7 * 86400.0,
                          description="sentinels: the embedded broker's CloudEvents", **common),
     ]
 
@@ -190,6 +185,54 @@ class JetStreamBoard:
     async def put(self, key: str, value: dict) -> None:
         await self.kv.put(key, json.dumps(value).encode())
 
+    async def read(self, key: str) -> tuple[Optional[dict], Optional[int]]:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None, None
+        return (json.loads(entry.value) if entry.value else None), entry.revision
+
+    async def swap(self, key: str, value: dict, revision: Optional[int]) -> bool:
+        """Write `value` if the key is still at `revision` (None: still absent)."""
+        try:
+            if revision is None:
+                await self.kv.create(key, json.dumps(value).encode())
+            else:
+                await self.kv.update(key, json.dumps(value).encode(), last=revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+
+class JetStreamSentLog:
+    """`SentLog` over the KV bucket `sentinels_alerts` (created if missing, entries expire)."""
+
+    def __init__(self, kv):
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js, replicas: int = 1) -> "JetStreamSentLog":
+        try:
+            kv = await js.key_value(ALERTS_BUCKET)
+        except BucketNotFoundError:
+            kv = await js.create_key_value(api.KeyValueConfig(
+                bucket=ALERTS_BUCKET, history=1, ttl=ALERTS_TTL, storage=api.StorageType.FILE, replicas=replicas,
+                description="sentinels: alert events already sent to Slack (dedupe)"))
+        return cls(kv)
+
+    async def seen(self, key: str) -> bool:
+        try:
+            await self.kv.get(key)
+            return True
+        except KeyNotFoundError:
+            return False
+
+    async def mark(self, key: str) -> None:
+        try:
+            await self.kv.create(key, b"1")
+        except KeyWrongLastSequenceError:  # a concurrent delivery marked it first
+            pass
+
 
 class JetStreamQueue:
     """`JobQueue` over SENTINELS_QUEUE: order is class value, then submission order.
@@ -204,7 +247,7 @@ class JetStreamQueue:
 
     @staticmethod
     def subject(klass: str, front: bool = False) -> str:
-        return QUEUE_SUBJECT.format(klass) + (".requeued" if front else "")
+        return QUEUE_SUBJECT.format(klass) + (REQUEUED_SUFFIX if front else "")
 
     async def enqueue(self, entry: dict, msg_id: str, front: bool = False) -> int:
         ack = await self.js.publish(self.subject(entry["class"], front), json.dumps(entry).encode(),
@@ -225,7 +268,7 @@ class JetStreamQueue:
         return bool(resp.get("success"))
 
     async def subject_counts(self) -> dict[str, int]:
-        info = await self.js.stream_info(QUEUE_STREAM, subjects_filter="sentinels.queue.>")
+        info = await self.js.stream_info(QUEUE_STREAM, subjects_filter=QUEUE_SUBJECTS)
         return dict(info.state.subjects or {})
 
     async def counts(self) -> dict[str, int]:

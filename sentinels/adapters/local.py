@@ -10,9 +10,10 @@ import json
 from typing import Optional
 
 from ..domain import errors
+from ..domain.names import LOCAL_SUBJECT
 from ..domain.placement import Node
 
-SUBJECT = "sentinels.local.{}"
+SUBJECT = LOCAL_SUBJECT
 VERBS = ("nodes", "launch", "stop", "active", "logs")
 _BY_STATUS = {400: errors.InvalidSpec, 404: errors.NotFound, 409: errors.Conflict, 503: errors.Unavailable}
 

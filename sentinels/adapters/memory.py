@@ -102,7 +102,9 @@ class MemoryHistory:
 class MemoryBoard:
     def __init__(self):
         self.docs: dict[str, dict] = {}
+        self.revs: dict[str, int] = {}
         self.writes = 0
+        self._rev = itertools.count(1)
 
     async def get(self, key):
         return copy.deepcopy(self.docs.get(key))
@@ -110,6 +112,40 @@ class MemoryBoard:
     async def put(self, key, value):
         self.writes += 1
         self.docs[key] = copy.deepcopy(value)
+        self.revs[key] = next(self._rev)
+
+    async def read(self, key):
+        return copy.deepcopy(self.docs.get(key)), self.revs.get(key)
+
+    async def swap(self, key, value, revision):
+        if self.revs.get(key) != revision:
+            return False
+        await self.put(key, value)
+        return True
+
+
+class MemorySentLog:
+    def __init__(self):
+        self.keys: set[str] = set()
+
+    async def seen(self, key):
+        return key in self.keys
+
+    async def mark(self, key):
+        self.keys.add(key)
+
+
+class MemorySink:
+    """Keeps the events given, deduplicated by id like the real sinks."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+        self._ids: set[str] = set()
+
+    async def emit(self, event):
+        if event["id"] not in self._ids:
+            self._ids.add(event["id"])
+            self.events.append(event)
 
 
 class MemoryCluster:

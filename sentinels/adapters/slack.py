@@ -12,7 +12,7 @@ import logging
 import os
 from urllib.parse import urlparse
 
-from ..domain.errors import ConfigError, SentinelsError, Unavailable
+from ..domain.errors import ConfigError, SendFailed, SentinelsError, Unavailable
 
 log = logging.getLogger("sentinels.slack")
 SDK_LOG = "sentinels.slack.sdk"
@@ -24,12 +24,6 @@ TRANSIENT_ERRORS = {"ratelimited", "rate_limited", "internal_error", "fatal_erro
                     "request_timeout", "rollup_error"}
 SEND_TIMEOUT = 5        # seconds per HTTP request: a Slack outage must not hold the alert function
 MAX_RETRY_AFTER = 10    # longest Retry-After we sleep through; longer -> Unavailable, the broker redelivers
-
-
-class SendFailed(SentinelsError):
-    """Slack refused this message for good (e.g. invalid_blocks); redelivery would not help."""
-
-    status = 502
 
 
 class _Redact(logging.Filter):

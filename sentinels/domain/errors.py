@@ -52,5 +52,11 @@ class TooLarge(SentinelsError):
     status = 413
 
 
+class SendFailed(SentinelsError):
+    """A notification was refused for good (e.g. Slack's invalid_blocks); redelivery would not help."""
+
+    status = 502
+
+
 class Unavailable(SentinelsError):
     status = 503

@@ -12,6 +12,7 @@ from typing import Optional
 
 from . import observe as ob
 from . import states
+from .errors import ConfigError
 
 REQUEUE, STOP, LOGS, CAPACITY = "requeue", "stop", "logs", "capacity"
 
@@ -20,6 +21,36 @@ REQUEUE, STOP, LOGS, CAPACITY = "requeue", "stop", "logs", "capacity"
 class Policy:
     max_attempts: int = 3  # runs cut short by evictions / lost nodes before the job is failed
     image_pull_grace_seconds: float = 300.0  # a pod stuck pulling its image this long fails the job
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """The `lifecycle:` block of config.yaml, validated when `sentinels up` starts."""
+
+    policy: Policy = Policy()
+    outputs_root: Optional[str] = None  # where finished jobs' outputs are readable (Kubernetes)
+
+    KEYS = ("max_attempts", "image_pull_grace_seconds", "outputs_root")
+
+    @classmethod
+    def from_dict(cls, raw: Optional[dict]) -> "LifecycleConfig":
+        raw = raw or {}
+        if not isinstance(raw, dict):
+            raise ConfigError("lifecycle: expected a mapping (max_attempts, image_pull_grace_seconds, outputs_root)")
+        unknown = sorted(str(k) for k in raw if k not in cls.KEYS)
+        if unknown:
+            raise ConfigError(f"lifecycle: unknown key(s) {', '.join(unknown)} (known: {', '.join(cls.KEYS)})")
+        base = Policy()
+        try:
+            policy = Policy(max_attempts=int(raw.get("max_attempts", base.max_attempts)),
+                            image_pull_grace_seconds=float(raw.get("image_pull_grace_seconds",
+                                                                   base.image_pull_grace_seconds)))
+        except (TypeError, ValueError):
+            raise ConfigError("lifecycle: max_attempts and image_pull_grace_seconds must be numbers") from None
+        root = raw.get("outputs_root")
+        if root is not None and not isinstance(root, str):
+            raise ConfigError(f"lifecycle: outputs_root must be a path, not {root!r}")
+        return cls(policy, root or None)
 
 
 @dataclass(frozen=True)

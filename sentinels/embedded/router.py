@@ -17,7 +17,7 @@ from nats.js import api
 
 from .. import clock
 from ..adapters import jetstream
-from ..domain import events
+from ..domain import events, names
 from ..settings import Settings
 from . import serve, triggers
 
@@ -104,7 +104,7 @@ class Router:
 
     async def dead_letter(self, t, event: dict, outcome: str) -> None:
         log.error("dead letter: %s %s after %s", t.name, event.get("id"), outcome)
-        await self.js.publish(f"sentinels.events.deadletter.{t.name}", json.dumps(event).encode(),
+        await self.js.publish(names.DEADLETTER_SUBJECT.format(t.name), json.dumps(event).encode(),
                               stream=jetstream.EVENTS_STREAM)
 
     async def timer(self, tick: float) -> None:
@@ -121,7 +121,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings.load()
-    tick = float(os.environ.get("SENTINELS_TICK") or settings.section("scheduler").get("tick", 10))
+    tick = float(os.environ.get("SENTINELS_TICK") or settings.scheduler().tick_seconds)
     asyncio.run(Router(settings, triggers.load()).run(tick))
 
 

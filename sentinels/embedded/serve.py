@@ -4,11 +4,10 @@
 it is the same target and signature a Knative Service runs.
 """
 
+import importlib.util
 import logging
 import sys
 from pathlib import Path
-
-import functions
 
 FUNCTIONS = {
     # name: (target, signature type, port offset from the submit port)
@@ -20,7 +19,12 @@ FUNCTIONS = {
 
 
 def source(name: str) -> Path:
-    return Path(functions.__file__).parent / name / "main.py"
+    """The function's entry file, found without importing it: it is loaded by path, as
+    functions-framework does in a Knative container (the embedded layer never imports
+    the functions' code)."""
+    spec = importlib.util.find_spec("functions")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    return Path(roots[0] if roots else ".") / name / "main.py"
 
 
 def available() -> list[str]:

@@ -52,7 +52,6 @@ def check_config(settings: Settings) -> list[str]:
     from ..auth import Identities
 
     from ..adapters import slack
-    from functions.schedule.config import SchedulerConfig
 
     settings.priorities()
     settings.limits()
@@ -64,7 +63,8 @@ def check_config(settings: Settings) -> list[str]:
         from ..adapters.kube_manifest import KubeConfig
 
         KubeConfig.from_dict(settings.section("kubernetes"))
-    SchedulerConfig.from_dict(settings.section("scheduler"))
+    settings.scheduler()
+    settings.lifecycle()
     notify = settings.notify()
     ids = Identities.load(settings.tokens_file(), settings.file.get("user"))
     notes = []

@@ -1,10 +1,14 @@
-"""Scheduler configuration (`scheduler:` in config.yaml), validated at start."""
+"""Scheduler configuration (`scheduler:` in config.yaml), validated at start.
+
+Pure parsing: `Settings.scheduler()` feeds it the mapping, `sentinels up` checks it
+before anything starts, the schedule function and the router's timer use the result.
+"""
 
 from dataclasses import dataclass
 
-from sentinels.domain import duration
-from sentinels.domain.errors import ConfigError, InvalidSpec
-from sentinels.domain.placement import BEST_EFFORT, STRATEGIES
+from . import duration
+from .errors import ConfigError, InvalidSpec
+from .placement import BEST_EFFORT, STRATEGIES
 
 KEYS = {"strategy", "starvation", "window", "orphan_grace", "reason_window", "concurrency", "tick"}
 
@@ -17,6 +21,7 @@ class SchedulerConfig:
     orphan_grace_seconds: int = 30  # a queue entry without a record is dropped after this
     reason_window: int = 500  # waiting jobs whose reason is kept up to date
     concurrency: int = 32  # placements applied at once
+    tick_seconds: float = 10.0  # the embedded timer: one reconcile + pass trigger this often
 
     @classmethod
     def from_dict(cls, raw: dict) -> "SchedulerConfig":
@@ -35,9 +40,19 @@ class SchedulerConfig:
                 orphan_grace_seconds=duration.seconds(raw["orphan_grace"], "scheduler.orphan_grace") if "orphan_grace" in raw else base.orphan_grace_seconds,
                 reason_window=int(raw.get("reason_window", base.reason_window)),
                 concurrency=int(raw.get("concurrency", base.concurrency)),
+                tick_seconds=_tick(raw["tick"]) if "tick" in raw else base.tick_seconds,
             )
         except (InvalidSpec, TypeError, ValueError) as e:
             raise ConfigError(f"scheduler: {getattr(e, 'message', e)}") from None
         if min(out.window, out.reason_window, out.concurrency) < 1:
             raise ConfigError("scheduler: window, reason_window and concurrency must be at least 1")
+        if out.tick_seconds <= 0:
+            raise ConfigError("scheduler: tick must be more than 0 seconds")
         return out
+
+
+def _tick(value) -> float:
+    """Seconds between timer events: a number (fractions allowed) or a duration such as 1m."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return float(duration.seconds(value, "scheduler.tick"))

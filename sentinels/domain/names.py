@@ -1,0 +1,36 @@
+"""The names every part shares: JetStream streams, subjects, KV buckets and their keys.
+
+These are the public contract the `nats` CLI (and an operator) must make sense of, so
+they live in one place instead of as literals spread over adapters, functions and CLI.
+Plain data: no I/O.
+"""
+
+# --- streams and their subjects ---------------------------------------------------------
+QUEUE_STREAM = "SENTINELS_QUEUE"  # one message per waiting job
+QUEUE_SUBJECTS = "sentinels.queue.>"
+QUEUE_SUBJECT = "sentinels.queue.{}"  # .format(priority class); `.requeued` appended for requeued jobs
+REQUEUED_SUFFIX = ".requeued"
+
+HISTORY_STREAM = "SENTINELS_HISTORY"  # every job state transition
+HISTORY_SUBJECTS = "sentinels.history.*"
+HISTORY_SUBJECT = "sentinels.history.{}"  # .format(job id)
+
+EVENTS_STREAM = "SENTINELS_EVENTS"  # the embedded broker's CloudEvents
+EVENTS_SUBJECTS = "sentinels.events.>"
+EVENTS_SUBJECT = "sentinels.events.{}"  # .format(events.subject_token(type))
+DEADLETTER_SUBJECT = "sentinels.events.deadletter.{}"  # .format(trigger name)
+
+DUPLICATE_WINDOW = 120.0  # seconds in which a stream drops a message id seen before
+
+# --- core NATS request/reply --------------------------------------------------------------
+LOCAL_SUBJECT = "sentinels.local.{}"  # .format(verb): the local executor's Cluster verbs
+
+# --- KV buckets and keys ------------------------------------------------------------------
+JOBS_BUCKET = "sentinels_jobs"  # job records by id
+STATE_BUCKET = "sentinels_state"  # small shared documents (the Board)
+ALERTS_BUCKET = "sentinels_alerts"  # (event, channel) pairs already sent to Slack
+ALERTS_TTL = 7 * 86400.0  # redeliveries come within minutes; a week is plenty
+
+WAITING_KEY = "waiting"  # Board: {"at": iso, "reasons": {job id: why it waits}}
+CAPACITY_KEY = "capacity"  # Board: the capacity watch's episode state
+MLFLOW_OWED_KEY = "mlflow_owed"  # Board: {"jobs": [ids whose MLflow run is behind]}
