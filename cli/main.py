@@ -95,6 +95,9 @@ def submit(
         from .output import emit
 
         emit(record, fmt)
+    if record.get("runtime"):  # which runtime it gets; the process runtime says that the image is not used
+        print(f"sentinels: runtime {record['runtime']}" + (f": {record['runtime_note']}" if record.get("runtime_note")
+                                                             else ""), file=sys.stderr)
     if wait:
         raise typer.Exit(_follow(settings, record["id"], quiet=fmt != "table"))
 
@@ -169,7 +172,8 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
         ("position", record.get("position")),
         ("priority", record["priority"]),
         ("owner", record["owner"] + (f" / {record['team']}" if record.get("team") else "")),
-        ("image", spec["image"]),
+        ("image", spec["image"] + (" (not used: runtime process)" if record.get("runtime") == "process" else "")),
+        ("runtime", record.get("runtime")),
         ("command", " ".join(spec.get("command", []) + spec.get("args", []))),
         ("resources", _res(spec)),
         ("attempts", record.get("attempts", 0)),

@@ -16,6 +16,10 @@ import pytest
 from sentinels.adapters import jetstream
 from sentinels.embedded import natsd
 
+# Jobs in the suite run as host processes unless a test asks for an engine (tests/engines.py):
+# with Podman installed, `local.runtime: auto` would otherwise pull every test's image.
+os.environ.setdefault("SENTINELS_RUNTIME", "process")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -112,3 +116,20 @@ def post_ce(url: str, event_type: str, data, *, token=None, event_id=None, sourc
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how many tests ran on a real container engine (they skip, with the reason, without one)."""
+    ran, skipped, why = 0, 0, set()
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            if "engine" not in getattr(rep, "keywords", {}):
+                continue
+            if outcome == "skipped":
+                skipped += 1
+                why.add(str(rep.longrepr[-1]) if isinstance(rep.longrepr, tuple) else "")
+            elif rep.when == "call" or outcome == "error":
+                ran += 1
+    if ran or skipped:
+        line = f"container engine tests: {ran} ran, {skipped} skipped"
+        terminalreporter.write_line(line + (f" ({'; '.join(sorted(why))})" if why else ""))

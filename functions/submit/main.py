@@ -5,6 +5,7 @@ Configuration (priorities, tokens, limits) is parsed at import, i.e. at start-up
 """
 
 import logging
+import os
 
 import functions_framework.aio
 from starlette.responses import JSONResponse
@@ -22,13 +23,16 @@ log = logging.getLogger("sentinels.submit")
 SETTINGS = Settings.load()
 PRIORITIES = SETTINGS.priorities()
 LIMITS = SETTINGS.limits()
+# the local runtime `sentinels up` resolved (auto -> podman, docker or process); records say which
+RUNTIME = os.environ.get("SENTINELS_RUNTIME") if SETTINGS.backend() == "local" else None
+RUNTIME = RUNTIME if RUNTIME in ("podman", "docker", "process") else None
 IDENTITIES = Identities.load(SETTINGS.tokens_file(), SETTINGS.file.get("user"))
 if IDENTITIES.single_user:
     log.warning("no tokens file configured: single-user mode, every request acts as %s (admin)", IDENTITIES.local["user"])
 
 async def build(stores: wiring.Stores) -> SubmitService:
     return SubmitService(jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
-                         priorities=PRIORITIES, limits=LIMITS, clock=clock.now_iso)
+                         priorities=PRIORITIES, limits=LIMITS, clock=clock.now_iso, runtime=RUNTIME)
 
 
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-submit", build)

@@ -8,7 +8,7 @@ A retry after a crash anywhere completes the missing steps and repeats none.
 import asyncio
 from dataclasses import dataclass
 
-from sentinels.domain import events, job, states
+from sentinels.domain import events, job, runtime, states
 from sentinels.domain.errors import Conflict as Refused, Forbidden, InvalidSpec, NotFound
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.spec import Limits, validate
@@ -28,6 +28,7 @@ class SubmitService:
     priorities: PriorityConfig
     limits: Limits
     clock: callable
+    runtime: str | None = None  # the embedded default's local runtime (process, podman, docker)
 
     # --- submit ---------------------------------------------------------------------
     async def submit(self, data, who: dict, source: str, event_id: str) -> tuple[int, dict]:
@@ -40,6 +41,10 @@ class SubmitService:
         seq = await self.queue.enqueue(entry, msg_id=job_id)
         record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now,
                                 event_id=event_id, queue_seq=seq)
+        if self.runtime:
+            record["runtime"] = self.runtime
+            if runtime.note(self.runtime, spec["image"]):
+                record["runtime_note"] = runtime.note(self.runtime, spec["image"])
         # The record, its history entry and the queued event go out together: the latter two
         # carry deterministic ids, so a retry repeats nothing, and an event that beats its
         # record is harmless (the scheduler waits for records; see orphan_grace).

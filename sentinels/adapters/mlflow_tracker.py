@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
+from ..domain import runtime
 from ..domain.errors import InvalidSpec, SentinelsError, Unavailable
 from ..domain.job import is_job_id
 from ..domain.states import SCHEDULED
@@ -148,7 +149,9 @@ class MlflowTracker:
     @staticmethod
     def _tags(record: dict) -> dict:
         spec = record.get("spec") or {}
-        tags = {JOB_TAG: record["id"], "sentinels.image": spec.get("image"), "sentinels.owner": record.get("owner"),
+        image = runtime.image_label(record.get("runtime"), spec["image"]) if spec.get("image") else None
+        tags = {JOB_TAG: record["id"], "sentinels.image": image, "sentinels.runtime": record.get("runtime"),
+                "sentinels.owner": record.get("owner"),
                 "mlflow.user": record.get("owner"), "sentinels.priority": record.get("priority"),
                 "sentinels.attempts": str(record.get("attempts", 0))}
         return {k: str(v) for k, v in tags.items() if v not in (None, "")}

@@ -14,6 +14,8 @@ machine. Pure: the executor passes every time, counter and exit code in `info`.
   generation, created, started, finished, resource_version,
   phase  "Pending" | "Running" | "Succeeded" | "Failed";  pid;  exit_code;
   terminated_reason  (default Completed / Error from the exit code);  message
+  waiting_reason, waiting_message  a Pending pod's trouble (ErrImagePull, ImagePullBackOff, ...)
+  container_id  "podman://<id>" for a container (default process://<pid>)
 """
 
 import hashlib
@@ -196,6 +198,8 @@ def _container_state(info: dict, container_id: str | None) -> dict:
         if container_id:
             done["containerID"] = container_id
         return {"terminated": done}
+    if info.get("waiting_reason"):  # ErrImagePull, ImagePullBackOff, ... with the engine's words
+        return {"waiting": {"reason": info["waiting_reason"], "message": info.get("waiting_message") or ""}}
     return {"waiting": {"reason": "ContainerCreating"}}
 
 
@@ -225,7 +229,7 @@ def pod_object(record: dict, attempt: int, info: dict) -> dict:
     if phase in ("Pending", "Running"):
         meta["finalizers"] = ["batch.kubernetes.io/job-tracking"]
     container = _container(record)
-    container_id = f"process://{info['pid']}" if info.get("pid") else None
+    container_id = info.get("container_id") or (f"process://{info['pid']}" if info.get("pid") else None)
     cstatus = {"name": CONTAINER, "image": container["image"], "imageID": "", "ready": phase == "Running",
                "restartCount": 0, "started": phase == "Running", "lastState": {},
                "state": _container_state(info, container_id)}

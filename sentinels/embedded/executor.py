@@ -18,7 +18,7 @@ from ..adapters import jetstream
 from ..adapters.local import SUBJECT, VERBS
 from ..domain.errors import ConfigError, InvalidSpec, SentinelsError
 from ..settings import Settings
-from . import machine
+from . import machine, runtimes
 from .kubelet import Kubelet
 
 log = logging.getLogger("sentinels.executor")
@@ -71,18 +71,19 @@ def _lock(settings: Settings):
     return f
 
 
-async def serve(settings: Settings, capacity: machine.Capacity, stop: asyncio.Event) -> None:
+async def serve(settings: Settings, capacity: machine.Capacity, stop: asyncio.Event,
+                runtime: runtimes.Runtime | None = None) -> None:
     nc = await jetstream.connect(settings.nats_url, "sentinels-executor", reconnect=True)
     try:
         js = nc.jetstream(timeout=5)
         await jetstream.ensure(js)
-        kubelet = Kubelet(settings.home / "jobs", capacity, jetstream.JetStreamSink(js))
+        kubelet = Kubelet(settings.home / "jobs", capacity, jetstream.JetStreamSink(js), runtime=runtime)
         kubelet.recover()
         await kubelet.flush()
         for verb in VERBS:
             await nc.subscribe(SUBJECT.format(verb), cb=handler(kubelet, verb))
         await nc.flush()
-        log.info("local executor ready: %s", kubelet.node())
+        log.info("local executor ready (runtime %s): %s", kubelet.runtime.describe(), kubelet.node())
         while not stop.is_set():
             kubelet.poll()
             await kubelet.flush()
@@ -94,12 +95,12 @@ async def serve(settings: Settings, capacity: machine.Capacity, stop: asyncio.Ev
         await nc.drain()
 
 
-async def _main(settings: Settings, capacity: machine.Capacity) -> None:
+async def _main(settings: Settings, capacity: machine.Capacity, runtime: runtimes.Runtime) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(settings, capacity, stop)
+    await serve(settings, capacity, stop, runtime)
 
 
 def main() -> None:
@@ -107,8 +108,9 @@ def main() -> None:
     try:
         settings = Settings.load()
         capacity = machine.capacity(settings.file.get("local"))
+        runtime = runtimes.select(runtimes.RuntimeConfig.from_dict(settings.section("local")))
         lock = _lock(settings)
-        asyncio.run(_main(settings, capacity))
+        asyncio.run(_main(settings, capacity, runtime))
         lock.close()
     except SentinelsError as e:  # ConfigError, Unavailable: a clear line, no stack trace
         print(f"sentinels executor: {e.message}", file=sys.stderr, flush=True)

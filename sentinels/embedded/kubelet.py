@@ -32,12 +32,14 @@ from ..domain.placement import Node
 from ..domain.spec import DNS1123_LABEL, ENV_NAME
 from . import processes
 from .machine import Capacity
+from .runtimes import Launch, ProcessRuntime, Runtime
 
 log = logging.getLogger("sentinels.executor")
 
 BASIC_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "TMPDIR")
 MAX_LOG_BYTES = 512 * 1024  # what one `logs` reply may carry (NATS max_payload is 1 MB)
 POD_LOST_MESSAGE = "ended without leaving an exit code (killed with SIGKILL?)"
+PULL_BACKOFF, PULL_BACKOFF_MAX = 10.0, 300.0  # seconds between image pulls, as a kubelet backs off
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -67,9 +69,11 @@ def _check_launch(record, extra_env) -> tuple[dict, dict]:
 
 class Kubelet:
     def __init__(self, jobs_dir: Path, capacity: Capacity, sink, *, now: Callable[[], str] = clock.now_iso,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, runtime: Optional[Runtime] = None):
         self.dir = Path(jobs_dir).resolve()  # jobs run in their own work dir: every path absolute
         self.cap = capacity
+        self.runtime: Runtime = runtime or ProcessRuntime()
+        self.pull_backoff = PULL_BACKOFF
         self.sink = sink
         self.now = now
         self.wall = wall
@@ -154,46 +158,52 @@ class Kubelet:
         return [g for g in self.cap.gpus if g not in taken]
 
     # --- launching --------------------------------------------------------------------------
-    def _env(self, state: dict, job_dir: Path, gpus: list[int]) -> dict:
+    def _launch(self, state: dict, job_dir: Path, attempt: int, gpus: list[int]) -> Launch:
         spec = state["record"]["spec"]
-        env = {k: os.environ[k] for k in BASIC_ENV if k in os.environ}
-        env.update({k: str(v) for k, v in (spec.get("env") or {}).items()})
+        env = {k: str(v) for k, v in (spec.get("env") or {}).items()}
         env.update(state["extra_env"])
-        env.update(SENTINELS_JOB_ID=state["job"], SENTINELS_CONFIG=str(job_dir / "job.yaml"),
-                   SENTINELS_OUTPUTS=str(job_dir / "outputs"))
+        env["SENTINELS_JOB_ID"] = state["job"]
         if self.cap.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))  # "" hides every GPU from CPU jobs
-        return env
+        return Launch(job_id=state["job"], generation=state["generation"], attempt=attempt, spec=spec, env=env,
+                      host_env={k: os.environ[k] for k in BASIC_ENV if k in os.environ}, gpus=gpus,
+                      job_dir=job_dir, log=job_dir / f"attempt-{attempt}.log",
+                      result=job_dir / f"attempt-{attempt}.exit")
 
     def _start_attempt(self, state: dict, gpus: list[int]) -> None:
         """Start the next attempt (a new pod) of a live run and record it."""
-        job_dir = self._job_dir(state["job"])
         attempt = state["attempt"] = state["attempt"] + 1
-        now = self.now()
-        state["pod"] = {"attempt": attempt, "created": now, "started": None, "finished": None, "phase": "Pending",
-                        "exit_code": None, "terminated_reason": None, "message": None, "pid": None, "pgid": None,
-                        "proc_start": None, "gpus": gpus}
+        state["pod"] = {"attempt": attempt, "created": self.now(), "started": None, "finished": None,
+                        "phase": "Pending", "exit_code": None, "terminated_reason": None, "message": None,
+                        "pid": None, "pgid": None, "proc_start": None, "gpus": gpus, "runtime": self.runtime.name}
+        self._spawn(state, "add")
+
+    def _spawn(self, state: dict, kind: str) -> None:
+        """Run the current pod's attempt (again, after a failed image pull) and emit the pod."""
+        job_dir, pod = self._job_dir(state["job"]), state["pod"]
+        pod.update(retry_at=None)
         self._save(state)  # a crash from here on finds a Pending pod without pid: reported lost
-        spec = state["record"]["spec"]
-        logfile = job_dir / f"attempt-{attempt}.log"
+        launch = self._launch(state, job_dir, pod["attempt"], pod["gpus"])
         try:
-            started = processes.spawn(list(spec["command"]) + list(spec.get("args") or []),
-                                      env=self._env(state, job_dir, gpus), cwd=job_dir / "work", log=logfile,
-                                      result=job_dir / f"attempt-{attempt}.exit")
+            started, info = self.runtime.start(launch)
         except OSError as e:  # the runner itself could not start (no python, no fork): a failed attempt
-            state["pod"].update(started=now, finished=now, phase="Failed", exit_code=None,
-                                message=f"could not start: {e.strerror or e}")
-            self._emit_pod(state, "add")
+            now = self.now()
+            pod.update(started=now, finished=now, phase="Failed", exit_code=None,
+                       message=f"could not start: {e.strerror or e}")
+            self._emit_pod(state, kind)
             self._finish(state, objects.BACKOFF_REASON, f"could not start the process: {e.strerror or e}")
             return
         link = job_dir / "log.tmp"
         link.unlink(missing_ok=True)
-        link.symlink_to(logfile.name)
+        link.symlink_to(launch.log.name)
         os.replace(link, job_dir / "log")
         self.children[state["job"]] = started.popen
-        state["pod"].update(phase="Running", started=self.now(), pid=started.pid, pgid=started.pgid,
-                            proc_start=started.proc_start)
-        self._emit_pod(state, "add")
+        pod.update(pid=started.pid, pgid=started.pgid, proc_start=started.proc_start, **info)
+        running = self.runtime.started(pod, job_dir)
+        if running is not None:
+            pod.update(phase="Running", started=self.now(), waiting_reason=None, waiting_message=None, **running)
+        if kind == "add" or running is not None:  # a pull tried again changes nothing others can see
+            self._emit_pod(state, kind)
 
     def launch(self, record: dict, extra_env: Optional[dict] = None) -> dict:
         """Start a job unless this run (id, attempts) was launched already: idempotent."""
@@ -219,7 +229,7 @@ class Kubelet:
                  "attempt": old["attempt"] if old else 0, "pod": None, "stopping": None, "job_rv": 0,
                  "outbox": old["outbox"] if old else []}  # a requeued run keeps what was not sent yet
         self.runs[job_id] = state
-        if not spec.get("command"):
+        if not spec.get("command") and self.runtime.needs_command():
             state.update(outcome="Failed", reason=objects.NO_COMMAND_REASON, message=objects.NO_COMMAND_MESSAGE,
                          finished=now)
             self._emit_job(state, "add")
@@ -253,8 +263,11 @@ class Kubelet:
         if pod.get("pgid") and seen_now:
             processes.signal_group(pod["pgid"], signal.SIGKILL)
         stopping = state.get("stopping")
+        end = self.runtime.ending(pod, self._job_dir(state["job"]), code, bool(stopping))
+        code = end.exit_code
         pod.update(finished=finished or self.now(), exit_code=code, started=pod.get("started") or pod["created"],
-                   phase="Succeeded" if code == 0 and not stopping else "Failed")
+                   phase="Succeeded" if code == 0 and not stopping else "Failed", waiting_reason=None,
+                   terminated_reason=end.reason, message=end.message or pod.get("message"))
         self._emit_pod(state, "update")
         if pod["phase"] == "Succeeded":
             state["succeeded"] = 1
@@ -274,9 +287,8 @@ class Kubelet:
 
     def _begin_stop(self, state: dict, reason: str, message: str) -> None:
         state["stopping"] = {"reason": reason, "message": message, "kill_at": self.wall() + self.cap.stop_grace}
-        pgid = (state.get("pod") or {}).get("pgid")
-        if pgid:
-            processes.signal_group(pgid, signal.SIGTERM)
+        if state.get("pod"):
+            self.runtime.signal(state["pod"], self._job_dir(state["job"]), signal.SIGTERM)
 
     def stop(self, job_id: str) -> dict:
         """SIGTERM now, SIGKILL after the grace period; the run then ends Failed "stopped". Idempotent."""
@@ -306,22 +318,64 @@ class Kubelet:
         written = processes.read_result(result)
         return (True, written["exit_code"], written.get("finished")) if written else (True, None, None)
 
+    def _pending(self, state: dict) -> bool:
+        """A pod waiting for its container (pull, create): True when it is still waiting."""
+        pod, job_dir = state["pod"], self._job_dir(state["job"])
+        if pod.get("pid") is None:  # backing off after a failed pull
+            if state.get("stopping"):
+                self._ended(state, None, lost_message=state["stopping"]["message"])
+            elif pod.get("retry_at") and self.wall() >= pod["retry_at"]:
+                self._spawn(state, "update")
+            else:
+                return True
+            self._save(state)
+            return True
+        running = self.runtime.started(pod, job_dir)
+        if running is not None:
+            pod.update(phase="Running", started=self.now(), waiting_reason=None, waiting_message=None, **running)
+            self._emit_pod(state, "update")
+            self._save(state)
+            return False
+        ended, _, _ = self._exit_of(state)
+        if not ended:
+            return True
+        problem = self.runtime.pull_problem(pod, job_dir)
+        if problem is None or state.get("stopping"):
+            return False  # it started and ended between two looks, or it was stopped: an end
+        reason, message = problem
+        tries = pod["pulls"] = pod.get("pulls", 0) + 1
+        if reason == "ErrImagePull" and tries > 1:
+            reason, message = "ImagePullBackOff", f'Back-off pulling image "{state["record"]["spec"]["image"]}": {message}'
+        self.children.pop(state["job"], None)
+        pod.update(pid=None, pgid=None, proc_start=None, waiting_reason=reason, waiting_message=message,
+                   retry_at=self.wall() + min(PULL_BACKOFF_MAX, self.pull_backoff * 2 ** (tries - 1)))
+        self._emit_pod(state, "update")
+        self._save(state)
+        return True
+
     def poll(self) -> None:
         """One pass over live runs: ended attempts, deadlines, grace periods that ran out."""
         for state in self._live():
-            if state.get("pod") is None or state["pod"]["phase"] != "Running":
+            if state.get("pod") is None or state["pod"]["phase"] not in ("Running", "Pending"):
+                continue
+            if state["pod"]["phase"] == "Pending" and self._pending(state):
+                self._deadline(state)
                 continue
             ended, code, finished = self._exit_of(state)
             if ended:
                 self._ended(state, code, finished)
                 self._save(state)
                 continue
+            self._deadline(state)
+
+    def _deadline(self, state: dict) -> None:
+        if state["outcome"] is None:
             stopping = state.get("stopping")
             if stopping is None and state.get("deadline") and self.wall() >= state["deadline"]:
                 self._begin_stop(state, objects.DEADLINE_REASON, objects.DEADLINE_MESSAGE)
                 self._save(state)
             elif stopping and self.wall() >= stopping["kill_at"] and not stopping.get("killed"):
-                processes.signal_group(state["pod"]["pgid"], signal.SIGKILL)
+                self.runtime.signal(state["pod"], self._job_dir(state["job"]), signal.SIGKILL)
                 stopping["killed"] = True
                 self._save(state)
 
@@ -344,6 +398,10 @@ class Kubelet:
             pod = state.get("pod")
             if pod is None:
                 continue
+            if pod["phase"] == "Pending" and (pod.get("retry_at") or (
+                    pod.get("pid") and processes.alive(pod["pid"], pod.get("proc_start")))):
+                log.info("adopted job %s (waiting for its container)", state["job"])
+                continue  # still pulling, or backing off: the next poll goes on with it
             if pod["phase"] == "Pending" or pod.get("pid") is None:
                 self._ended(state, None, lost_message=objects.LOST_MESSAGE, seen_now=False)
             else:

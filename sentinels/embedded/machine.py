@@ -1,7 +1,7 @@
 """What this machine offers to local jobs: CPU, memory, GPUs, job slots.
 
 The `local:` block of the configuration sets them (`cpu`, `memory`, `gpu`, `slots`,
-`labels`, `stop_grace`); what it leaves out is detected from the machine (cpu count,
+`labels`, `stop_grace`; the runtime keys are read by `runtimes.py`); what it leaves out is detected from the machine (cpu count,
 /proc/meminfo, `nvidia-smi`). A bad block stops the executor at start with a clear message.
 """
 
@@ -14,8 +14,9 @@ from typing import Optional
 
 from ..domain import duration, quantity
 from ..domain.errors import ConfigError, InvalidSpec
+from . import runtimes
 
-KEYS = ("cpu", "memory", "gpu", "slots", "labels", "stop_grace")
+KEYS = ("cpu", "memory", "gpu", "slots", "labels", "stop_grace") + runtimes.KEYS
 DEFAULT_STOP_GRACE = 10.0
 
 

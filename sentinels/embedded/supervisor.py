@@ -47,18 +47,27 @@ def healthy(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
+def local_runtime(settings: Settings):
+    """The runtime local jobs get (`local.runtime`); ConfigError when a named engine is absent."""
+    from . import runtimes
+
+    return runtimes.select(runtimes.RuntimeConfig.from_dict(settings.section("local")))
+
+
 def check_config(settings: Settings) -> list[str]:
     """Parse every server-side file now; raise ConfigError on the first bad one."""
     from ..auth import Identities
 
     from ..adapters import slack
 
+    notes = []
     settings.priorities()
     settings.limits()
     if settings.backend() == "local":
         from . import machine
 
         machine.capacity(settings.section("local"))
+        notes.append(f"runtime: {local_runtime(settings).describe()}")
     else:
         from ..adapters.kube_manifest import KubeConfig
 
@@ -67,7 +76,6 @@ def check_config(settings: Settings) -> list[str]:
     settings.lifecycle()
     notify = settings.notify()
     ids = Identities.load(settings.tokens_file(), settings.file.get("user"))
-    notes = []
     if ids.single_user:
         notes.append(f"single-user mode: no tokens file configured, every request acts as {ids.local['user']} (admin)")
     notifier = slack.start(os.environ, notify.default_channel, strict=True)  # invalid_auth: a clear error now
@@ -81,11 +89,12 @@ class Supervisor:
         self.logs = settings.home / "logs"
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = False
+        self.runtime = local_runtime(settings).name if settings.backend() == "local" else None
 
     def env(self) -> dict:
         return {**os.environ, "SENTINELS_HOME": str(self.s.home), "SENTINELS_URL": self.s.url,
                 "SENTINELS_NATS_URL": self.s.nats_url, "MLFLOW_TRACKING_URI": self.s.mlflow_uri(),
-                "PYTHONUNBUFFERED": "1"}
+                "PYTHONUNBUFFERED": "1", **({"SENTINELS_RUNTIME": self.runtime} if self.runtime else {})}
 
     def spawn(self, name: str) -> subprocess.Popen:
         if name in SERVICES:
