@@ -181,8 +181,15 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
         *[(s.lower(), t) for s, t in ts.items() if s != "QUEUED"],
         ("kubernetes job", record.get("k8s_job") if record["state"] != "QUEUED" else None),
         ("mlflow run", record.get("mlflow_run_id")),
+        ("mlflow ui", _mlflow_ui(settings)),
         *[(label.lower(), url) for label, url in links],
     ])
+
+
+def _mlflow_ui(settings) -> str | None:
+    from sentinels.embedded.supervisor import running_info
+
+    return running_info(settings).get("mlflow_ui")
 
 
 @app.command("ls")
@@ -343,7 +350,9 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
         pid = supervisor.start_background(settings)
     except ConfigError as e:
         raise CliError(f"sentinels up: {e.message}") from None
-    print(f"sentinels up (pid {pid}): submit at {settings.url}, JetStream at {settings.nats_url}, data in {settings.home}")
+    ui = supervisor.running_info(settings).get("mlflow_ui")
+    print(f"sentinels up (pid {pid}): submit at {settings.url}, JetStream at {settings.nats_url}, data in {settings.home}"
+          + (f", MLflow UI at {ui}" if ui else ""))
 
 
 @app.command()

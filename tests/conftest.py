@@ -19,6 +19,9 @@ from sentinels.embedded import natsd
 # Jobs in the suite run as host processes unless a test asks for an engine (tests/engines.py):
 # with Podman installed, `local.runtime: auto` would otherwise pull every test's image.
 os.environ.setdefault("SENTINELS_RUNTIME", "process")
+# Stacks started by tests use their sqlite MLflow store directly unless a test asks for the
+# server `sentinels up` runs by default (it takes tens of seconds to start on a loaded machine).
+os.environ.setdefault("SENTINELS_MLFLOW_SERVER", "off")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -56,8 +56,9 @@ def probe(name: str, cfg: RuntimeConfig) -> Optional[str]:
     exe = shutil.which(name)
     if not exe:
         return f"{name} is not installed"
-    ask = ["info", "--format", "{{.Host.OCIRuntime.Name}}"] if name == "podman" else \
-        ["version", "--format", "{{.Server.Version}}"]
+    # Podman has no daemon: its client answering is enough (`podman info` waits on storage locks
+    # for seconds while other containers start); Docker's answer needs its daemon
+    ask = ["version", "--format", "{{.Client.Version}}" if name == "podman" else "{{.Server.Version}}"]
     try:
         out = subprocess.run([exe, *_options(name, cfg), *ask], capture_output=True, text=True, timeout=PROBE_SECONDS)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -20,6 +20,26 @@ from . import natsd, serve
 
 PID_FILE = "up.pid"
 SERVICES = {"executor": "sentinels.embedded.executor", "router": "sentinels.embedded.router"}
+MLFLOW_PORT_OFFSET = 5  # the MLflow server listens on the submit port + 5
+
+
+def mlflow_server_url(settings: Settings, env=None) -> str | None:
+    """Where `up` serves MLflow (UI, tracking API, artifacts) when the tracking store is local,
+    so that jobs in containers log to it over HTTP; None when the store is a server already
+    (or tracking is off), or SENTINELS_MLFLOW_SERVER=off."""
+    env = os.environ if env is None else env
+    if not settings.mlflow_uri().startswith("sqlite:") or env.get("SENTINELS_MLFLOW_SERVER", "on") in ("off", "0", "false"):
+        return None
+    return f"http://127.0.0.1:{settings.function_port(MLFLOW_PORT_OFFSET)}"
+
+
+def running_info(settings: Settings) -> dict:
+    """What the running stack wrote about itself (url, nats_url, mlflow_ui), or {}."""
+    try:
+        info = json.loads((settings.run_dir / PID_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) and pid_alive(int(info.get("pid") or 0)) else {}
 
 
 def pid_alive(pid: int) -> bool:
@@ -90,20 +110,25 @@ class Supervisor:
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = False
         self.runtime = local_runtime(settings).name if settings.backend() == "local" else None
+        self.store_uri = settings.mlflow_uri()
+        self.mlflow_url = mlflow_server_url(settings)
 
     def env(self) -> dict:
         return {**os.environ, "SENTINELS_HOME": str(self.s.home), "SENTINELS_URL": self.s.url,
-                "SENTINELS_NATS_URL": self.s.nats_url, "MLFLOW_TRACKING_URI": self.s.mlflow_uri(),
+                "SENTINELS_NATS_URL": self.s.nats_url, "MLFLOW_TRACKING_URI": self.mlflow_url or self.store_uri,
                 "PYTHONUNBUFFERED": "1", **({"SENTINELS_RUNTIME": self.runtime} if self.runtime else {})}
 
     def spawn(self, name: str) -> subprocess.Popen:
         if name in SERVICES:
             cmd = [sys.executable, "-m", SERVICES[name]]
+        elif name == "mlflow":
+            cmd = self.mlflow_command()
         else:
             offset = serve.FUNCTIONS[name][2]
             cmd = [sys.executable, "-m", "sentinels.embedded.serve", name, str(self.s.function_port(offset))]
         out = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env())
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(),
+                                start_new_session=name == "mlflow")  # stopped with its workers, as a group
         self.children[name] = proc
         return proc
 
@@ -117,7 +142,7 @@ class Supervisor:
         # one process creates a local MLflow store before the functions open it: two
         # processes migrating the same new sqlite file at once can leave it broken
         if init is not None and init.wait() != 0:
-            print(f"sentinels: the MLflow store {self.s.mlflow_uri()} could not be prepared; runs will catch up "
+            print(f"sentinels: the MLflow store {self.store_uri} could not be prepared; runs will catch up "
                   "when it answers (see logs/mlflow-init.log)", file=sys.stderr, flush=True)
         if self.s.backend() == "local":
             self.spawn("executor")
@@ -131,12 +156,23 @@ class Supervisor:
                 self.stop()
                 raise ConfigError(f"{', '.join(dead) or 'submit'} did not start; see {self.logs}")
             time.sleep(0.05)
+        if self.mlflow_url:  # started last, not awaited (it is slow to start): runs catch up once it answers
+            self.spawn("mlflow")
         (self.s.run_dir / PID_FILE).write_text(json.dumps({"pid": os.getpid(), "url": self.s.url,
-                                                            "nats_url": self.s.nats_url}))
+                                                            "nats_url": self.s.nats_url, "mlflow_ui": self.mlflow_url}))
+
+    def mlflow_command(self) -> list[str]:
+        """`mlflow server` of the installed package on the local store, serving artifacts."""
+        artifacts = self.s.home / "mlflow" / "artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        port = self.s.function_port(MLFLOW_PORT_OFFSET)
+        return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.store_uri,
+                "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+                "--workers", "1"]
 
     def init_mlflow(self) -> subprocess.Popen | None:
         """Create a local MLflow store once, before the functions race to create its tables."""
-        uri = self.s.mlflow_uri()
+        uri = self.store_uri
         if not uri.startswith("sqlite:"):  # a server (or `none`) needs no preparing
             return None
         code = "import sys; from sentinels.adapters.mlflow_tracker import MlflowTracker; MlflowTracker(sys.argv[1]).warm()"
@@ -169,7 +205,9 @@ class Supervisor:
         order = [n for n in self.children if n != "nats"] + (["nats"] if "nats" in self.children else [])
         for name in order:
             proc = self.children[name]
-            if proc.poll() is None:
+            if proc.poll() is None and name == "mlflow":
+                os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker
+            elif proc.poll() is None:
                 proc.terminate()
             try:
                 proc.wait(timeout=10)
@@ -188,7 +226,8 @@ def run_foreground(settings: Settings, announce=print) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     sup.start()
-    announce(f"sentinels up: submit at {settings.url}, JetStream at {settings.nats_url}, data in {settings.home}")
+    announce(f"sentinels up: submit at {settings.url}, JetStream at {settings.nats_url}, data in {settings.home}"
+             + (f", MLflow UI at {sup.mlflow_url}" if sup.mlflow_url else ""))
     try:
         sup.watch()
     finally:
