@@ -14,7 +14,7 @@ import pytest
 
 from sentinels.embedded import engine, machine, runtimes
 from sentinels.embedded.kubelet import Kubelet
-from sentinels.sinks import MemorySink
+from sentinels.adapters.memory import MemorySink
 from tests import engines
 from tests.test_local_executor import job_outcome, make_record, summary, terminated
 
