@@ -1,0 +1,140 @@
+"""Quotas with borrowing, fair share and victim choice: pure tables."""
+
+import pytest
+
+from sentinels.domain import fairshare, preemption, quota
+from sentinels.domain.errors import ConfigError
+
+GI = 2 ** 30
+VISION = {"teams": {"vision": {"gpu": 8, "cpu": 64, "memory": "512Gi", "jobs": 20, "borrowing": {"gpu": 4}}}}
+
+
+def test_issue_shape_parses():
+    cfg = quota.QuotaConfig.from_dict(VISION)
+    q = cfg.teams["vision"]
+    assert q.nominal == {"gpu": 8, "cpu_millis": 64000, "memory_bytes": 512 * GI, "jobs": 20}
+    assert q.borrowing == {"gpu": 4} and q.limit("gpu") == 12 and q.limit("cpu_millis") == 64000
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"teams": {"vision": {"gpu": -1}}}, "quotas.teams.vision.gpu"),
+    ({"teams": {"vision": {"gpu": 2, "borrowing": {"gpu": -4}}}}, "quotas.teams.vision.borrowing.gpu"),
+    ({"teams": {"vision": {"borrowing": {"gpu": 4}}}}, "quotas.teams.vision.borrowing.gpu"),
+    ({"teams": {"vision": {"gpus": 2}}}, "quotas.teams.vision"),
+    ({"teams": {"vision": {"gpu": 1.5}}}, "quotas.teams.vision.gpu"),
+    ({"teams": {"vision": {"cpu": "lots"}}}, "quotas.teams.vision.cpu"),
+    ({"teams": {"vision": {"jobs": True}}}, "quotas.teams.vision.jobs"),
+    ({"groups": {}}, "quotas"),
+    ({"teams": ["vision"]}, "quotas.teams"),
+])
+def test_quotas_that_do_not_add_up_are_refused_with_the_key(raw, key):
+    with pytest.raises(ConfigError) as e:
+        quota.QuotaConfig.from_dict(raw)
+    assert e.value.field == key and key in e.value.message
+
+
+def test_within_nominal_borrowing_and_limit():
+    cfg = quota.QuotaConfig.from_dict(VISION)
+    need = quota.demand(1000, GI, 2)
+    held = {("team", "vision"): {"gpu": 6, "jobs": 3}}
+    assert quota.check(cfg, "vision", "ann", need, held) == quota.Verdict(True, borrows=False)
+    held = {("team", "vision"): {"gpu": 8, "jobs": 4}}
+    assert quota.check(cfg, "vision", "ann", need, held) == quota.Verdict(True, borrows=True)
+    held = {("team", "vision"): {"gpu": 12, "jobs": 6}}
+    v = quota.check(cfg, "vision", "ann", need, held)
+    assert not v.ok and not v.never and v.resource == "gpu"
+    assert v.reason == "team vision uses 12 of its 8 GPUs; borrowing limit reached"
+
+
+def test_no_borrowing_allowed_and_never_fits():
+    cfg = quota.QuotaConfig.from_dict({"teams": {"nlp": {"gpu": 8}}, "users": {"bob": {"jobs": 1}}})
+    v = quota.check(cfg, "nlp", None, quota.demand(0, 0, 1), {("team", "nlp"): {"gpu": 8}})
+    assert v.reason == "team nlp uses 8 of its 8 GPUs; no borrowing allowed"
+    v = quota.check(cfg, "nlp", None, quota.demand(0, 0, 9), {})
+    assert v.never and "may hold at most 8" in v.reason
+    v = quota.check(cfg, "other", "bob", quota.demand(0, 0, 0), {("user", "bob"): {"jobs": 1}})
+    assert not v.ok and v.reason.startswith("user bob uses 1 of its 1 running jobs")
+    assert quota.check(cfg, "other", "carol", quota.demand(0, 0, 64), {}).ok  # no quota: no limit
+
+
+def test_add_counts_a_pass():
+    cfg = quota.QuotaConfig.from_dict(VISION)
+    held: dict = {}
+    for _ in range(5):
+        quota.add(held, "vision", "ann", quota.demand(0, 0, 2), cfg)
+    assert held[("team", "vision")]["gpu"] == 10 and held[("team", "vision")]["jobs"] == 5
+    assert cfg.teams["vision"].over_nominal(held[("team", "vision")])
+
+
+def test_fair_share_decays_and_orders_within_a_class():
+    cfg = fairshare.FairShareConfig.from_dict({"by": "team", "half_life": "1h", "weights": {"cpu": 1, "gpu": 10}})
+    ledger = fairshare.charge({}, "vision", 1000.0, 0.0, cfg)
+    now = 3600.0
+    current = fairshare.usage(ledger, [fairshare.Active("nlp", cfg.rate(2000, 0), 100.0)], now, cfg)
+    assert current == {"vision": pytest.approx(500.0), "nlp": pytest.approx(200.0)}
+
+    class H:
+        def __init__(self, id, rank, order, team, front=False):
+            self.id, self.rank, self.order, self.team, self.front = id, rank, order, team, front
+
+    heads = [H("v1", 10, 1, "vision"), H("n1", 10, 2, "nlp"), H("v2", 10, 3, "vision"),
+             H("hi", 100, 9, "vision"), H("rq", 10, 50, "vision", front=True), H("x", 10, 4, "new")]
+    ordered = fairshare.order(heads, lambda h: h.team, current)
+    assert [h.id for h in ordered] == ["hi", "rq", "x", "n1", "v1", "v2"]
+
+
+@pytest.mark.parametrize("raw", [{"by": "group"}, {"half_life": "0s"}, {"half_life": "soon"},
+                                 {"weights": {"gpu": -1}}, {"weights": {"tpu": 1}}, {"decay": 1}])
+def test_fair_share_config_refused(raw):
+    with pytest.raises(ConfigError):
+        fairshare.FairShareConfig.from_dict(raw)
+
+
+def run(id, node, rank, gpu=1, seconds=100.0, team="a", **kw):
+    return preemption.Running(id, node, rank, team, 1000, GI, gpu, seconds, **kw)
+
+
+def cand(rank=1000, gpu=2, may=True, within=False, team="crit"):
+    return preemption.Candidate("head", rank, team, 1000, GI, gpu, may, within)
+
+
+NODES = [preemption.NodeRoom("n1", 8000, 64 * GI, 0), preemption.NodeRoom("n2", 8000, 64 * GI, 1)]
+
+
+def test_fewest_victims_then_least_lost_work():
+    running = [run("a", "n1", 1, seconds=10), run("b", "n1", 1, seconds=5),
+               run("c", "n2", 1, seconds=1000)]
+    plan = preemption.plan(cand(), NODES, running)
+    assert plan.node == "n2" and [v.id for v in plan.victims] == ["c"]  # one victim beats two cheaper ones
+    running = [run("a", "n1", 1, gpu=2, seconds=10), run("c", "n2", 1, seconds=1000)]
+    plan = preemption.plan(cand(), NODES, running)
+    assert plan.node == "n1" and [v.id for v in plan.victims] == ["a"]  # same count: least lost work
+
+
+def test_only_lower_classes_and_preemptible_jobs():
+    running = [run("peer", "n2", 1000), run("locked", "n1", 1, gpu=2, preemptible=False)]
+    assert preemption.plan(cand(), NODES, running) is None
+    assert preemption.plan(cand(may=False), NODES, [run("low", "n2", 1)]) is None
+
+
+def test_spares_victims_not_needed():
+    running = [run("small", "n1", 1, gpu=1, seconds=1), run("big", "n1", 1, gpu=2, seconds=2)]
+    plan = preemption.plan(cand(), [preemption.NodeRoom("n1", 8000, 64 * GI, 0)], running)
+    assert [v.id for v in plan.victims] == ["big"]
+
+
+def test_reclaim_takes_borrowed_capacity_first_whatever_its_class():
+    running = [run("borrower", "n2", 1000, team="vision", borrowed=True), run("low", "n2", 1, team="nlp")]
+    plan = preemption.plan(cand(rank=10, may=False, within=True, team="nlp2"), NODES, running)
+    assert [v.id for v in plan.victims] == ["borrower"]
+    plan = preemption.plan(cand(rank=1000, may=True, within=True), NODES, running)
+    assert [v.id for v in plan.victims] == ["borrower"]  # borrowed first, before the lower class
+
+
+def test_preemption_config():
+    cfg = preemption.PreemptionConfig.from_dict({"classes": ["critical"], "grace": "1m"}, ["critical", "low"])
+    assert cfg.enabled and cfg.grace_seconds == 60
+    assert not preemption.PreemptionConfig.from_dict(None, ["low"]).enabled
+    with pytest.raises(ConfigError) as e:
+        preemption.PreemptionConfig.from_dict({"classes": ["urgent"]}, ["critical", "low"])
+    assert e.value.field == "preemption.classes"
