@@ -138,3 +138,22 @@ def test_preemption_config():
     with pytest.raises(ConfigError) as e:
         preemption.PreemptionConfig.from_dict({"classes": ["urgent"]}, ["critical", "low"])
     assert e.value.field == "preemption.classes"
+
+
+def test_sharing_refuses_a_rule_for_a_team_without_quota_and_marks_borrowers():
+    from sentinels.domain import sharing
+    from sentinels.domain.priority import PriorityConfig
+
+    prios = PriorityConfig.from_dict({"classes": {"high": 100, "low": 1}, "default": "low",
+                                      "rules": [{"team": "visoin", "class": "high"}]})
+    with pytest.raises(ConfigError) as e:
+        sharing.Sharing.from_dict(VISION, None, None, prios)
+    assert e.value.field == "priorities.rules[0].team" and "visoin" in e.value.message
+    prios = PriorityConfig.from_dict({"classes": {"high": 100, "low": 1}, "default": "low",
+                                      "rules": [{"team": "vis*", "class": "high"}]})
+    cfg = sharing.Sharing.from_dict(VISION, {"half_life": "1h"}, {"classes": ["high"], "protected": ["high"]}, prios)
+    assert cfg.allows_unpreemptible("high") and not cfg.allows_unpreemptible("low")
+    running = [sharing.RunningJob(f"j{i}", "n1", "low", 1, "vision", "ann", 1000, GI, 3, 60.0) for i in range(3)]
+    snap = sharing.snapshot(cfg, running, {}, 0.0)
+    assert snap.held[("team", "vision")]["gpu"] == 9 and all(r.borrowed for r in snap.running)
+    assert snap.usage == {"vision": pytest.approx(3 * 60 * (1 + 30))}

@@ -88,6 +88,8 @@ def test_retried_submit_returns_the_same_job(stack):
     (SUBMIT, {"spec": {**SPEC, "data": "/etc"}}, "alice", 400, "outside the data roots"),
     (SUBMIT, {"spec": {**SPEC, "priority": "urgent"}}, "alice", 400, "unknown class"),
     (SUBMIT, {"spec": {**SPEC, "priority": "critical"}}, "alice", 403, "at most 'high'"),
+    (SUBMIT, {"spec": {**SPEC, "preemptible": False}}, "alice", 400, "may not declare preemptible: false"),
+    (SUBMIT, {"spec": {**SPEC, "preemptible": "no"}}, "alice", 400, "preemptible: expected true or false"),
     (SUBMIT, {"spec": SPEC}, None, 401, "missing bearer token"),
     (SUBMIT, {"spec": SPEC}, "nope", 401, "unknown token"),
     ("io.sentinels.job.explode", {}, "alice", 400, "unknown CloudEvent type"),

@@ -96,7 +96,8 @@ class LifecycleService:
         seq = None
         if lifecycle.REQUEUE in step.effects:
             entry = job.queue_entry(job_id=record["id"], spec=record["spec"], klass=record["priority"],
-                                    submitted_at=record["submitted_at"], order=record.get("order"))
+                                    submitted_at=record["submitted_at"], order=record.get("order"),
+                                    owner=record.get("owner"), team=record.get("team"))
             seq = await self.queue.enqueue(entry, msg_id=f"{record['id']}:requeue:{record.get('attempts', 1)}", front=True)
             changes.update(queue_seq=seq, queue_front=True)
         expected = record["state"]

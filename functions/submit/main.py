@@ -26,13 +26,14 @@ LIMITS = SETTINGS.limits()
 # the local runtime `sentinels up` resolved (auto -> podman, docker or process); records say which
 RUNTIME = os.environ.get("SENTINELS_RUNTIME") if SETTINGS.backend() == "local" else None
 RUNTIME = RUNTIME if RUNTIME in ("podman", "docker", "process") else None
+SHARING = SETTINGS.sharing()
 IDENTITIES = Identities.load(SETTINGS.tokens_file(), SETTINGS.file.get("user"))
 if IDENTITIES.single_user:
     log.warning("no tokens file configured: single-user mode, every request acts as %s (admin)", IDENTITIES.local["user"])
 
 async def build(stores: wiring.Stores) -> SubmitService:
     return SubmitService(jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
-                         priorities=PRIORITIES, limits=LIMITS, clock=clock.now_iso, runtime=RUNTIME)
+                         priorities=PRIORITIES, limits=LIMITS, clock=clock.now_iso, runtime=RUNTIME, sharing=SHARING)
 
 
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-submit", build)

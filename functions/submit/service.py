@@ -6,11 +6,12 @@ A retry after a crash anywhere completes the missing steps and repeats none.
 """
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sentinels.domain import events, job, runtime, states
 from sentinels.domain.errors import Conflict as Refused, Forbidden, InvalidSpec, NotFound
 from sentinels.domain.priority import PriorityConfig
+from sentinels.domain.sharing import Sharing
 from sentinels.domain.spec import Limits, validate
 from sentinels.ports import Conflict, EventSink, History, JobQueue, JobStore
 from sentinels.transitions import announce
@@ -29,6 +30,7 @@ class SubmitService:
     limits: Limits
     clock: callable
     runtime: str | None = None  # the embedded default's local runtime (process, podman, docker)
+    sharing: Sharing = field(default_factory=Sharing)
 
     # --- submit ---------------------------------------------------------------------
     async def submit(self, data, who: dict, source: str, event_id: str) -> tuple[int, dict]:
@@ -37,7 +39,10 @@ class SubmitService:
         spec["priority"] = self.priorities.resolve(spec["priority"], who, spec)
         job_id = job.job_id_for(who["user"], source, event_id)
         now = self.clock()
-        entry = job.queue_entry(job_id=job_id, spec=spec, klass=spec["priority"], submitted_at=now)
+        if not spec.get("preemptible", True) and not self.sharing.allows_unpreemptible(spec["priority"]):
+            raise InvalidSpec(f"preemptible: class {spec['priority']!r} may not declare preemptible: false", "preemptible")
+        entry = job.queue_entry(job_id=job_id, spec=spec, klass=spec["priority"], submitted_at=now,
+                                owner=who["user"], team=who.get("team"))
         seq = await self.queue.enqueue(entry, msg_id=job_id)
         record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now,
                                 event_id=event_id, queue_seq=seq)
@@ -117,7 +122,8 @@ class SubmitService:
         if record["priority"] == klass:
             return 200, record
         old_seq = record["queue_seq"]
-        entry = job.queue_entry(job_id=record["id"], spec=record["spec"], klass=klass, submitted_at=record["submitted_at"])
+        entry = job.queue_entry(job_id=record["id"], spec=record["spec"], klass=klass, submitted_at=record["submitted_at"],
+                                owner=record["owner"], team=record.get("team"))
         seq = await self.queue.enqueue(entry, msg_id=f"{record['id']}:{klass}:{old_seq}")
         now = self.clock()
 

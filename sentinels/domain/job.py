@@ -46,11 +46,17 @@ def new_record(*, job_id: str, spec: dict, who: dict, klass: str, now: str, even
     }
 
 
-def queue_entry(*, job_id: str, spec: dict, klass: str, submitted_at: str, order: int | None = None) -> dict:
-    """What the queue stream holds per waiting job: enough to place it without its record."""
+def queue_entry(*, job_id: str, spec: dict, klass: str, submitted_at: str, order: int | None = None,
+                owner: str | None = None, team: str | None = None) -> dict:
+    """What the queue stream holds per waiting job: enough to place it without its record
+    (owner and team for quotas and fair share)."""
     res = spec["resources"]
     entry = {"id": job_id, "class": klass, "submitted": submitted_at,
              "cpu_millis": res["cpu_millis"], "memory_bytes": res["memory_bytes"], "gpu": res["gpu"]}
+    if owner:
+        entry["owner"] = owner
+    if team:
+        entry["team"] = team
     if spec.get("node_selector"):
         entry["node_selector"] = spec["node_selector"]
     if order is not None:

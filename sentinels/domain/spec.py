@@ -27,7 +27,7 @@ LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 NOTIFY_STATES = ("succeeded", "failed", "cancelled")
 FIELDS = (
     "name", "image", "command", "args", "env", "resources", "priority", "experiment", "params",
-    "data", "outputs", "timeout", "retries", "node_selector", "labels", "notify",
+    "data", "outputs", "timeout", "retries", "node_selector", "labels", "notify", "preemptible",
 )
 
 
@@ -231,4 +231,6 @@ def validate(raw, limits: Limits = Limits()) -> dict:
         raise InvalidSpec("labels: sentinels.io/ and app.kubernetes.io/ labels are set by sentinels", "labels")
     out["labels"] = labels
     out["notify"] = _notify(raw["notify"]) if raw.get("notify") is not None else None
+    preemptible = c.typed("preemptible", (bool,), "true or false")
+    out["preemptible"] = True if preemptible is None else preemptible
     return out

@@ -94,6 +94,7 @@ def check_config(settings: Settings) -> list[str]:
         KubeConfig.from_dict(settings.section("kubernetes"))
     settings.scheduler()
     settings.lifecycle()
+    settings.sharing()
     notify = settings.notify()
     ids = Identities.load(settings.tokens_file(), settings.file.get("user"))
     if ids.single_user:

@@ -1,0 +1,76 @@
+"""How teams share one cluster: quotas, fair share and preemption, read and checked together.
+
+`Sharing.from_dict` parses the three configuration sections against the priority
+classes so that a configuration that does not add up is refused at start with its key.
+`snapshot()` turns what runs now and the usage ledger into what one scheduling pass
+needs: what each quota holder holds, each share key's usage, and the running jobs as
+preemption sees them. Pure.
+"""
+
+from dataclasses import dataclass, field
+
+from . import fairshare, quota
+from .preemption import PreemptionConfig, Running
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Sharing:
+    quotas: quota.QuotaConfig = field(default_factory=quota.QuotaConfig)
+    fair_share: fairshare.FairShareConfig = field(default_factory=fairshare.FairShareConfig)
+    preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
+
+    @classmethod
+    def from_dict(cls, quotas, fair_share, preempt, priorities) -> "Sharing":
+        q = quota.QuotaConfig.from_dict(quotas)
+        if q.teams:  # a rule that routes a team nobody has a quota for is a typo until proven otherwise
+            for i, rule in enumerate(priorities.rules):
+                team = rule.match.get("team")
+                if team and not any(c in team for c in "*?[") and team not in q.teams:
+                    raise ConfigError(f"priorities.rules[{i}].team: unknown team {team!r} "
+                                      f"(teams with quotas: {', '.join(sorted(q.teams))})", f"priorities.rules[{i}].team")
+        return cls(q, fairshare.FairShareConfig.from_dict(fair_share),
+                   PreemptionConfig.from_dict(preempt, priorities.ordered()))
+
+    def allows_unpreemptible(self, klass: str) -> bool:
+        return klass in self.preemption.protected
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A running job as the scheduler snapshot reads it (from the record of an active job)."""
+
+    id: str
+    node: str
+    klass: str
+    rank: int
+    team: str | None
+    user: str | None
+    cpu_millis: int
+    memory_bytes: int
+    gpu: int
+    seconds: float
+    preemptible: bool = True
+
+
+@dataclass
+class Snapshot:
+    held: dict  # (kind, name) -> resource -> amount
+    usage: dict  # share key -> usage now
+    running: list  # [preemption.Running]
+
+
+def snapshot(cfg: Sharing, running: list[RunningJob], ledger: dict, now: float) -> Snapshot:
+    held: dict = {}
+    active = []
+    for r in running:
+        quota.add(held, r.team, r.user, quota.demand(r.cpu_millis, r.memory_bytes, r.gpu), cfg.quotas)
+        key = cfg.fair_share.key(r.team, r.user)
+        if key is not None:
+            active.append(fairshare.Active(key, cfg.fair_share.rate(r.cpu_millis, r.gpu), r.seconds))
+    borrowing = {k for k, amounts in held.items()
+                 if (q := (cfg.quotas.teams if k[0] == "team" else cfg.quotas.users).get(k[1])) and q.over_nominal(amounts)}
+    victims = [Running(r.id, r.node, r.rank, r.team, r.cpu_millis, r.memory_bytes, r.gpu, r.seconds,
+                                  r.preemptible, ("team", r.team) in borrowing or ("user", r.user) in borrowing)
+               for r in running]
+    return Snapshot(held, fairshare.usage(ledger, active, now, cfg.fair_share), victims)
