@@ -144,12 +144,12 @@ def test_sharing_refuses_a_rule_for_a_team_without_quota_and_marks_borrowers():
     from sentinels.domain import sharing
     from sentinels.domain.priority import PriorityConfig
 
-    prios = PriorityConfig.from_dict({"classes": {"high": 100, "low": 1}, "default": "low",
+    prios = PriorityConfig.from_dict({"classes": {"high": 100, "low": 1}, "default": "low", "roles": {"admin": "high", "user": "high"},
                                       "rules": [{"team": "visoin", "class": "high"}]})
     with pytest.raises(ConfigError) as e:
         sharing.Sharing.from_dict(VISION, None, None, prios)
     assert e.value.field == "priorities.rules[0].team" and "visoin" in e.value.message
-    prios = PriorityConfig.from_dict({"classes": {"high": 100, "low": 1}, "default": "low",
+    prios = PriorityConfig.from_dict({"classes": {"high": 100, "low": 1}, "default": "low", "roles": {"admin": "high", "user": "high"},
                                       "rules": [{"team": "vis*", "class": "high"}]})
     cfg = sharing.Sharing.from_dict(VISION, {"half_life": "1h"}, {"classes": ["high"], "protected": ["high"]}, prios)
     assert cfg.allows_unpreemptible("high") and not cfg.allows_unpreemptible("low")
