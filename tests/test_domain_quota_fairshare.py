@@ -157,3 +157,33 @@ def test_sharing_refuses_a_rule_for_a_team_without_quota_and_marks_borrowers():
     snap = sharing.snapshot(cfg, running, {}, 0.0)
     assert snap.held[("team", "vision")]["gpu"] == 9 and all(r.borrowed for r in snap.running)
     assert snap.usage == {"vision": pytest.approx(3 * 60 * (1 + 30))}
+
+
+def test_accrue_charges_running_jobs_once_and_survives_a_round_trip():
+    cfg = fairshare.FairShareConfig.from_dict({"half_life": "1d"})
+    running = [("j1", "vision", 2.0, 100.0), ("j2", "nlp", 1.0, 150.0)]
+    ledger, marks = fairshare.accrue({}, {}, running, 200.0, cfg)
+    assert marks == {"j1": 200.0, "j2": 200.0}
+    ledger, marks = fairshare.from_doc(fairshare.to_doc(ledger, marks))
+    ledger, marks = fairshare.accrue(ledger, marks, running[:1], 210.0, cfg)  # j2 ended: no more charges
+    now = fairshare.usage(ledger, [], 210.0, cfg)
+    assert now["vision"] == pytest.approx(2.0 * 110, rel=1e-3) and now["nlp"] == pytest.approx(50.0, rel=1e-3)
+    assert marks == {"j1": 210.0}
+
+
+def test_placement_honours_quotas_in_the_same_pass():
+    from sentinels.domain.placement import STRICT, Node, Waiting, place
+
+    cfg = quota.QuotaConfig.from_dict({"teams": {"vision": {"gpu": 2, "borrowing": {"gpu": 1}}, "nlp": {"gpu": 8}}})
+    nodes = [Node("g", 64000, 256 * GI, 8, 64000, 256 * GI, 8)]
+
+    def w(i, team, gpu=1):
+        return Waiting(f"j{i}", "normal", 10, i, 1000, GI, gpu, team=team, owner="u")
+
+    heads = [w(1, "vision"), w(2, "vision"), w(3, "vision"), w(4, "vision"), w(5, "nlp"), w(6, "vision", gpu=4)]
+    for strategy in ("BestEffortFIFO", STRICT):
+        d = place(heads, nodes, strategy, quotas=cfg, held={("team", "vision"): {"gpu": 0}})
+        assert [p[0] for p in d.placements] == ["j1", "j2", "j3", "j5"]  # nlp is not held back by vision's quota
+        assert d.borrowing == {"j3"}
+        assert d.reasons["j4"] == "team vision uses 3 of its 2 GPUs; borrowing limit reached" and "j4" in d.by_quota
+        assert "j6" in d.never_fits and "may hold at most 3" in d.reasons["j6"]

@@ -12,7 +12,7 @@ Configuration (`fair_share:` in config.yaml):
 Pure: the caller passes the ledger (what was charged, and when), the running jobs and now.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import duration
 from .errors import ConfigError, InvalidSpec
@@ -98,6 +98,22 @@ def usage(ledger: dict, running: list[Active], now: float, cfg: FairShareConfig)
     return out
 
 
+def accrue(ledger: dict, marks: dict, running: list, now: float, cfg: FairShareConfig) -> tuple[dict, dict]:
+    """Charge running jobs for the time since they were last charged.
+
+    `running` holds (job id, share key, rate per second, started at); `marks` maps job id
+    to when it was last charged. Returns the new ledger and marks (jobs that stopped
+    running drop out of the marks: they were charged up to the pass that last saw them).
+    """
+    new_marks = {}
+    for job_id, key, rate, started in running:
+        since = max(marks.get(job_id, started), started)
+        if key is not None and now > since:
+            ledger = charge(ledger, key, rate * (now - since), now, cfg)
+        new_marks[job_id] = max(now, since)
+    return ledger, new_marks
+
+
 @dataclass(frozen=True)
 class Share:
     """One key's standing, for `sentinels share` and the queue listing."""
@@ -120,19 +136,14 @@ def order(heads: list, key_of, current: dict) -> list:
     return sorted(heads, key=lambda h: (-h.rank, not h.front, current.get(key_of(h), 0.0), h.order))
 
 
-@dataclass
-class Ledger:
-    """The persisted form: key -> [usage, at]."""
+def from_doc(doc) -> tuple[dict, dict]:
+    """The ledger and marks from their stored document ({"usage": {key: [usage, at]}, "marks": {...}})."""
+    doc = doc if isinstance(doc, dict) else {}
+    ledger = {str(k): Charge(float(v[0]), float(v[1])) for k, v in (doc.get("usage") or {}).items()
+              if isinstance(v, (list, tuple)) and len(v) == 2}
+    marks = {str(k): float(v) for k, v in (doc.get("marks") or {}).items() if isinstance(v, (int, float))}
+    return ledger, marks
 
-    entries: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_doc(cls, doc) -> "Ledger":
-        entries = {}
-        for k, v in (doc or {}).items():
-            if isinstance(v, (list, tuple)) and len(v) == 2:
-                entries[str(k)] = Charge(float(v[0]), float(v[1]))
-        return cls(entries)
-
-    def to_doc(self) -> dict:
-        return {k: [c.usage, c.at] for k, c in self.entries.items()}
+def to_doc(ledger: dict, marks: dict) -> dict:
+    return {"usage": {k: [c.usage, c.at] for k, c in ledger.items()}, "marks": marks}

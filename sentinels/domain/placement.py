@@ -11,6 +11,7 @@ node and `now`. One pass accounts for what it already placed. Strategies:
 
 from dataclasses import dataclass, field
 
+from . import quota
 from .quantity import format_cpu, format_memory
 
 BEST_EFFORT, STRICT = "BestEffortFIFO", "StrictFIFO"
@@ -49,6 +50,9 @@ class Waiting:
     gpu: int
     node_selector: dict = field(default_factory=dict)
     waited_seconds: float = 0.0
+    team: str | None = None
+    owner: str | None = None
+    front: bool = False  # requeued: ahead of its class
 
 
 @dataclass
@@ -57,6 +61,8 @@ class Decision:
     reasons: dict = field(default_factory=dict)  # job id -> why it still waits
     never_fits: set = field(default_factory=set)  # ids no node could ever take (as the cluster is now)
     by_order: set = field(default_factory=set)  # ids that wait for jobs ahead (StrictFIFO), not for room
+    by_quota: set = field(default_factory=set)  # ids held back by their team's or user's quota, not by room
+    borrowing: set = field(default_factory=set)  # placed ids that take their holder beyond its nominal quota
 
 
 def _tolerates(job: Waiting, node: Node) -> bool:
@@ -113,8 +119,13 @@ def _never_reason(job: Waiting, nodes: list[Node]) -> str:
 
 
 def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
-          starvation_seconds: float = 1800.0) -> Decision:
-    """Decide one scheduling pass. `heads` must be in queue order."""
+          starvation_seconds: float = 1800.0, quotas: quota.QuotaConfig | None = None,
+          held: dict | None = None) -> Decision:
+    """Decide one scheduling pass. `heads` must be in queue order.
+
+    With `quotas`, `held` is what each quota holder holds now (`quota.add` bookkeeping); a
+    job over its quota waits with the quota's reason and blocks nobody (other teams go on).
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
     decision = Decision()
@@ -127,7 +138,15 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
     reserved: set[str] = set()
     why: dict[tuple, tuple[str, set]] = {}
     waiting_ahead = 0
+    held = {k: dict(v) for k, v in (held or {}).items()}
     for job in heads:
+        need = quota.demand(job.cpu_millis, job.memory_bytes, job.gpu) if quotas else {}
+        if quotas:
+            verdict = quota.check(quotas, job.team, job.owner, need, held)
+            if not verdict.ok:
+                decision.reasons[job.id] = verdict.reason
+                (decision.never_fits if verdict.never else decision.by_quota).add(job.id)
+                continue
         sel_key = tuple(sorted(job.node_selector.items()))
         shape = (job.cpu_millis, job.memory_bytes, job.gpu)
         if strategy == STRICT and waiting_ahead:
@@ -150,6 +169,10 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
             room[2] -= job.gpu
             room[3] -= 1
             decision.placements.append((job.id, node.name))
+            if quotas:
+                if verdict.borrows:
+                    decision.borrowing.add(job.id)
+                quota.add(held, job.team, job.owner, need, quotas)
             continue
         failed_shapes.setdefault(sel_key, []).append(shape)
         cached = why.get((sel_key, shape))
