@@ -132,8 +132,8 @@ def test_reclaim_takes_borrowed_capacity_first_whatever_its_class():
 
 
 def test_preemption_config():
-    cfg = preemption.PreemptionConfig.from_dict({"classes": ["critical"], "grace": "1m"}, ["critical", "low"])
-    assert cfg.enabled and cfg.grace_seconds == 60
+    cfg = preemption.PreemptionConfig.from_dict({"classes": ["critical"]}, ["critical", "low"])
+    assert cfg.enabled and cfg.classes == {"critical"}
     assert not preemption.PreemptionConfig.from_dict(None, ["low"]).enabled
     with pytest.raises(ConfigError) as e:
         preemption.PreemptionConfig.from_dict({"classes": ["urgent"]}, ["critical", "low"])
@@ -154,9 +154,13 @@ def test_sharing_refuses_a_rule_for_a_team_without_quota_and_marks_borrowers():
     cfg = sharing.Sharing.from_dict(VISION, {"half_life": "1h"}, {"classes": ["high"], "protected": ["high"]}, prios)
     assert cfg.allows_unpreemptible("high") and not cfg.allows_unpreemptible("low")
     running = [sharing.RunningJob(f"j{i}", "n1", "low", 1, "vision", "ann", 1000, GI, 3, 60.0) for i in range(3)]
-    snap = sharing.snapshot(cfg, running, {}, 0.0)
+    ledger, _ = fairshare.accrue({}, {}, sharing.accrual(cfg, running, 60.0), 60.0, cfg.fair_share)
+    snap = sharing.snapshot(cfg, running, ledger, 60.0)
     assert snap.held[("team", "vision")]["gpu"] == 9 and all(r.borrowed for r in snap.running)
     assert snap.usage == {"vision": pytest.approx(3 * 60 * (1 + 30))}
+    assert not sharing.within_nominal(cfg, "vision", "ann", quota.demand(0, 0, 1), snap.held)
+    assert sharing.within_nominal(cfg, "vision", "ann", quota.demand(0, 0, 1), {})
+    assert not sharing.within_nominal(cfg, "nlp", "ann", quota.demand(0, 0, 1), {})  # no quota: nothing to reclaim
 
 
 def test_accrue_charges_running_jobs_once_and_survives_a_round_trip():

@@ -5,7 +5,9 @@ Off by default. Configuration (`preemption:` in config.yaml):
     preemption:
       classes: [critical]          # jobs of these classes may evict jobs of lower classes
       protected: [critical, high]  # jobs of these classes may declare `preemptible: false`
-      grace: 30s                   # SIGTERM, then this long before SIGKILL
+
+Victims are stopped as a cancel stops them: SIGTERM, then SIGKILL after the grace period
+(the local executor's `stop_grace`, the pod's terminationGracePeriodSeconds on Kubernetes).
 
 A job may also reclaim its team's nominal quota from teams that borrow beyond theirs:
 borrowed capacity is taken back first, whatever the borrower's class. Victims are
@@ -19,25 +21,23 @@ work, wins. Pure: the caller passes nodes, running jobs and what each holder hol
 
 from dataclasses import dataclass, field
 
-from . import duration
-from .errors import ConfigError, InvalidSpec
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
 class PreemptionConfig:
     classes: frozenset = frozenset()
     protected: frozenset = frozenset()
-    grace_seconds: int = 30
 
     @classmethod
     def from_dict(cls, raw, known_classes) -> "PreemptionConfig":
         if raw is None:
             return cls()
         if not isinstance(raw, dict):
-            raise ConfigError("preemption: expected a mapping with classes, protected, grace", "preemption")
-        unknown = [str(k) for k in raw if k not in ("classes", "protected", "grace")]
+            raise ConfigError("preemption: expected a mapping with classes, protected", "preemption")
+        unknown = [str(k) for k in raw if k not in ("classes", "protected")]
         if unknown:
-            raise ConfigError(f"preemption: unknown key(s) {', '.join(sorted(unknown))} (known: classes, protected, grace)", "preemption")
+            raise ConfigError(f"preemption: unknown key(s) {', '.join(sorted(unknown))} (known: classes, protected)", "preemption")
         sets = {}
         for key in ("classes", "protected"):
             value = raw.get(key) or []
@@ -48,11 +48,7 @@ class PreemptionConfig:
                 raise ConfigError(f"preemption.{key}: unknown class(es) {', '.join(bad)} (classes: {', '.join(known_classes)})",
                                   f"preemption.{key}")
             sets[key] = frozenset(value)
-        try:
-            grace = duration.seconds(raw.get("grace", 30), "preemption.grace")
-        except InvalidSpec as e:
-            raise ConfigError(e.message, "preemption.grace") from None
-        return cls(sets["classes"], sets["protected"], grace)
+        return cls(sets["classes"], sets["protected"])
 
     @property
     def enabled(self) -> bool:

@@ -61,16 +61,26 @@ class Snapshot:
 
 
 def snapshot(cfg: Sharing, running: list[RunningJob], ledger: dict, now: float) -> Snapshot:
+    """What one pass needs; `ledger` already holds the running jobs' usage (`fairshare.accrue`)."""
     held: dict = {}
-    active = []
     for r in running:
         quota.add(held, r.team, r.user, quota.demand(r.cpu_millis, r.memory_bytes, r.gpu), cfg.quotas)
-        key = cfg.fair_share.key(r.team, r.user)
-        if key is not None:
-            active.append(fairshare.Active(key, cfg.fair_share.rate(r.cpu_millis, r.gpu), r.seconds))
     borrowing = {k for k, amounts in held.items()
                  if (q := (cfg.quotas.teams if k[0] == "team" else cfg.quotas.users).get(k[1])) and q.over_nominal(amounts)}
     victims = [Running(r.id, r.node, r.rank, r.team, r.cpu_millis, r.memory_bytes, r.gpu, r.seconds,
-                                  r.preemptible, ("team", r.team) in borrowing or ("user", r.user) in borrowing)
+                       r.preemptible, ("team", r.team) in borrowing or ("user", r.user) in borrowing)
                for r in running]
-    return Snapshot(held, fairshare.usage(ledger, active, now, cfg.fair_share), victims)
+    return Snapshot(held, fairshare.usage(ledger, [], now, cfg.fair_share), victims)
+
+
+def accrual(cfg: Sharing, running: list[RunningJob], now: float) -> list[tuple]:
+    """The running jobs as `fairshare.accrue` charges them: (id, share key, rate, started at)."""
+    return [(r.id, cfg.fair_share.key(r.team, r.user), cfg.fair_share.rate(r.cpu_millis, r.gpu), now - r.seconds)
+            for r in running]
+
+
+def within_nominal(cfg: Sharing, team: str | None, user: str | None, need: dict, held: dict) -> bool:
+    """Whether starting this job keeps every quota holder it counts against within nominal."""
+    holders = cfg.quotas.holders(team, user)
+    return bool(holders) and all(held.get((kind, name), {}).get(r, 0) + need.get(r, 0) <= n
+                                 for kind, name, q in holders for r, n in q.nominal.items())
