@@ -187,7 +187,8 @@ def test_placement_honours_quotas_in_the_same_pass():
     heads = [w(1, "vision"), w(2, "vision"), w(3, "vision"), w(4, "vision"), w(5, "nlp"), w(6, "vision", gpu=4)]
     for strategy in ("BestEffortFIFO", STRICT):
         d = place(heads, nodes, strategy, quotas=cfg, held={("team", "vision"): {"gpu": 0}})
-        assert [p[0] for p in d.placements] == ["j1", "j2", "j3", "j5"]  # nlp is not held back by vision's quota
+        # nlp is not held back by vision's quota, and borrowing (j3) comes after every job within its quota
+        assert [p[0] for p in d.placements] == ["j1", "j2", "j5", "j3"]
         assert d.borrowing == {"j3"}
         assert d.reasons["j4"] == "team vision uses 3 of its 2 GPUs; borrowing limit reached" and "j4" in d.by_quota
         assert "j6" in d.never_fits and "may hold at most 3" in d.reasons["j6"]

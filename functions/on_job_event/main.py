@@ -56,6 +56,8 @@ async def on_job_event(request):
             outcome = await svc.handle(kind, data if isinstance(data, dict) else {}, ce["id"])
         elif kind == events.JOB_CANCEL_REQUESTED:
             outcome = await svc.cancel((data or {}).get("job"))
+        elif kind == events.JOB_PREEMPT_REQUESTED:
+            outcome = await svc.preempt((data or {}).get("job"))
         elif kind == events.PING:
             outcome = f"mlflow caught up {await svc.catch_up()}"
         elif kind == events.JOB_SCHEDULED:

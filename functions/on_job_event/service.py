@@ -98,6 +98,7 @@ class LifecycleService:
             entry = job.queue_entry(job_id=record["id"], spec=record["spec"], klass=record["priority"],
                                     submitted_at=record["submitted_at"], order=record.get("order"),
                                     owner=record.get("owner"), team=record.get("team"))
+            entry["front"] = True
             seq = await self.queue.enqueue(entry, msg_id=f"{record['id']}:requeue:{record.get('attempts', 1)}", front=True)
             changes.update(queue_seq=seq, queue_front=True)
         expected = record["state"]
@@ -186,6 +187,21 @@ class LifecycleService:
         outcome = await self.apply(record, step, f"cancel:{record.get('attempts', 1)}")
         if outcome == "raced":  # its state moved meanwhile (started, ended): look again
             return await self.cancel(job_id)
+        return outcome
+
+    async def preempt(self, job_id: str) -> str:
+        """Carry out a preemption the scheduler recorded on a running job: stop it, requeue it."""
+        got = await self.jobs.get(job_id) if job.is_job_id(job_id) else None
+        if got is None:
+            return "unknown-job"
+        record = got[0]
+        step = lifecycle.preempted(record)
+        if step is None:
+            return "nothing-to-do"
+        await self.cluster.stop(record)  # raises Unavailable: redelivered
+        outcome = await self.apply(record, step, f"preempt:{record.get('attempts', 1)}")
+        if outcome == "raced":
+            return await self.preempt(job_id)
         return outcome
 
     async def sync_mlflow(self, record: dict) -> None:

@@ -19,6 +19,7 @@ log = logging.getLogger("sentinels.schedule")
 SETTINGS = Settings.load()
 PRIORITIES = SETTINGS.priorities()
 CONFIG = SETTINGS.scheduler()
+SHARING = SETTINGS.sharing()
 CAPACITY = SETTINGS.notify().capacity
 TRACKER = wiring.tracker_for(SETTINGS)
 wiring.warm(TRACKER)
@@ -36,11 +37,12 @@ def mlflow_env(record: dict, run: dict | None) -> dict:
 
 async def build(stores: wiring.Stores) -> ScheduleService:
     alerts = CapacityAlerts(stores.board, stores.sink, CAPACITY, clock.now_iso)
+    cluster = wiring.cluster_for(SETTINGS, stores.nc)
     return ScheduleService(
         jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
-        cluster=wiring.cluster_for(SETTINGS, stores.nc), priorities=PRIORITIES, cfg=CONFIG,
+        cluster=cluster, priorities=PRIORITIES, cfg=CONFIG,
         clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env, after_pass=alerts.after_pass,
-        board=stores.board)
+        board=stores.board, holdings=Holdings(stores.jobs, cluster, stores.board, SHARING, PRIORITIES.classes))
 
 
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-schedule", build)

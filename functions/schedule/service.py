@@ -11,9 +11,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 from sentinels.clock import parse_iso
-from sentinels.domain import events, placement, states
+from sentinels.domain import events, fairshare, placement, preemption, quota, sharing, states
 from sentinels.domain.names import WAITING_KEY
 from sentinels.domain.errors import SentinelsError
 from sentinels.ports import Conflict
@@ -21,15 +22,19 @@ from sentinels.transitions import announce
 
 from sentinels.domain.scheduler_config import SchedulerConfig
 
+from functions.schedule.holdings import Holdings
+
 log = logging.getLogger("sentinels.schedule")
 SOURCE = "sentinels/schedule"
+PREEMPT_LOOKS = 16  # waiting jobs a pass considers for preemption at most (the rest: next pass)
 
 
 def to_waiting(entry: dict, rank: int, order: int, now: float) -> placement.Waiting:
     return placement.Waiting(
         id=entry["id"], klass=entry["class"], rank=rank, order=order, cpu_millis=int(entry["cpu_millis"]),
         memory_bytes=int(entry["memory_bytes"]), gpu=int(entry["gpu"]), node_selector=entry.get("node_selector") or {},
-        waited_seconds=max(0.0, now - parse_iso(entry["submitted"])))
+        waited_seconds=max(0.0, now - parse_iso(entry["submitted"])), team=entry.get("team"), owner=entry.get("owner"),
+        front=bool(entry.get("front")))
 
 
 @dataclass
@@ -46,6 +51,7 @@ class ScheduleService:
     env_for_run: callable = None  # (record, run info or None) -> env for the container (MLflow)
     after_pass: callable = None  # async hook(decision, nodes, heads, now) for capacity alerts
     board: object = None  # where the waiting reasons go (ports.Board)
+    holdings: Optional[Holdings] = None  # who holds what (quotas, fair share, preemption); None: plain order
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _dirty: bool = False
     _reasons: dict = field(default_factory=dict)
@@ -75,7 +81,16 @@ class ScheduleService:
                 continue
             by_id[entry["id"]] = (seq, entry)
             waiting.append(to_waiting(entry, self.priorities.classes.get(entry["class"], 0), entry.get("order", seq), now))
-        decision = placement.place(waiting, nodes, self.cfg.strategy, self.cfg.starvation_seconds)
+        snap = running = None
+        if self.holdings is not None:
+            snap, running = await self.holdings.read(now)
+            fair = self.holdings.cfg.fair_share
+            waiting = fairshare.order(waiting, lambda w: fair.key(w.team, w.owner), snap.usage)
+        quotas = self.holdings.cfg.quotas if self.holdings is not None else None
+        decision = placement.place(waiting, nodes, self.cfg.strategy, self.cfg.starvation_seconds,
+                                   quotas=quotas or None, held=snap.held if snap else None)
+        if snap is not None and running is not None:
+            await self._preempt(decision, waiting, nodes, snap, running)
         t2 = time.perf_counter()
         sem = asyncio.Semaphore(self.cfg.concurrency)
 
@@ -129,6 +144,72 @@ class ScheduleService:
         await announce(self.history, self.sink, SOURCE, before, after, events.JOB_SCHEDULED,
                        data={"job": job_id, "node": node, "class": after["priority"], "owner": after["owner"]})
         return True
+
+    async def _preempt(self, decision, waiting: list, nodes: list, snap, running: dict) -> None:
+        """Waiting jobs that may evict (a preempting class, or reclaiming their nominal quota) get
+        the cheapest victims; the victims are marked and the lifecycle function stops and requeues them."""
+        cfg = self.holdings.cfg
+        if not cfg.preemption.enabled and not cfg.quotas:
+            return
+        placed = dict(decision.placements)
+        room = {n.name: [n.free_cpu_millis, n.free_memory_bytes, n.free_gpu, n.free_pods] for n in nodes}
+        by_id = {w.id: w for w in waiting}
+        for job_id, node in decision.placements:
+            w, r = by_id[job_id], room[node]
+            r[0] -= w.cpu_millis
+            r[1] -= w.memory_bytes
+            r[2] -= w.gpu
+            if r[3] is not None:
+                r[3] -= 1
+        stopping: dict = {}
+        for rec in running.values():
+            if rec.get("preempted_by"):
+                stopping.setdefault(rec["preempted_by"], []).append(rec["id"])
+        taken = {v for vs in stopping.values() for v in vs}
+        looked = 0
+        for w in waiting:
+            if (w.id in placed or w.id in decision.never_fits or w.id in decision.by_order
+                    or w.id in decision.by_quota):
+                continue
+            if w.id in stopping:
+                n = len(stopping[w.id])
+                decision.reasons[w.id] = f"waiting for {n} preempted job{'s' if n != 1 else ''} to stop ({', '.join(stopping[w.id])})"
+                continue
+            need = quota.demand(w.cpu_millis, w.memory_bytes, w.gpu)
+            may = w.klass in cfg.preemption.classes
+            within = bool(cfg.quotas) and sharing.within_nominal(cfg, w.team, w.owner, need, snap.held)
+            if not (may or within):
+                continue
+            looked += 1
+            if looked > PREEMPT_LOOKS:
+                break
+            rooms = [preemption.NodeRoom(n.name, *room[n.name][:3], usable=placement.usable(w, n), free_pods=room[n.name][3])
+                     for n in nodes]
+            plan = preemption.plan(preemption.Candidate(w.id, w.rank, w.team, w.cpu_millis, w.memory_bytes, w.gpu,
+                                                        may, within),
+                                   rooms, [v for v in snap.running if v.id not in taken])
+            if plan is None:
+                continue
+            taken.update(v.id for v in plan.victims)
+            decision.reasons[w.id] = plan.reason()
+            for victim in plan.victims:
+                await self._mark_preempted(victim.id, w)
+
+    async def _mark_preempted(self, victim_id: str, by: placement.Waiting) -> None:
+        def decide(r):
+            if r["state"] not in states.ACTIVE or r.get("preempted_by") or r.get("cancel_requested"):
+                return None
+            return dict(r, preempted_by=by.id, updated_at=self.clock(),
+                        preempted_note=f"preempted by {by.id} ({by.klass}, {by.owner or 'unknown'})")
+
+        done = await self.jobs.mutate(victim_id, decide)
+        if done is None:
+            return
+        after = done[1]
+        self.holdings.forget(victim_id, after)
+        await self.sink.emit(events.envelope(events.JOB_PREEMPT_REQUESTED, SOURCE, f"{victim_id}:preempt:{after.get('attempts', 1)}",
+                                             {"job": victim_id, "by": by.id, "class": by.klass, "owner": by.owner},
+                                             after["updated_at"], subject=victim_id))
 
     async def _cas(self, record: dict, revision: int, decide) -> tuple[dict, dict] | None:
         """Compare-and-set from the revision already read; re-read only if someone wrote meanwhile."""

@@ -11,6 +11,7 @@ JOB_SUCCEEDED = "io.sentinels.job.succeeded"
 JOB_FAILED = "io.sentinels.job.failed"
 JOB_CANCELLED = "io.sentinels.job.cancelled"
 JOB_CANCEL_REQUESTED = "io.sentinels.job.cancel_requested"  # submit -> on_job_event: stop a running job
+JOB_PREEMPT_REQUESTED = "io.sentinels.job.preempt_requested"  # schedule -> on_job_event: stop and requeue a victim
 CAPACITY_CHANGED = "io.sentinels.capacity.changed"
 CAPACITY_EXHAUSTED = "io.sentinels.capacity.exhausted"
 CAPACITY_RECOVERED = "io.sentinels.capacity.recovered"

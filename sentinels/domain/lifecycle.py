@@ -85,6 +85,19 @@ def requeue_or_fail(record: dict, reason: str, policy: Policy, already_stopped: 
                 {"k8s_job": job_name(record["id"], attempts), "node": None})
 
 
+def preempted(record: dict) -> Optional[Step]:
+    """Back to the queue after a preemption the scheduler asked for: never a failure, and
+    it does not use up an attempt budget (the attempt number still grows, so the old
+    attempt's late events are recognised as stale)."""
+    by = record.get("preempted_by")
+    if record["state"] not in states.ACTIVE or not by or record.get("cancel_requested"):
+        return None
+    attempts = record.get("attempts", 1) + 1
+    return Step(states.QUEUED, f"preempted by {by}; requeued at the front of {record['priority']}",
+                (REQUEUE, CAPACITY), {"k8s_job": job_name(record["id"], attempts), "node": None,
+                                      "preempted_by": None, "preemptions": record.get("preemptions", 0) + 1})
+
+
 def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Policy(),
            scheduled_at: Optional[float] = None) -> Optional[Step]:
     """The step this observation asks for, or None (stale, duplicate, or nothing to do)."""
@@ -115,6 +128,8 @@ def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Polic
             return None
         if record.get("cancel_requested"):
             return Step(states.CANCELLED, record.get("reason") or "cancelled", (CAPACITY,))
+        if record.get("preempted_by"):
+            return preempted(record)
         return requeue_or_fail(record, "its Kubernetes Job was deleted outside sentinels", policy, True)
     if what == ob.PENDING and obs.problem and state in states.ACTIVE:
         if scheduled_at is not None and now - scheduled_at >= policy.image_pull_grace_seconds:

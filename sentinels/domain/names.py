@@ -34,3 +34,4 @@ ALERTS_TTL = 7 * 86400.0  # redeliveries come within minutes; a week is plenty
 WAITING_KEY = "waiting"  # Board: {"at": iso, "reasons": {job id: why it waits}}
 CAPACITY_KEY = "capacity"  # Board: the capacity watch's episode state
 MLFLOW_OWED_KEY = "mlflow_owed"  # Board: {"jobs": [ids whose MLflow run is behind]}
+USAGE_KEY = "usage"  # Board: the fair-share ledger {"usage": {key: [usage, at]}, "marks": {job id: charged until}}

@@ -70,7 +70,7 @@ def _tolerates(job: Waiting, node: Node) -> bool:
                for key, _, effect in node.taints)
 
 
-def _usable(job: Waiting, node: Node) -> bool:
+def usable(job: Waiting, node: Node) -> bool:
     return node.ready and node.schedulable and _tolerates(job, node) and all(
         node.labels.get(k) == v for k, v in job.node_selector.items())
 
@@ -124,7 +124,8 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
     """Decide one scheduling pass. `heads` must be in queue order.
 
     With `quotas`, `held` is what each quota holder holds now (`quota.add` bookkeeping); a
-    job over its quota waits with the quota's reason and blocks nobody (other teams go on).
+    job over its quota waits with the quota's reason and blocks nobody (other teams go on);
+    a job that would borrow beyond its nominal quota is placed after every job within its own.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
@@ -139,13 +140,18 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
     why: dict[tuple, tuple[str, set]] = {}
     waiting_ahead = 0
     held = {k: dict(v) for k, v in (held or {}).items()}
-    for job in heads:
+    order, second_round = list(heads), set()
+    for job in order:  # jobs that would borrow go round again after every job within its quota
         need = quota.demand(job.cpu_millis, job.memory_bytes, job.gpu) if quotas else {}
         if quotas:
             verdict = quota.check(quotas, job.team, job.owner, need, held)
             if not verdict.ok:
                 decision.reasons[job.id] = verdict.reason
                 (decision.never_fits if verdict.never else decision.by_quota).add(job.id)
+                continue
+            if verdict.borrows and job.id not in second_round:
+                second_round.add(job.id)
+                order.append(job)
                 continue
         sel_key = tuple(sorted(job.node_selector.items()))
         shape = (job.cpu_millis, job.memory_bytes, job.gpu)
@@ -159,7 +165,7 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
             for n in gpu_first if job.gpu else cpu_first:
                 room = free[n.name]
                 if (room[3] > 0 and room[2] >= job.gpu and room[0] >= job.cpu_millis and room[1] >= job.memory_bytes
-                        and n.name not in reserved and _usable(job, n)):
+                        and n.name not in reserved and usable(job, n)):
                     node = n
                     break
         if node is not None:
@@ -177,8 +183,8 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
         failed_shapes.setdefault(sel_key, []).append(shape)
         cached = why.get((sel_key, shape))
         if cached is None:  # one O(nodes) look per distinct request shape and selector
-            usable = [n for n in nodes if _usable(job, n)]
-            possible = [n for n in usable if _fits_total(job, n)]
+            candidates = [n for n in nodes if usable(job, n)]
+            possible = [n for n in candidates if _fits_total(job, n)]
             reason = _short_reason(job, possible, free) if possible else _never_reason(job, nodes)
             cached = why[(sel_key, shape)] = (reason, {n.name for n in possible})
         reason, possible_names = cached

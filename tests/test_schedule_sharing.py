@@ -1,0 +1,133 @@
+"""Quotas, fair share and preemption through the schedule and lifecycle services (in-memory ports)."""
+
+from sentinels import clock
+from sentinels.adapters.memory import MemoryBoard, MemoryCluster, MemoryHistory, MemoryJobs, MemoryQueue, MemorySink
+from sentinels.domain import events, lifecycle, sharing
+from sentinels.domain.placement import Node
+from sentinels.domain.priority import PriorityConfig
+from sentinels.domain.scheduler_config import SchedulerConfig
+from sentinels.domain.spec import Limits
+from functions.on_job_event.service import LifecycleService
+from functions.schedule.holdings import Holdings
+from functions.schedule.service import ScheduleService
+from functions.submit.service import SubmitService
+
+GI = 2**30
+PRIO = {"classes": {"critical": 1000, "normal": 10, "low": 1}, "default": "normal",
+        "roles": {"admin": "critical", "user": "critical"}}
+
+
+class World:
+    def __init__(self, nodes, quotas=None, fair_share=None, preemption=None):
+        self.jobs, self.queue, self.history, self.sink = MemoryJobs(), MemoryQueue(), MemoryHistory(), MemorySink()
+        self.cluster, self.board = MemoryCluster(nodes), MemoryBoard()
+        prio = PriorityConfig.from_dict(PRIO)
+        self.sharing = sharing.Sharing.from_dict(quotas, fair_share, preemption, prio)
+        self.submitter = SubmitService(self.jobs, self.queue, self.history, self.sink, prio, Limits(), clock.now_iso,
+                                       self.sharing)
+        self.sched = ScheduleService(self.jobs, self.queue, self.history, self.sink, self.cluster, prio,
+                                     SchedulerConfig.from_dict({}), clock.now_iso, board=self.board,
+                                     holdings=Holdings(self.jobs, self.cluster, self.board, self.sharing, prio.classes))
+        self.life = LifecycleService(self.jobs, self.queue, self.history, self.sink, self.cluster, clock.now_iso,
+                                     lifecycle.Policy(max_attempts=1))
+        self.n = 0
+
+    async def submit(self, team, gpu=1, priority="normal", user=None, **spec):
+        self.n += 1
+        who = {"user": user or f"{team}-user", "team": team, "role": "user"}
+        body = {"image": "python:3.11", "command": ["true"], "priority": priority, "name": f"j{self.n}",
+                "resources": {"cpu": 1, "memory": "1Gi", "gpu": gpu}, **spec}
+        _, rec = await self.submitter.submit({"spec": body}, who, "tests", f"ev{self.n}")
+        return rec["id"]
+
+    async def state(self, job_id):
+        return (await self.jobs.get(job_id))[0]
+
+    async def reason(self, job_id):
+        return ((await self.board.get("waiting")) or {}).get("reasons", {}).get(job_id)
+
+    async def run_preemptions(self):
+        asked = [e for e in self.sink.events if e["type"] == events.JOB_PREEMPT_REQUESTED]
+        return [await self.life.preempt(e["data"]["job"]) for e in asked]
+
+
+def gpu_node(name, gpu):
+    return Node(name, 64000, 256 * GI, gpu, 64000, 256 * GI, gpu)
+
+
+async def test_two_teams_one_over_quota_waits_with_the_reason_and_never_fails():
+    w = World([gpu_node("g", 4)], quotas={"teams": {"vision": {"gpu": 1}, "nlp": {"gpu": 4}}})
+    v1, v2 = await w.submit("vision"), await w.submit("vision")
+    n1 = await w.submit("nlp")
+    await w.sched.trigger()
+    assert set(w.cluster.launches) == {v1, n1}
+    assert await w.reason(v2) == "team vision uses 1 of its 1 GPUs; no borrowing allowed"
+    assert (await w.state(v2))["state"] == "QUEUED"
+    w.cluster.finish(v1)
+    await w.sched.trigger()
+    assert v2 in w.cluster.launches
+
+
+async def test_fair_share_puts_the_team_that_used_least_first():
+    w = World([gpu_node("g", 1)], fair_share={"half_life": "1h"})
+    busy = await w.submit("vision")
+    await w.sched.trigger()
+    w.holdings_ledger_before = await w.board.get("usage")
+    v2 = await w.submit("vision")
+    n1 = await w.submit("nlp")  # submitted after v2, but nlp has used nothing
+    doc = {"usage": {"vision": [5000.0, clock.parse_iso(clock.now_iso())]}, "marks": {}}
+    await w.board.put("usage", doc)
+    w.sched.holdings._ledger = None  # read the ledger again (as after a restart)
+    w.cluster.finish(busy)
+    await w.sched.trigger()
+    assert w.cluster.launches[-1] == n1 and (await w.state(v2))["state"] == "QUEUED"
+    assert "vision" in (await w.board.get("usage"))["usage"]
+
+
+async def test_preemption_requeues_the_victim_at_the_front_without_counting_a_failure():
+    w = World([gpu_node("g", 2)], preemption={"classes": ["critical"]})
+    low = await w.submit("nlp", gpu=2, priority="low")
+    await w.sched.trigger()
+    urgent = await w.submit("vision", gpu=2, priority="critical")
+    await w.sched.trigger()
+    assert (await w.state(low))["preempted_by"] == urgent
+    assert (await w.reason(urgent)).startswith("preempting 1 job on g")
+    await w.sched.trigger()  # asked once: the next pass waits for the victim to stop
+    assert (await w.reason(urgent)).startswith("waiting for 1 preempted job to stop")
+    assert await w.run_preemptions() == ["queued"]
+    victim = await w.state(low)
+    assert victim["state"] == "QUEUED" and victim["attempts"] == 2 and victim["preemptions"] == 1
+    assert victim["reason"].startswith(f"preempted by {urgent}")
+    await w.sched.trigger()
+    assert w.cluster.launches[-1] == urgent
+    hist = [(e["to"], e["reason"]) for e in await w.history.of(low)]
+    assert hist[-1][0] == "QUEUED" and urgent in hist[-1][1]
+
+
+async def test_no_preemption_without_configuration_and_not_of_protected_jobs():
+    w = World([gpu_node("g", 2)])
+    await w.submit("nlp", gpu=2, priority="low")
+    await w.sched.trigger()
+    await w.submit("vision", gpu=2, priority="critical")
+    await w.sched.trigger()
+    assert not [e for e in w.sink.events if e["type"] == events.JOB_PREEMPT_REQUESTED]
+    w = World([gpu_node("g", 2)], preemption={"classes": ["critical"], "protected": ["normal"]})
+    keep = await w.submit("nlp", gpu=2, preemptible=False)
+    await w.sched.trigger()
+    await w.submit("vision", gpu=2, priority="critical")
+    await w.sched.trigger()
+    assert not (await w.state(keep)).get("preempted_by")
+
+
+async def test_reclaim_takes_back_borrowed_capacity():
+    w = World([gpu_node("g", 4)], quotas={"teams": {"vision": {"gpu": 2, "borrowing": {"gpu": 2}}, "nlp": {"gpu": 2}}})
+    borrowed = [await w.submit("vision") for _ in range(4)]
+    await w.sched.trigger()
+    assert set(w.cluster.launches) == set(borrowed)
+    mine = await w.submit("nlp", gpu=1)
+    await w.sched.trigger()
+    marked = [j for j in borrowed if (await w.state(j)).get("preempted_by") == mine]
+    assert len(marked) == 1
+    await w.run_preemptions()
+    await w.sched.trigger()
+    assert w.cluster.launches[-1] == mine
