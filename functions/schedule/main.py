@@ -13,6 +13,7 @@ from sentinels.domain import events
 from sentinels.settings import Settings
 
 from functions.schedule.capacity import CapacityAlerts
+from functions.schedule.holdings import Holdings
 from functions.schedule.service import ScheduleService
 
 log = logging.getLogger("sentinels.schedule")
