@@ -132,10 +132,12 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
     decision = Decision()
     free = {n.name: [n.free_cpu_millis, n.free_memory_bytes, n.free_gpu,
                      n.free_pods if n.free_pods is not None else len(heads)] for n in nodes}
-    cpu_nodes = [n for n in nodes if n.gpu == 0]
-    gpu_nodes = sorted((n for n in nodes if n.gpu > 0), key=lambda n: n.free_gpu)
+    # only nodes that can still take a job (every job asks for some CPU); full ones leave the lists
+    open_nodes = [n for n in nodes if n.ready and n.schedulable and free[n.name][0] > 0 and free[n.name][3] > 0]
+    cpu_nodes = [n for n in open_nodes if n.gpu == 0]
+    gpu_nodes = sorted((n for n in open_nodes if n.gpu > 0), key=lambda n: n.free_gpu)
     gpu_first, cpu_first = gpu_nodes + cpu_nodes, cpu_nodes + gpu_nodes  # keep GPU nodes for GPU jobs
-    failed_shapes: dict[tuple, list[tuple]] = {}  # selector -> shapes that found no room this pass
+    failed_shapes: dict[tuple, set[tuple]] = {}  # selector -> distinct shapes that found no room this pass
     reserved: set[str] = set()
     why: dict[tuple, tuple[str, set]] = {}
     waiting_ahead = 0
@@ -174,13 +176,16 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
             room[1] -= job.memory_bytes
             room[2] -= job.gpu
             room[3] -= 1
+            if room[0] <= 0 or room[3] <= 0:
+                gpu_first.remove(node)
+                cpu_first.remove(node)
             decision.placements.append((job.id, node.name))
             if quotas:
                 if verdict.borrows:
                     decision.borrowing.add(job.id)
                 quota.add(held, job.team, job.owner, need, quotas)
             continue
-        failed_shapes.setdefault(sel_key, []).append(shape)
+        failed_shapes.setdefault(sel_key, set()).add(shape)
         cached = why.get((sel_key, shape))
         if cached is None:  # one O(nodes) look per distinct request shape and selector
             candidates = [n for n in nodes if usable(job, n)]

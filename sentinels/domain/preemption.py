@@ -141,6 +141,9 @@ def plan(job: Candidate, nodes: list[NodeRoom], running: list[Running]) -> Plan 
                 1 if node.free_pods is None else node.free_pods]
         if _fits(job, room):
             continue  # it fits without preemption: placement handles it
+        if not _fits(job, [room[0] + sum(v.cpu_millis for v in candidates), room[1] + sum(v.memory_bytes for v in candidates),
+                           room[2] + sum(v.gpu for v in candidates), room[3] + len(candidates)]):
+            continue  # not even with every candidate gone
         candidates.sort(key=lambda v: (not v.borrowed, v.rank, _work(v)))
         chosen = []
         for v in candidates:
