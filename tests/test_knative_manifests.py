@@ -25,6 +25,7 @@ ROUTES = {  # function -> event types (the routing table of DESIGN §6)
                  "io.sentinels.job.requeued"],
     "on-job-event": ["dev.knative.apiserver.resource.add", "dev.knative.apiserver.resource.update",
                      "dev.knative.apiserver.resource.delete", "io.sentinels.job.cancel_requested",
+                     "io.sentinels.job.preempt_requested",
                      "io.sentinels.job.scheduled", "dev.knative.sources.ping"],  # the tick: MLflow catch-up
     "alert": ["io.sentinels.job.succeeded", "io.sentinels.job.failed", "io.sentinels.job.cancelled",
               "io.sentinels.capacity.exhausted", "io.sentinels.capacity.recovered"],
