@@ -24,7 +24,7 @@ class World:
         prio = PriorityConfig.from_dict(PRIO)
         self.sharing = sharing.Sharing.from_dict(quotas, fair_share, preemption, prio)
         self.submitter = SubmitService(self.jobs, self.queue, self.history, self.sink, prio, Limits(), clock.now_iso,
-                                       self.sharing)
+                                       sharing=self.sharing)
         self.sched = ScheduleService(self.jobs, self.queue, self.history, self.sink, self.cluster, prio,
                                      SchedulerConfig.from_dict({}), clock.now_iso, board=self.board,
                                      holdings=Holdings(self.jobs, self.cluster, self.board, self.sharing, prio.classes))
