@@ -46,9 +46,28 @@ def pairs(items: list[str], flag: str) -> dict:
     return out
 
 
-def build(image: str, config: str | None, command: list[str], **flags) -> dict:
+def build_source(dockerfile: str, context: str | None) -> dict:
+    """The `build` block of a Dockerfile submit: URLs as given, local paths made absolute and checked."""
+    out = {}
+    for flag, value, want_dir in (("--dockerfile", dockerfile, False), ("--context", context, True)):
+        if value is None:
+            continue
+        if value.startswith(("http://", "https://")):
+            out[flag[2:]] = value
+            continue
+        path = Path(value).expanduser().resolve()
+        if want_dir and not path.is_dir():
+            raise CliError(f"{flag} {value}: not a directory")
+        if not want_dir and not path.is_file():
+            raise CliError(f"{flag} {value}: no such file")
+        out[flag[2:]] = str(path)
+    return out
+
+
+def build(image: str | None, config: str | None, command: list[str], **flags) -> dict:
     spec = load_file(config) if config else {}
-    spec["image"] = image
+    if image is not None:
+        spec["image"] = image
     if command:
         spec["command"], spec["args"] = command[:1], command[1:]
     for key in ("name", "priority", "data", "experiment", "timeout", "outputs"):

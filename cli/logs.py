@@ -20,16 +20,19 @@ def _record(settings, job_id):
     return got[0]
 
 
-def show(settings, job_id: str, follow: bool, tail: int | None) -> int:
+def show(settings, job_id: str, follow: bool, tail: int | None, build: bool = False) -> int:
     if not jobmod.is_job_id(job_id):
         raise CliError(f"{job_id!r} is not a job id", 2)
     record = _record(settings, job_id)
+    if build and not record.get("build"):
+        raise CliError(f"job {job_id} was not built from a Dockerfile: it has no build log")
     if settings.backend() == "kubernetes":
-        return _pod_logs(settings, record, tail)
-    path = settings.home / "jobs" / job_id / "log"
+        return _pod_logs(settings, dict(record, k8s_job=record["build_job"]) if build else record, tail)
+    path = settings.home / "jobs" / job_id / ("build.log" if build else "log")
     if not path.exists() and not follow:
-        raise CliError(f"no output yet: job {job_id} is {record['state']}" +
-                       (" (it has not started)" if record["state"] == states.QUEUED else ""))
+        raise CliError(f"no {'build output' if build else 'output'} yet: job {job_id} is {record['state']}" +
+                       (" (it has not started)" if record["state"] in (states.QUEUED, states.BUILDING) and not build
+                        else ""))
     offset = 0
     if path.exists() and tail:
         lines = path.read_text(errors="replace").splitlines(keepends=True)
@@ -49,7 +52,8 @@ def show(settings, job_id: str, follow: bool, tail: int | None) -> int:
             return 0
         if time.monotonic() - checked > 1.0:
             checked = time.monotonic()
-            if _record(settings, job_id)["state"] in states.TERMINAL:
+            state = _record(settings, job_id)["state"]
+            if state in states.TERMINAL or (build and state != states.BUILDING):
                 follow = False  # one more read picks up the last lines
                 continue
         time.sleep(0.2)

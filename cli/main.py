@@ -61,7 +61,8 @@ def _res(spec: dict) -> str:
 
 @app.command()
 def submit(
-    image: str = typer.Argument(..., help="container image, e.g. ghcr.io/acme/resnet:1.4"),
+    image: Optional[str] = typer.Argument(None, help="container image, e.g. ghcr.io/acme/resnet:1.4 "
+                                                   "(none with --dockerfile)"),
     command: Optional[List[str]] = typer.Argument(None, help="after --: the command and its arguments"),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="job spec YAML (flags override it)"),
     name: Optional[str] = typer.Option(None, "--name", help="DNS-1123 name (default: from the image)"),
@@ -76,6 +77,10 @@ def submit(
     timeout: Optional[str] = typer.Option(None, "--timeout", help="hard deadline, e.g. 2h"),
     retries: Optional[int] = typer.Option(None, "--retries", help="re-runs after the job's own failure"),
     wait: bool = typer.Option(False, "--wait", help="follow the job until it ends"),
+    dockerfile: Optional[str] = typer.Option(None, "--dockerfile", help="build the image from this Dockerfile "
+                                             "(path or http(s) URL); the job starts BUILDING"),
+    context: Optional[str] = typer.Option(None, "--context", help="build context (directory or tar URL; "
+                                          "default: the Dockerfile's directory)"),
     output: str = Output,
 ):
     """Push an experiment to the queue and print its job id."""
@@ -85,10 +90,19 @@ def submit(
 
     fmt = _fmt(output)
     settings = _settings()
+    if dockerfile is None and context is not None:
+        raise CliError("--context goes with --dockerfile", 2)
+    if dockerfile is not None and image is not None:  # everything after `--` is the command
+        command, image = [image, *(command or [])], None
+    if dockerfile is None and image is None:
+        raise CliError("give an IMAGE, or --dockerfile to build one", 2)
     spec = jobspec.build(image, config, command or [], name=name, priority=priority, cpu=cpu, memory=memory,
                          gpu=gpu, data=data, env=env, params=param, experiment=experiment, timeout=timeout,
                          retries=retries)
-    record = client.post_event(settings, events.JOB_SUBMIT, {"spec": spec})
+    body: dict = {"spec": spec}
+    if dockerfile is not None:
+        body["build"] = jobspec.build_source(dockerfile, context)
+    record = client.post_event(settings, events.JOB_SUBMIT, body)
     if fmt == "table":
         print(record["id"])
     else:
@@ -174,6 +188,8 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
         ("owner", record["owner"] + (f" / {record['team']}" if record.get("team") else "")),
         ("image", spec["image"] + (" (not used: runtime process)" if record.get("runtime") == "process" else "")),
         ("runtime", record.get("runtime")),
+        ("built from", (record.get("build") or {}).get("dockerfile")),
+        ("image id", record.get("image_id")),
         ("command", " ".join(spec.get("command", []) + spec.get("args", []))),
         ("resources", _res(spec)),
         ("attempts", record.get("attempts", 0)),
@@ -324,12 +340,13 @@ def history(job_id: str = typer.Argument(...), output: str = Output):
 
 @app.command()
 def logs(job_id: str = typer.Argument(...), follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends"),
-         tail: Optional[int] = typer.Option(None, "--tail", "-n", help="only the last N lines")):
+         tail: Optional[int] = typer.Option(None, "--tail", "-n", help="only the last N lines"),
+         build: bool = typer.Option(False, "--build", help="the log of the image build (Dockerfile submits)")):
     """The job's output (local log file in the embedded default, pod logs on Kubernetes)."""
     settings = _settings()
     from .logs import show
 
-    raise typer.Exit(show(settings, job_id, follow, tail))
+    raise typer.Exit(show(settings, job_id, follow, tail, build=build))
 
 
 @app.command()

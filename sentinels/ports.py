@@ -94,6 +94,9 @@ class Cluster(Protocol):
     async def active(self) -> dict[str, str]:  # job id -> Job name, for what the cluster runs now
         ...
 
+    async def build(self, record: dict) -> None:  # start the build Job of a Dockerfile submit (idempotent)
+        ...
+
     async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
         ...
 

@@ -18,7 +18,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONFIG_KEYS = {"url", "nats_url", "token", "priorities", "tokens_file", "limits", "data_roots",
                "mlflow_tracking_uri", "user", "notify", "local", "backend", "scheduler", "lifecycle",
-               "kubernetes", "nats_sync", "quotas", "fair_share", "preemption"}
+               "kubernetes", "nats_sync", "quotas", "fair_share", "preemption", "builds"}
 
 
 def _load_yaml_file(path: Path, what: str, max_bytes: int = 1 << 20):
@@ -135,6 +135,12 @@ class Settings:
 
         return Sharing.from_dict(self.file.get("quotas"), self.file.get("fair_share"), self.file.get("preemption"),
                                  self.priorities())
+
+    def builds(self):
+        """The `builds:` block: Dockerfile builds (concurrency, context size, deadline, registry)."""
+        from .domain.build import BuildConfig
+
+        return BuildConfig.from_dict(self.section("builds"))
 
     def section(self, key: str) -> dict:
         raw = self.file.get(key) or {}

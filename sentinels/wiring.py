@@ -53,7 +53,7 @@ def cluster_for(settings: Settings, nc):
         from .adapters.kube_manifest import KubeConfig
         from .adapters.kubernetes import KubernetesCluster
 
-        return KubernetesCluster(KubeConfig.from_dict(settings.section("kubernetes")))
+        return KubernetesCluster(KubeConfig.from_dict(settings.section("kubernetes")), builds=settings.builds())
     from .adapters.local import LocalCluster
 
     return LocalCluster(nc)

@@ -94,6 +94,11 @@ class LifecycleService:
         if lifecycle.LOGS in step.effects:
             changes["log_tail"] = await self._log_tail(record)
         seq = None
+        if lifecycle.ENQUEUE in step.effects:  # built: it joins the queue with its image
+            entry = job.queue_entry(job_id=record["id"], spec=step.changes["spec"], klass=record["priority"],
+                                    submitted_at=record["submitted_at"])
+            seq = await self.queue.enqueue(entry, msg_id=f"{record['id']}:built")
+            changes.update(queue_seq=seq, order=seq)
         if lifecycle.REQUEUE in step.effects:
             entry = job.queue_entry(job_id=record["id"], spec=record["spec"], klass=record["priority"],
                                     submitted_at=record["submitted_at"], order=record.get("order"),
@@ -139,7 +144,9 @@ class LifecycleService:
             await announce(self.history, self.sink, SOURCE, dict(after, state=states.SCHEDULED), mid,
                            EVENT_FOR.get(mid["state"]))
             before = mid
-        await announce(self.history, self.sink, SOURCE, before, after, EVENT_FOR.get(after["state"]))
+        built = lifecycle.ENQUEUE in step["effects"]  # a new job for the scheduler, not a requeue
+        await announce(self.history, self.sink, SOURCE, before, after,
+                       events.JOB_QUEUED if built else EVENT_FOR.get(after["state"]))
         if lifecycle.CAPACITY in step["effects"]:
             await self._capacity_changed(f"capacity:{after['id']}:{after['state']}:{after.get('attempts', 1)}",
                                          f"job {after['id']} {after['state'].lower()}")
@@ -180,9 +187,11 @@ class LifecycleService:
         if got is None:
             return "unknown-job"
         record = got[0]
-        if record["state"] not in states.ACTIVE or not record.get("cancel_requested"):
+        building = record["state"] == states.BUILDING
+        if (record["state"] not in states.ACTIVE and not building) or not record.get("cancel_requested"):
             return "nothing-to-do"
-        await self.cluster.stop(record)  # raises Unavailable: redelivered
+        # raises Unavailable: redelivered; a build is stopped like a run (its own Job)
+        await self.cluster.stop(dict(record, k8s_job=record.get("build_job")) if building else record)
         step = lifecycle.Step(states.CANCELLED, record.get("reason") or "cancelled", (lifecycle.CAPACITY,))
         outcome = await self.apply(record, step, f"cancel:{record.get('attempts', 1)}")
         if outcome == "raced":  # its state moved meanwhile (started, ended): look again

@@ -52,6 +52,10 @@ SERVICE = wiring.Lazy(SETTINGS, "sentinels-schedule", build)
 @functions_framework.aio.cloud_event
 async def schedule(cloud_event):
     svc = await SERVICE.get()
+    if cloud_event["type"] == events.JOB_BUILDING:
+        log.info("build of %s: %s", (cloud_event.data or {}).get("job"),
+                 await svc.start_build((cloud_event.data or {}).get("job")))
+        return
     if cloud_event["type"] == events.PING:
         repaired = await svc.reconcile()
         if repaired:

@@ -245,6 +245,24 @@ class ScheduleService:
             await self.board.put(WAITING_KEY, {"at": self.clock(), "reasons": snapshot})
             self._reasons = snapshot
 
+    async def start_build(self, job_id: str) -> str:
+        """Hand a BUILDING job to the cluster's builder once (the builder is idempotent too)."""
+        got = await self.jobs.get(job_id) if isinstance(job_id, str) else None
+        if got is None:
+            return "unknown-job"
+        record = got[0]
+        if record["state"] != states.BUILDING or record.get("build_started") or record.get("cancel_requested"):
+            return "nothing-to-do"
+        await self.cluster.build(record)  # Unavailable: the event is redelivered
+
+        def decide(r):
+            if r["state"] != states.BUILDING or r.get("build_started"):
+                return None
+            return dict(r, build_started=True, reason="building the image", updated_at=self.clock())
+
+        await self.jobs.mutate(job_id, decide)
+        return "building"
+
     async def reconcile(self) -> int:
         """Repair what a crash left: jobs the cluster runs that the store does not know as running."""
         repaired = 0

@@ -8,7 +8,7 @@ A retry after a crash anywhere completes the missing steps and repeats none.
 import asyncio
 from dataclasses import dataclass, field
 
-from sentinels.domain import events, job, runtime, states
+from sentinels.domain import build, events, job, runtime, states
 from sentinels.domain.errors import Conflict as Refused, Forbidden, InvalidSpec, NotFound
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.sharing import Sharing
@@ -35,6 +35,8 @@ class SubmitService:
     # --- submit ---------------------------------------------------------------------
     async def submit(self, data, who: dict, source: str, event_id: str) -> tuple[int, dict]:
         raw = data.get("spec") if isinstance(data, dict) and "spec" in data else data
+        if isinstance(data, dict) and data.get("build") is not None:
+            return await self._submit_build(raw, build.validate(data["build"]), who, source, event_id)
         spec = validate(raw, self.limits)
         spec["priority"] = self.priorities.resolve(spec["priority"], who, spec)
         job_id = job.job_id_for(who["user"], source, event_id)
@@ -60,6 +62,26 @@ class SubmitService:
         if seq != record.get("queue_seq"):
             await self.queue.remove(seq)  # retried after the dedupe window: drop the copy
         return 200, record
+
+    async def _submit_build(self, raw, wanted: dict, who: dict, source: str, event_id: str) -> tuple[int, dict]:
+        """A Dockerfile submit: the record starts BUILDING, outside the queue, until its image exists."""
+        if not isinstance(raw, dict):
+            raise InvalidSpec("the job spec must be a mapping of fields", "spec")
+        spec = validate({**raw, "image": raw.get("image") or build.placeholder_image(raw.get("name"))}, self.limits)
+        spec["priority"] = self.priorities.resolve(spec["priority"], who, spec)
+        job_id = job.job_id_for(who["user"], source, event_id)
+        spec["image"] = build.local_image(spec["name"], job_id)  # what the build will tag
+        now = self.clock()
+        record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now,
+                                event_id=event_id, queue_seq=None)
+        record.update(state=states.BUILDING, timestamps={states.BUILDING: now}, reason="waiting for a builder",
+                      build=wanted, build_job=build.build_job_name(job_id), order=None)
+        if self.runtime:
+            record["runtime"] = self.runtime
+        created, _ = await asyncio.gather(self._create(record), self._announce(None, record, events.JOB_BUILDING))
+        if created:
+            return 201, record
+        return 200, (await self.jobs.get(job_id))[0]
 
     async def _create(self, record: dict) -> bool:
         try:
@@ -91,7 +113,7 @@ class SubmitService:
         def decide(r):
             if r["state"] == states.QUEUED:
                 return states.transition(r, states.CANCELLED, now=self.clock(), reason=reason)
-            if r["state"] in states.ACTIVE and not r.get("cancel_requested"):
+            if (r["state"] in states.ACTIVE or r["state"] == states.BUILDING) and not r.get("cancel_requested"):
                 out = dict(r, cancel_requested=True, reason=f"cancel requested by {who['user']}", updated_at=self.clock())
                 return out
             return None

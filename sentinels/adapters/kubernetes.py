@@ -14,9 +14,11 @@ import math
 from typing import Callable, Mapping, Optional
 
 from ..domain import quantity
+from ..domain.build import BuildConfig
 from ..domain.errors import ConfigError, InvalidSpec, Unavailable
 from ..domain.job import is_job_id
 from ..domain.placement import GPU_TAINT, Node
+from . import build_manifest
 from . import kube_manifest as km
 
 log = logging.getLogger("sentinels.kubernetes")
@@ -176,8 +178,9 @@ def _json(resp) -> dict:
 class KubernetesCluster:
     """Runs jobs as Kubernetes Jobs in `cfg.namespace`; implements `sentinels.ports.Cluster`."""
 
-    def __init__(self, cfg: km.KubeConfig, client=None):
+    def __init__(self, cfg: km.KubeConfig, client=None, builds: BuildConfig = BuildConfig()):
         self.cfg = cfg
+        self.builds = builds
         self._client = client  # an ApiClient; built from cfg on first use when None
 
     # plumbing ---------------------------------------------------------------------
@@ -278,6 +281,14 @@ class KubernetesCluster:
                                                                   propagation_policy="Background", **self._opts())),
                         missing_ok=True)
 
+    async def build(self, record: dict) -> None:
+        """Create the rootless BuildKit Job of a Dockerfile submit (created twice: harmless)."""
+        manifest = build_manifest.build_job(record, self.builds, self.cfg)
+        batch, name = self._api("BatchV1Api"), manifest["metadata"]["name"]
+        await self._run(f"creating build Job {name}",
+                        lambda: _json(batch.create_namespaced_job(self.cfg.namespace, manifest, **self._opts())),
+                        exists_ok=True)
+
     async def stop(self, record: dict) -> None:
         name = record.get("k8s_job") or f"sentinels-{record['id']}"
         await self._delete_job(self._api("BatchV1Api"), name)
@@ -296,6 +307,7 @@ class KubernetesCluster:
             meta = job.get("metadata") or {}
             job_id = (meta.get("labels") or {}).get(km.JOB_ID_LABEL)
             if (_labelled(job, km.MANAGED_BY, "sentinels") and is_job_id(job_id)
+                    and not _labelled(job, "sentinels.io/component", "build")  # a build runs no job
                     and not meta.get("deletionTimestamp") and not job_finished(job)):
                 out[job_id] = meta.get("name")
         return out

@@ -14,7 +14,7 @@ from ..domain.names import LOCAL_SUBJECT
 from ..domain.placement import Node
 
 SUBJECT = LOCAL_SUBJECT
-VERBS = ("nodes", "launch", "stop", "active", "logs")
+VERBS = ("nodes", "launch", "stop", "active", "logs", "build")
 _BY_STATUS = {400: errors.InvalidSpec, 404: errors.NotFound, 409: errors.Conflict, 503: errors.Unavailable}
 
 
@@ -57,6 +57,9 @@ class LocalCluster:
 
     async def active(self) -> dict[str, str]:
         return dict((await self._ask("active"))["active"])
+
+    async def build(self, record: dict) -> None:
+        await self._ask("build", {"record": record})
 
     async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
         return list((await self._ask("logs", {"job": record["id"], "tail": tail}))["lines"])

@@ -156,6 +156,7 @@ class MemoryCluster:
         self.running: dict[str, dict] = {}  # job id -> record (with node)
         self.launches: list[str] = []
         self.stops: list[str] = []
+        self.builds: list[str] = []  # job ids whose build was started
         self.fail_launch = False
 
     async def nodes(self):
@@ -187,6 +188,10 @@ class MemoryCluster:
 
     async def logs(self, record, tail=None):
         return [f"log line {i}" for i in range(3)]
+
+    async def build(self, record):
+        if record["id"] not in self.builds:
+            self.builds.append(record["id"])
 
     def finish(self, job_id):
         self.running.pop(job_id, None)

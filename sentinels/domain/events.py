@@ -4,6 +4,7 @@ JOB_SUBMIT = "io.sentinels.job.submit"
 JOB_CANCEL = "io.sentinels.job.cancel"
 JOB_REPRIORITIZE = "io.sentinels.job.reprioritize"
 JOB_QUEUED = "io.sentinels.job.queued"
+JOB_BUILDING = "io.sentinels.job.building"  # submit -> schedule: start the build of a Dockerfile submit
 JOB_SCHEDULED = "io.sentinels.job.scheduled"
 JOB_STARTED = "io.sentinels.job.started"
 JOB_REQUEUED = "io.sentinels.job.requeued"

@@ -15,6 +15,7 @@ from . import states
 from .errors import ConfigError
 
 REQUEUE, STOP, LOGS, CAPACITY = "requeue", "stop", "logs", "capacity"
+ENQUEUE = "enqueue"  # a built job joins the queue (in submission order, not at the front)
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,32 @@ def preempted(record: dict) -> Optional[Step]:
                                       "preempted_by": None, "preemptions": record.get("preemptions", 0) + 1})
 
 
+def built(record: dict, obs: ob.Observation) -> Optional[Step]:
+    """What the Job building a job's image means for it: queued with the image, or failed."""
+    if record["state"] != states.BUILDING or obs.kind != "Job" or obs.name != record.get("build_job"):
+        return None
+    if record.get("cancel_requested"):
+        return Step(states.CANCELLED, record.get("reason") or "cancelled") if obs.what in (
+            ob.SUCCEEDED, ob.FAILED, ob.DELETED) else None
+    if obs.what == ob.SUCCEEDED and obs.image:
+        return Step(states.QUEUED, f"built {obs.image}" + (f" ({obs.image_id})" if obs.image_id else ""), (ENQUEUE,),
+                    {"spec": {**record["spec"], "image": obs.image}, "image_id": obs.image_id})
+    if obs.what == ob.SUCCEEDED:
+        return Step(states.FAILED, "build failed: the build Job says nothing about the image it made")
+    if obs.what == ob.FAILED:
+        return Step(states.FAILED, f"build failed: {obs.reason}")
+    if obs.what == ob.DELETED:
+        return Step(states.FAILED, "build failed: its Job was deleted before it finished")
+    return None
+
+
 def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Policy(),
            scheduled_at: Optional[float] = None) -> Optional[Step]:
     """The step this observation asks for, or None (stale, duplicate, or nothing to do)."""
     state = record["state"]
-    if state in states.TERMINAL or _stale(record, obs):
+    if obs.build:
+        return built(record, obs)
+    if state in states.TERMINAL or state == states.BUILDING or _stale(record, obs):
         return None
     what = obs.what
     if what == ob.RUNNING:

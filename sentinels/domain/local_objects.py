@@ -125,8 +125,9 @@ def _pod_spec(record: dict, node: str | None = None) -> dict:
 
 
 def _annotations(info: dict) -> dict:
-    """Which run of the job (the record's `attempts`), as the Kubernetes adapter writes it."""
-    return {ATTEMPT_ANNOTATION: str(int(info.get("generation") or 0))}
+    """Which run of the job (the record's `attempts`), as the Kubernetes adapter writes it,
+    plus what the caller adds (a build Job: the image it made)."""
+    return {ATTEMPT_ANNOTATION: str(int(info.get("generation") or 0)), **(info.get("annotations") or {})}
 
 
 def _metadata(name: str, uid: str, info: dict, labels: dict) -> dict:

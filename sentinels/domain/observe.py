@@ -19,6 +19,9 @@ from .job import is_job_id
 
 JOB_ID_LABEL = "sentinels.io/job-id"
 ATTEMPT_ANNOTATION = "sentinels.io/attempt"
+COMPONENT_LABEL, BUILD = "sentinels.io/component", "build"  # a Job that builds the job's image
+IMAGE_ANNOTATION = "sentinels.io/image"  # on a build Job: the image it made (name:tag)
+IMAGE_ID_ANNOTATION = "sentinels.io/image-id"  # ... and its id or digest (sha256:...)
 
 RUNNING, SUCCEEDED, FAILED, DISRUPTED, DELETED, PENDING = "running", "succeeded", "failed", "disrupted", "deleted", "pending"
 NODE_ADDED, NODE_REMOVED = "node-added", "node-removed"
@@ -57,6 +60,9 @@ class Observation:
     problem: bool = False  # pending pods: cannot progress without help (image pull, bad config)
     deleted: bool = False  # the event was a deletion
     node_state: Optional[str] = None  # nodes: "ready" | "notready" | "cordoned" (keep it to pass back)
+    build: bool = False  # the object builds the job's image (label sentinels.io/component: build)
+    image: Optional[str] = None  # build Jobs: the image made
+    image_id: Optional[str] = None  # build Jobs: its id or digest
 
 
 def _meta(obj: Mapping) -> Mapping:
@@ -70,10 +76,14 @@ def _base(kind: str, obj: Mapping) -> dict:
     annotations = meta.get("annotations") if isinstance(meta.get("annotations"), Mapping) else {}
     job_id = labels.get(JOB_ID_LABEL) if kind != "Node" else None
     attempt = annotations.get(ATTEMPT_ANNOTATION)
+    image, image_id = annotations.get(IMAGE_ANNOTATION), annotations.get(IMAGE_ID_ANNOTATION)
     return {"kind": kind, "name": meta.get("name"), "uid": meta.get("uid"),
             "resource_version": meta.get("resourceVersion"),
             "job_id": job_id if is_job_id(job_id) else None,
-            "attempt": int(attempt) if isinstance(attempt, str) and attempt.isdigit() else None}
+            "attempt": int(attempt) if isinstance(attempt, str) and attempt.isdigit() else None,
+            "build": kind != "Node" and labels.get(COMPONENT_LABEL) == BUILD,
+            "image": image if isinstance(image, str) and image else None,
+            "image_id": image_id if isinstance(image_id, str) and image_id else None}
 
 
 def _conditions(status: Mapping) -> dict:

@@ -13,34 +13,42 @@ import json
 import logging
 import signal
 import sys
+from typing import Optional
 
 from ..adapters import jetstream
 from ..adapters.local import SUBJECT, VERBS
 from ..domain.errors import ConfigError, InvalidSpec, SentinelsError
 from ..settings import Settings
 from . import machine, runtimes
+from .builder import Builder
 from .kubelet import Kubelet
 
 log = logging.getLogger("sentinels.executor")
 POLL_SECONDS = 0.02  # how soon an ended process is noticed; a poll only checks live children
 
 
-async def _answer(kubelet: Kubelet, verb: str, body: dict) -> dict:
+async def _answer(kubelet: Kubelet, verb: str, body: dict, builder: Optional[Builder] = None) -> dict:
     if verb == "nodes":
         return {"nodes": [kubelet.node()]}
     if verb == "active":
         return {"active": kubelet.active()}
     if verb == "launch":
         reply = kubelet.launch(body.get("record"), body.get("extra_env"))
+    elif verb == "build" and builder is not None:
+        reply = builder.start(body.get("record"))
+        await builder.flush()
     elif verb == "stop":
         reply = kubelet.stop(body.get("job"))
+        if builder is not None and builder.stop(body.get("job")):  # a cancel during its build
+            reply["build_stopping"] = True
+            await builder.flush()
     else:
         return {"lines": kubelet.logs(body.get("job"), body.get("tail"))}
     await kubelet.flush()
     return reply
 
 
-def handler(kubelet: Kubelet, verb: str):
+def handler(kubelet: Kubelet, verb: str, builder: Optional[Builder] = None):
     async def handle(msg) -> None:
         try:
             try:
@@ -49,7 +57,7 @@ def handler(kubelet: Kubelet, verb: str):
                 raise InvalidSpec(f"{verb}: the request is not JSON") from None
             if not isinstance(body, dict):
                 raise InvalidSpec(f"{verb}: the request must be a JSON object")
-            reply = await _answer(kubelet, verb, body)
+            reply = await _answer(kubelet, verb, body, builder)
         except SentinelsError as e:
             reply = {**e.to_dict(), "status": e.status}
         except Exception as e:  # never leave the caller waiting for a timeout
@@ -80,13 +88,18 @@ async def serve(settings: Settings, capacity: machine.Capacity, stop: asyncio.Ev
         kubelet = Kubelet(settings.home / "jobs", capacity, jetstream.JetStreamSink(js), runtime=runtime)
         kubelet.recover()
         await kubelet.flush()
+        builder = Builder(settings.home / "jobs", settings.builds(), kubelet.sink)
+        builder.recover()
+        await builder.flush()
         for verb in VERBS:
-            await nc.subscribe(SUBJECT.format(verb), cb=handler(kubelet, verb))
+            await nc.subscribe(SUBJECT.format(verb), cb=handler(kubelet, verb, builder))
         await nc.flush()
         log.info("local executor ready (runtime %s): %s", kubelet.runtime.describe(), kubelet.node())
         while not stop.is_set():
             kubelet.poll()
+            builder.poll()
             await kubelet.flush()
+            await builder.flush()
             try:
                 await asyncio.wait_for(stop.wait(), POLL_SECONDS)
             except asyncio.TimeoutError:

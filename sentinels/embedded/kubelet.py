@@ -42,10 +42,28 @@ POD_LOST_MESSAGE = "ended without leaving an exit code (killed with SIGKILL?)"
 PULL_BACKOFF, PULL_BACKOFF_MAX = 10.0, 300.0  # seconds between image pulls, as a kubelet backs off
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+async def send_outboxes(states, sink, save) -> None:
+    """Hand every waiting event to the sink, in order per object; stop at the first failure."""
+    for state in list(states):
+        sent, error = 0, None
+        try:
+            for event in list(state["outbox"]):
+                await sink.emit(event)
+                sent += 1
+        except Exception as e:  # NATS away: the outbox keeps them for the next pass
+            error = e
+        if sent:
+            del state["outbox"][:sent]
+            save(state)
+        if error is not None:
+            log.warning("could not publish the events of job %s yet: %s", state["job"], error)
+            return
 
 
 def _check_launch(record, extra_env) -> tuple[dict, dict]:
@@ -87,7 +105,7 @@ class Kubelet:
         return self.dir / job_id
 
     def _save(self, state: dict) -> None:
-        _write_atomic(self._job_dir(state["job"]) / "state.json", json.dumps(state))
+        write_atomic(self._job_dir(state["job"]) / "state.json", json.dumps(state))
 
     def _next_rv(self) -> int:
         self._rv = max(self._rv + 1, int(self.wall() * 1000))
@@ -118,20 +136,7 @@ class Kubelet:
         if self._flushing is None:
             self._flushing = asyncio.Lock()
         async with self._flushing:
-            for state in list(self.runs.values()):
-                sent, error = 0, None
-                try:
-                    for event in list(state["outbox"]):
-                        await self.sink.emit(event)
-                        sent += 1
-                except Exception as e:  # NATS away: the outbox keeps them for the next pass
-                    error = e
-                if sent:
-                    del state["outbox"][:sent]
-                    self._save(state)
-                if error is not None:
-                    log.warning("could not publish the events of job %s yet: %s", state["job"], error)
-                    return
+            await send_outboxes(self.runs.values(), self.sink, self._save)
 
     # --- capacity -------------------------------------------------------------------------
     def _live(self) -> list[dict]:
@@ -220,7 +225,7 @@ class Kubelet:
         job_dir = self._job_dir(job_id)
         for sub in ("work", "outputs"):
             (job_dir / sub).mkdir(parents=True, exist_ok=True)
-        _write_atomic(job_dir / "job.yaml", yaml.safe_dump(spec, sort_keys=False))
+        write_atomic(job_dir / "job.yaml", yaml.safe_dump(spec, sort_keys=False))
         now = self.now()
         timeout = spec.get("timeout_seconds")
         state = {"job": job_id, "record": record, "extra_env": extra_env, "generation": generation, "created": now,

@@ -21,6 +21,7 @@ from . import natsd, serve
 PID_FILE = "up.pid"
 SERVICES = {"executor": "sentinels.embedded.executor", "router": "sentinels.embedded.router"}
 MLFLOW_PORT_OFFSET = 5  # the MLflow server listens on the submit port + 5
+START_SECONDS = 120  # for the functions to answer: minutes on a loaded machine, not seconds
 
 
 def mlflow_server_url(settings: Settings, env=None) -> str | None:
@@ -83,6 +84,7 @@ def check_config(settings: Settings) -> list[str]:
     notes = []
     settings.priorities()
     settings.limits()
+    settings.builds()
     if settings.backend() == "local":
         from . import machine
 
@@ -150,7 +152,7 @@ class Supervisor:
         for name in serve.available():
             self.spawn(name)
         self.spawn("router")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + START_SECONDS
         while not healthy(self.s.url):
             dead = [n for n, p in self.children.items() if p.poll() is not None]
             if dead or time.monotonic() > deadline:
