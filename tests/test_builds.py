@@ -214,11 +214,9 @@ async def test_a_dockerfile_builds_an_image_tagged_with_the_job_id(tmp_path):
 @pytest.mark.engine
 @pytest.mark.skipif(BUILD_PROBLEM is not None, reason=f"no container engine: {BUILD_PROBLEM}")
 async def test_a_broken_dockerfile_fails_with_the_builds_last_lines(tmp_path):
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY model.bin /model.bin\n")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY model.bin /model.bin\n")
     b = Builds(tmp_path)
-    b.start("bfailfailf", str(ctx / "Dockerfile"))
+    b.start("bfailfailf", str(tmp_path / "Dockerfile"))
     kind, reason, message, _ = await b.outcome("bfailfailf")
     assert (kind, reason) == ("Failed", "BuildFailed") and "model.bin" in message
 

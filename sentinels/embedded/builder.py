@@ -28,7 +28,7 @@ from ..domain.errors import InvalidSpec
 from ..domain.job import is_job_id
 from ..domain.observe import IMAGE_ANNOTATION, IMAGE_ID_ANNOTATION
 from . import engine, processes
-from .kubelet import send_outboxes, write_atomic
+from .kubelet import load_states, send_outboxes, write_atomic
 
 log = logging.getLogger("sentinels.builder")
 RUNNER = Path(__file__).with_name("build_runner.py")
@@ -218,14 +218,7 @@ class Builder:
                 self._save(b)
 
     def recover(self) -> None:
-        for path in sorted(self.dir.glob("*/build.json")):
-            if not is_job_id(path.parent.name):
-                continue
-            try:
-                b = json.loads(path.read_text())
-            except (OSError, ValueError) as e:
-                log.error("cannot read %s (%s); that build is not tracked", path, e)
-                continue
+        for b in load_states(self.dir, "build.json"):
             self.builds[b["job"]] = b
         self._next()
 

@@ -48,6 +48,19 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def load_states(jobs_dir: Path, name: str) -> list[dict]:
+    """Every `<jobs>/<job id>/<name>` that can be read (the others are logged and left alone)."""
+    out = []
+    for path in sorted(jobs_dir.glob(f"*/{name}")):
+        if not is_job_id(path.parent.name):
+            continue
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as e:
+            log.error("cannot read %s (%s); that job is not tracked", path, e)
+    return out
+
+
 async def send_outboxes(states, sink, save) -> None:
     """Hand every waiting event to the sink, in order per object; stop at the first failure."""
     for state in list(states):
@@ -389,14 +402,7 @@ class Kubelet:
         """Load every job directory; adopt live attempts, report the ones that ended meanwhile."""
         if not self.dir.is_dir():
             self.dir.mkdir(parents=True, exist_ok=True)
-        for path in sorted(self.dir.glob("*/state.json")):
-            if not is_job_id(path.parent.name):
-                continue
-            try:
-                state = json.loads(path.read_text())
-            except (OSError, ValueError) as e:
-                log.error("cannot read %s (%s); that job is not tracked", path, e)
-                continue
+        for state in load_states(self.dir, "state.json"):
             self.runs[state["job"]] = state
             self._rv = max(self._rv, state.get("job_rv") or 0, (state.get("pod") or {}).get("rv") or 0)
         for state in self._live():
