@@ -262,3 +262,45 @@ async def test_deadline_stop_and_the_concurrency_cap(tmp_path, slow_url):
     from sentinels.embedded import processes
 
     assert not processes.alive(pid, None)
+
+
+# --- the whole path over in-memory ports: submit -> schedule -> build Job -> queued -> scheduled ---------
+
+async def test_a_dockerfile_submit_is_built_then_queued_then_scheduled():
+    from tests.test_lifecycle import ADMIN, UPDATE, World
+
+    w = World()
+    spec = {"name": "exp", "command": ["python", "train.py"], "resources": {"cpu": 1, "memory": "1Gi"}}
+    status, rec = await w.submitter.submit({"spec": spec, "build": {"dockerfile": "https://h.example/Dockerfile"}},
+                                           ADMIN, "t", "b1")
+    assert status == 201 and rec["state"] == states.BUILDING and rec["queue_seq"] is None
+    assert rec["spec"]["image"] == f"localhost/sentinels/exp:{rec['id']}"
+    assert await w.queue.counts() == {} and len(w.events("job.building")) == 1
+    assert await w.sched.start_build(rec["id"]) == "building"
+    assert await w.sched.start_build(rec["id"]) == "nothing-to-do" and w.cluster.builds == [rec["id"]]
+    built = dict(rec, k8s_job=rec["build_job"])
+    obj = build_event("Complete", image=rec["spec"]["image"])
+    obj["metadata"]["labels"]["sentinels.io/job-id"] = rec["id"]
+    obj["metadata"]["name"] = built["k8s_job"]
+    assert await w.life.handle(UPDATE, obj) == "queued"
+    queued = await w.get(rec["id"])
+    assert queued["image_id"] == "sha256:abc" and queued["queue_seq"] is not None
+    assert len(w.events("job.queued")) == 1  # the scheduler hears of it as of any new job
+    await w.sched.trigger()
+    assert (await w.get(rec["id"]))["state"] == states.SCHEDULED and rec["id"] in w.cluster.launches
+    assert [e["to"] for e in await w.history.of(rec["id"])] == ["BUILDING", "QUEUED", "SCHEDULED"]
+
+
+async def test_cancel_while_building_stops_the_build_and_bad_build_requests_write_nothing():
+    from tests.test_lifecycle import ADMIN, World
+
+    w = World()
+    spec = {"name": "exp", "resources": {"cpu": 1, "memory": "1Gi"}}
+    with pytest.raises(errors.InvalidSpec, match="build.dockerfile"):
+        await w.submitter.submit({"spec": spec, "build": {"dockerfile": "Dockerfile"}}, ADMIN, "t", "bad")
+    assert await w.jobs.all() == []
+    _, rec = await w.submitter.submit({"spec": spec, "build": {"dockerfile": "/x/Dockerfile"}}, ADMIN, "t", "b2")
+    _, after = await w.submitter.cancel({"job": rec["id"]}, ADMIN)
+    assert after["cancel_requested"] and after["state"] == states.BUILDING
+    assert await w.life.cancel(rec["id"]) == "cancelled"
+    assert rec["id"] in w.cluster.stops and (await w.get(rec["id"]))["state"] == states.CANCELLED

@@ -22,7 +22,7 @@ ROUTES = {  # function -> event types (the routing table of DESIGN §6)
     "submit": ["io.sentinels.job.submit", "io.sentinels.job.cancel", "io.sentinels.job.reprioritize"],
     "schedule": ["io.sentinels.job.queued", "dev.knative.sources.ping", "io.sentinels.capacity.changed",
                  "io.sentinels.job.succeeded", "io.sentinels.job.failed", "io.sentinels.job.cancelled",
-                 "io.sentinels.job.requeued"],
+                 "io.sentinels.job.requeued", "io.sentinels.job.building"],  # the last: start a Dockerfile build
     "on-job-event": ["dev.knative.apiserver.resource.add", "dev.knative.apiserver.resource.update",
                      "dev.knative.apiserver.resource.delete", "io.sentinels.job.cancel_requested",
                      "io.sentinels.job.preempt_requested",
