@@ -39,3 +39,19 @@ def test_naming_an_absent_engine_is_refused_in_one_line(monkeypatch):
     assert runtimes.RuntimeConfig.from_dict({"runtime": "podman"}, env={"SENTINELS_RUNTIME": "process"}).runtime == "process"
     with pytest.raises(errors.ConfigError, match="local.runtime must be one of"):
         runtimes.RuntimeConfig.from_dict({"runtime": "lxc"}, env={})
+
+
+def test_up_refuses_a_named_engine_that_is_not_there_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "config.yaml").write_text("local: {runtime: docker}\n")
+    env = {**os.environ, "SENTINELS_HOME": str(tmp_path), "PATH": os.path.dirname(sys.executable)}
+    env.pop("SENTINELS_RUNTIME", None)
+    r = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == \
+        "sentinels: sentinels up: local.runtime: docker does not answer (docker is not installed)"
+    assert not (tmp_path / "run" / "up.pid").exists()

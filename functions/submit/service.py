@@ -48,10 +48,7 @@ class SubmitService:
         seq = await self.queue.enqueue(entry, msg_id=job_id)
         record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now,
                                 event_id=event_id, queue_seq=seq)
-        if self.runtime:
-            record["runtime"] = self.runtime
-            if runtime.note(self.runtime, spec["image"]):
-                record["runtime_note"] = runtime.note(self.runtime, spec["image"])
+        self._runtime_fields(record)
         # The record, its history entry and the queued event go out together: the latter two
         # carry deterministic ids, so a retry repeats nothing, and an event that beats its
         # record is harmless (the scheduler waits for records; see orphan_grace).
@@ -76,12 +73,19 @@ class SubmitService:
                                 event_id=event_id, queue_seq=None)
         record.update(state=states.BUILDING, timestamps={states.BUILDING: now}, reason="waiting for a builder",
                       build=wanted, build_job=build.build_job_name(job_id), order=None)
-        if self.runtime:
-            record["runtime"] = self.runtime
+        self._runtime_fields(record)
         created, _ = await asyncio.gather(self._create(record), self._announce(None, record, events.JOB_BUILDING))
         if created:
             return 201, record
         return 200, (await self.jobs.get(job_id))[0]
+
+    def _runtime_fields(self, record: dict) -> None:
+        """Which local runtime the job gets; the process runtime says its image is not used."""
+        if self.runtime:
+            record["runtime"] = self.runtime
+            note = runtime.note(self.runtime, record["spec"]["image"])
+            if note:
+                record["runtime_note"] = note
 
     async def _create(self, record: dict) -> bool:
         try:
