@@ -148,8 +148,8 @@ def test_a_container_job_logs_to_mlflow_over_http_and_its_outputs_become_artifac
     assert "podman" in table and ui in table  # the runtime and the MLflow UI
     lines = cli(env, "logs", job_id).stdout.splitlines()
     assert engines.MARKER in lines and "mlflow=OK" in lines  # the container reached the stack's MLflow server
-    deadline = time.monotonic() + 120
-    while True:  # the run and its artifacts are brought up to date after the transition
+    deadline = time.monotonic() + MLFLOW_START
+    while True:  # the run and its artifacts are brought up to date after the transition (slowly when loaded)
         status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
         run_id = status.get("mlflow_run_id")
         files = (mlflow(ui, f"artifacts/list?run_id={run_id}").get("files") or []) if run_id else []
