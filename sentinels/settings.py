@@ -49,7 +49,7 @@ class Settings:
         env = os.environ if env is None else env
         home = Path(flags.get("home") or env.get("SENTINELS_HOME") or Path.home() / ".sentinels").expanduser()
         cfg_path = home / "config.yaml"
-        file = {}
+        file: dict = {}
         if cfg_path.exists():
             file = _load_yaml_file(cfg_path, "configuration") or {}
             if not isinstance(file, dict):
@@ -98,8 +98,8 @@ class Settings:
         raw = self.file.get("limits") or {}
         if not isinstance(raw, dict):
             raise ConfigError("configuration: limits must be a mapping (cpu, memory, gpu, timeout, retries)")
-        roots = os.environ.get("SENTINELS_DATA_ROOTS")
-        roots = roots.split(":") if roots else self.file.get("data_roots") or ["/datasets", str(self.home / "data")]
+        env_roots = os.environ.get("SENTINELS_DATA_ROOTS")
+        roots = env_roots.split(":") if env_roots else self.file.get("data_roots") or ["/datasets", str(self.home / "data")]
         try:
             base = Limits()
             return Limits(

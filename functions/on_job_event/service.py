@@ -9,11 +9,13 @@ the CAS and the effects finishes the effects once more without a second transiti
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 from sentinels.clock import parse_iso
 from sentinels.domain import events, job, lifecycle, observe, states, tracking
 from sentinels.domain.errors import SentinelsError, Unavailable
 from sentinels.domain.names import MLFLOW_OWED_KEY
+from sentinels.ports import Board, Cluster, EventSink, History, JobQueue, JobStore, Tracker
 from sentinels.transitions import announce
 
 log = logging.getLogger("sentinels.on_job_event")
@@ -33,19 +35,19 @@ class RetryLater(Exception):
 
 @dataclass
 class LifecycleService:
-    jobs: object
-    queue: object
-    history: object
-    sink: object
-    cluster: object
-    clock: callable
+    jobs: JobStore
+    queue: JobQueue
+    history: History
+    sink: EventSink
+    cluster: Cluster
+    clock: Callable[[], str]
     policy: lifecycle.Policy = lifecycle.Policy()
-    tracker: object = None
-    outputs_dir: callable = None  # record -> local directory holding its outputs, or None
+    tracker: Optional[Tracker] = None
+    outputs_dir: Optional[Callable[[dict], Optional[str]]] = None  # record -> directory holding its outputs
     log_lines: int = 20
     _node_states: dict = field(default_factory=dict)
     owed_mlflow: set = field(default_factory=set)
-    board: object = None  # ports.Board: where the owed set survives restarts
+    board: Optional[Board] = None  # where the owed set survives restarts
 
     async def handle(self, event_type: str, obj: dict, event_id: str = "") -> str:
         """Apply one ApiServerSource-shaped event; returns a word for logs and tests."""
@@ -69,7 +71,7 @@ class LifecycleService:
         raise RetryLater(f"job {obs.job_id}: changed under {RACE_RETRIES} attempts in a row")
 
     async def _job_once(self, obs: observe.Observation) -> str:
-        got = await self.jobs.get(obs.job_id)
+        got = await self.jobs.get(obs.job_id or "")
         if got is None:
             log.info("ignoring %s %s: job %s unknown", obs.kind, obs.name, obs.job_id)
             return "unknown-job"
@@ -173,7 +175,7 @@ class LifecycleService:
             self._node_states[obs.name] = obs.node_state
         if obs.what == observe.NODE_REMOVED:
             self._node_states.pop(obs.name, None)
-            for record in lifecycle.jobs_on_lost_node(await self.jobs.all(), obs.name):
+            for record in lifecycle.jobs_on_lost_node(await self.jobs.all(), obs.name or ""):
                 step = lifecycle.requeue_or_fail(record, f"node {obs.name} was removed", self.policy, False)
                 await self.apply(record, step, f"node-removed:{obs.name}:{obs.uid}")
         await self._capacity_changed(f"node:{obs.name}:{obs.uid}:{obs.resource_version}:{obs.what}",

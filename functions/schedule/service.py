@@ -11,16 +11,16 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Awaitable, Callable, Optional
 
 from sentinels.clock import parse_iso
 from sentinels.domain import events, fairshare, placement, preemption, quota, sharing, states
-from sentinels.domain.names import WAITING_KEY
 from sentinels.domain.errors import SentinelsError
-from sentinels.ports import Conflict
-from sentinels.transitions import announce
-
+from sentinels.domain.names import WAITING_KEY
+from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.scheduler_config import SchedulerConfig
+from sentinels.ports import Board, Cluster, Conflict, EventSink, History, JobQueue, JobStore, Tracker
+from sentinels.transitions import announce
 
 from functions.schedule.holdings import Holdings
 
@@ -39,18 +39,18 @@ def to_waiting(entry: dict, rank: int, order: int, now: float) -> placement.Wait
 
 @dataclass
 class ScheduleService:
-    jobs: object
-    queue: object
-    history: object
-    sink: object
-    cluster: object
-    priorities: object
+    jobs: JobStore
+    queue: JobQueue
+    history: History
+    sink: EventSink
+    cluster: Cluster
+    priorities: PriorityConfig
     cfg: SchedulerConfig
-    clock: callable  # -> iso string
-    tracker: object = None
-    env_for_run: callable = None  # (record, run info or None) -> env for the container (MLflow)
-    after_pass: callable = None  # async hook(decision, nodes, heads, now) for capacity alerts
-    board: object = None  # where the waiting reasons go (ports.Board)
+    clock: Callable[[], str]  # -> iso string
+    tracker: Optional[Tracker] = None
+    env_for_run: Optional[Callable[[dict, Optional[dict]], dict]] = None  # (record, run info) -> container env
+    after_pass: Optional[Callable[..., Awaitable[None]]] = None  # hook(decision, nodes, heads, now): capacity alerts
+    board: Optional[Board] = None  # where the waiting reasons go
     holdings: Optional[Holdings] = None  # who holds what (quotas, fair share, preemption); None: plain order
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _dirty: bool = False
@@ -124,7 +124,7 @@ class ScheduleService:
         except SentinelsError as e:
             log.warning("job %s: launch failed, stays queued: %s", job_id, e.message)
             return False
-        extra = {"node": node}
+        extra: dict = {"node": node}
         if run:
             extra.update(mlflow_run_id=run.get("run_id"), mlflow=run, links={**record.get("links", {}), "mlflow": run.get("url")})
 
@@ -285,7 +285,8 @@ class ScheduleService:
 
                 done = await self.jobs.mutate(job_id, decide)
                 if done:
-                    await self.queue.remove(seq)
+                    if seq is not None:
+                        await self.queue.remove(seq)
                     await announce(self.history, self.sink, SOURCE, done[0], done[1], events.JOB_SCHEDULED)
                     repaired += 1
         return repaired

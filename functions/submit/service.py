@@ -7,6 +7,7 @@ A retry after a crash anywhere completes the missing steps and repeats none.
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Callable
 
 from sentinels.domain import build, events, job, runtime, states
 from sentinels.domain.errors import Conflict as Refused, Forbidden, InvalidSpec, NotFound
@@ -17,7 +18,6 @@ from sentinels.ports import Conflict, EventSink, History, JobQueue, JobStore
 from sentinels.transitions import announce
 
 SOURCE = "sentinels/submit"
-CANCEL_REQUESTED = "io.sentinels.job.cancel_requested"
 
 
 @dataclass
@@ -28,7 +28,7 @@ class SubmitService:
     sink: EventSink
     priorities: PriorityConfig
     limits: Limits
-    clock: callable
+    clock: Callable[[], str]
     runtime: str | None = None  # the embedded default's local runtime (process, podman, docker)
     sharing: Sharing = field(default_factory=Sharing)
 
@@ -55,7 +55,7 @@ class SubmitService:
         created, _ = await asyncio.gather(self._create(record), self._announce(None, record, events.JOB_QUEUED))
         if created:
             return 201, record
-        record, _ = await self.jobs.get(job_id)  # a retry of a submit that already made its record
+        record = await self._current(job_id)  # a retry of a submit that already made its record
         if seq != record.get("queue_seq"):
             await self.queue.remove(seq)  # retried after the dedupe window: drop the copy
         return 200, record
@@ -97,6 +97,12 @@ class SubmitService:
     async def _announce(self, before, after, event_type, tag=None) -> None:
         await announce(self.history, self.sink, SOURCE, before, after, event_type, tag=tag)
 
+    async def _current(self, job_id: str) -> dict:
+        got = await self.jobs.get(job_id)
+        if got is None:
+            raise NotFound(f"job {job_id} not found")
+        return got[0]
+
     # --- cancel / reprioritize ------------------------------------------------------
     async def _owned(self, data, who) -> tuple[dict, int]:
         job_id = data.get("job") if isinstance(data, dict) else None
@@ -124,7 +130,7 @@ class SubmitService:
 
         done = await self.jobs.mutate(record["id"], decide)
         if done is None:
-            current, _ = await self.jobs.get(record["id"])
+            current = await self._current(record["id"])
             if current["state"] in states.TERMINAL and current["state"] != states.CANCELLED:
                 raise Refused(f"job {current['id']} already ended ({current['state']}); nothing to cancel")
             return 200, current  # already cancelled or cancel already requested
@@ -133,7 +139,7 @@ class SubmitService:
             await self.queue.remove(before["queue_seq"])
             await self._announce(before, after, events.JOB_CANCELLED)
         else:
-            await self.sink.emit(events.envelope(CANCEL_REQUESTED, SOURCE, f"{after['id']}:cancel", {"job": after["id"]},
+            await self.sink.emit(events.envelope(events.JOB_CANCEL_REQUESTED, SOURCE, f"{after['id']}:cancel", {"job": after["id"]},
                                                  after["updated_at"], subject=after["id"]))
         return 200, after
 
@@ -163,7 +169,7 @@ class SubmitService:
         done = await self.jobs.mutate(record["id"], decide)
         if done is None:
             await self.queue.remove(seq)
-            current, _ = await self.jobs.get(record["id"])
+            current = await self._current(record["id"])
             raise Refused(f"job {record['id']} changed while reprioritizing (now {current['state']}); try again")
         before, after = done
         await self.queue.remove(old_seq)

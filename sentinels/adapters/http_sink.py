@@ -6,6 +6,7 @@ the SENTINELS_EVENTS stream instead (`jetstream.JetStreamSink`).
 """
 
 import json
+from typing import Any
 
 
 class HttpSink:
@@ -13,7 +14,7 @@ class HttpSink:
 
     def __init__(self, url: str):
         self.url = url
-        self._client = None
+        self._client: Any = None  # an httpx.AsyncClient, made on first use
 
     async def emit(self, event: dict) -> None:
         import httpx

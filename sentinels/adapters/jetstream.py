@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 import uuid
-from typing import Optional
+from typing import Any, Optional
 
 import nats
 from nats.errors import NoServersError, TimeoutError as NatsTimeout
@@ -29,8 +29,8 @@ CAS_RETRIES = 20
 
 
 def _stream_configs(replicas: int) -> list[api.StreamConfig]:
-    common = dict(storage=api.StorageType.FILE, num_replicas=replicas, allow_direct=True,
-                  retention=api.RetentionPolicy.LIMITS, duplicate_window=DUPLICATE_WINDOW)
+    common: dict[str, Any] = dict(storage=api.StorageType.FILE, num_replicas=replicas, allow_direct=True,
+                                  retention=api.RetentionPolicy.LIMITS, duplicate_window=DUPLICATE_WINDOW)
     return [
         api.StreamConfig(name=QUEUE_STREAM, subjects=[QUEUE_SUBJECTS],
                          description="sentinels: one message per waiting job, subject per priority class", **common),
@@ -80,7 +80,7 @@ async def ensure(js, replicas: int = 1) -> None:
             await js.add_stream(cfg)
             continue
         theirs = list(info.config.subjects or [])
-        missing = [s for s in cfg.subjects if s not in theirs]
+        missing = [s for s in cfg.subjects or [] if s not in theirs]
         if missing:
             # keep their subjects unless ours cover them (the server refuses overlaps)
             info.config.subjects = missing + [t for t in theirs if not any(_covers(m, t) for m in missing)]
@@ -149,7 +149,7 @@ class JetStreamJobs:
         raise Unavailable(f"job {job_id}: too many concurrent updates, try again")
 
     async def all(self) -> list[dict]:
-        out = []
+        out: list[dict] = []
         try:
             watcher = await self.kv.watchall(ignore_deletes=True)
         except NotFoundError:
@@ -345,7 +345,8 @@ class JetStreamHistory:
                               stream=HISTORY_STREAM, headers={"Nats-Msg-Id": msg_id})
 
     async def of(self, job_id: str) -> list[dict]:
-        out, seq, subject = [], 0, HISTORY_SUBJECT.format(job_id)
+        out: list[dict] = []
+        seq, subject = 0, HISTORY_SUBJECT.format(job_id)
         while True:
             try:
                 msg = await self.js.get_msg(HISTORY_STREAM, seq=seq + 1, subject=subject, next=True, direct=True)

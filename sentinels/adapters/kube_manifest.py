@@ -9,7 +9,7 @@ volume come from the cluster configuration (`KubeConfig`), never from the spec.
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from ..domain import quantity
 from ..domain.errors import ConfigError, InvalidSpec
@@ -68,7 +68,7 @@ class KubeConfig:
         unknown = sorted(str(k) for k in raw if k not in cls.KEYS)
         if unknown:
             raise ConfigError(f"kubernetes: unknown key(s) {', '.join(unknown)} (known: {', '.join(cls.KEYS)})")
-        kw = {}
+        kw: dict[str, Any] = {}
         if raw.get("namespace") is not None:
             kw["namespace"] = _dns_name(raw["namespace"], "namespace", label=True)
         if raw.get("ttl_seconds_after_finished") is not None:
@@ -242,7 +242,7 @@ def job(record: dict, extra_env: Mapping, cfg: KubeConfig) -> dict:
         container["command"] = list(spec["command"])
     if spec.get("args"):
         container["args"] = list(spec["args"])
-    pod_security = {"seccompProfile": {"type": "RuntimeDefault"}}
+    pod_security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     if cfg.run_as_non_root:
         pod_security["runAsNonRoot"] = True
     pod = {

@@ -222,7 +222,8 @@ class KubernetesCluster:
         return {"_preload_content": False, "_request_timeout": self.cfg.request_timeout}
 
     async def _list(self, what: str, method: Callable, *args, **selectors) -> list:
-        items, token = [], None
+        items: list = []
+        token = None
         while True:
             page = await self._run(what, lambda: _json(method(*args, limit=PAGE, _continue=token, **selectors,
                                                                **self._opts())))
@@ -309,7 +310,7 @@ class KubernetesCluster:
             if (_labelled(job, km.MANAGED_BY, "sentinels") and is_job_id(job_id)
                     and not _labelled(job, "sentinels.io/component", "build")  # a build runs no job
                     and not meta.get("deletionTimestamp") and not job_finished(job)):
-                out[job_id] = meta.get("name")
+                out[job_id] = str(meta.get("name"))
         return out
 
     async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:

@@ -43,7 +43,9 @@ class LocalCluster:
         except ValueError:
             raise errors.Unavailable(f"local executor sent a malformed answer on {subject}") from None
         if isinstance(reply, dict) and "error" in reply:
-            raise _BY_STATUS.get(reply.get("status"), errors.SentinelsError)(str(reply["error"]), reply.get("field"))
+            status = reply.get("status")
+            kind = _BY_STATUS.get(status, errors.SentinelsError) if isinstance(status, int) else errors.SentinelsError
+            raise kind(str(reply["error"]), reply.get("field"))
         return reply
 
     async def nodes(self) -> list[Node]:

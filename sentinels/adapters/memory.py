@@ -69,7 +69,7 @@ class MemoryQueue:
         return self.entries.pop(seq, None) is not None
 
     async def counts(self):
-        out = {}
+        out: dict[str, int] = {}
         for klass, _, _ in self.entries.values():
             out[klass] = out.get(klass, 0) + 1
         return out

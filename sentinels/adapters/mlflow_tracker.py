@@ -15,7 +15,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ..domain import runtime
 from ..domain.errors import InvalidSpec, SentinelsError, Unavailable
@@ -34,7 +34,7 @@ def _transient(err: BaseException) -> bool:
     import requests
     import sqlalchemy.exc
 
-    seen = err
+    seen: Optional[BaseException] = err
     while seen is not None:
         if isinstance(seen, (requests.exceptions.RequestException, sqlalchemy.exc.OperationalError,
                              ConnectionError, TimeoutError)):
@@ -64,6 +64,14 @@ def _guarded(what: str):
     return wrap
 
 
+class SyncUnavailable(Unavailable):
+    """MLflow stopped answering part-way through a sync; `record` keeps what was done (or None)."""
+
+    def __init__(self, message: str, record: Optional[dict]):
+        super().__init__(message)
+        self.record = record
+
+
 class MlflowTracker:
     """Experiment tracking on an MLflow tracking server or a local sqlite store."""
 
@@ -73,7 +81,7 @@ class MlflowTracker:
         self._remote = tracking_uri.startswith(("http://", "https://"))
         self._env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout)),
                      "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(max_retries))} if self._remote else {}
-        self._client_obj = None
+        self._client_obj: Any = None  # mlflow's MlflowClient, made on first use
         self._client_lock = threading.Lock()
 
     # --- plumbing -----------------------------------------------------------------------
@@ -233,6 +241,5 @@ class MlflowTracker:
                     self.finish_run(current, op["status"], op["metrics"], outputs_dir)
                 current = apply_synced(current, op, result)
         except Unavailable as e:
-            e.record = current if current is not record else None
-            raise
+            raise SyncUnavailable(e.message, current if current is not record else None) from None
         return current

@@ -10,6 +10,7 @@ SDK logs through a logger that redacts them. `slack_sdk` is imported lazily.
 
 import logging
 import os
+from typing import Any
 from urllib.parse import urlparse
 
 from ..domain.errors import ConfigError, SendFailed, SentinelsError, Unavailable
@@ -115,7 +116,8 @@ class SlackNotifier:
         self.kind = "bot" if token else "webhook"
         self.per_channel = bool(token)  # a webhook posts to the one channel it was made for
         self._warned: set[str] = set()
-        if any(c.isspace() for c in (token or webhook_url)):
+        self._client: Any  # slack_sdk's WebClient (bot token) or WebhookClient
+        if any(c.isspace() for c in (token or webhook_url or "")):
             raise ConfigError(f"Slack: the {'bot token' if token else 'webhook URL'} contains whitespace")
         logger = _sdk_logger(token or "", webhook_url or "", urlparse(webhook_url or "").path if webhook_url else "")
         if token:
@@ -126,7 +128,7 @@ class SlackNotifier:
         else:
             from slack_sdk.webhook import WebhookClient
 
-            self._client = WebhookClient(webhook_url, timeout=timeout, logger=logger)
+            self._client = WebhookClient(webhook_url or "", timeout=timeout, logger=logger)
         self._client.retry_handlers.append(_rate_limit_handler(max_retry_after))
 
     def describe(self) -> str:

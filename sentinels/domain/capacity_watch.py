@@ -58,7 +58,7 @@ def step(state: dict | None, observation: dict, now: float, cfg: CapacityConfig 
     state = state or initial()
     old_since = state.get("since") or {}
     active = conditions(observation, cfg.threshold)
-    since = {c: (old_since.get(c) if old_since.get(c) is not None else now) for c in active}
+    since: dict[str, float] = {c: (old_since[c] if old_since.get(c) is not None else now) for c in active}
     episode = state.get("episode")
     out: list[dict] = []
     if episode is None:

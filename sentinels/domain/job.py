@@ -7,6 +7,7 @@ retried submit lands on the same record instead of creating a second job.
 import base64
 import hashlib
 import re
+from typing import TypeGuard
 
 from .states import QUEUED
 
@@ -18,7 +19,7 @@ def job_id_for(owner: str, source: str, event_id: str) -> str:
     return base64.b32encode(digest).decode().lower()[:10]
 
 
-def is_job_id(value) -> bool:
+def is_job_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and bool(JOB_ID.match(value))
 
 

@@ -72,8 +72,9 @@ def _meta(obj: Mapping) -> Mapping:
 
 def _base(kind: str, obj: Mapping) -> dict:
     meta = _meta(obj)
-    labels = meta.get("labels") if isinstance(meta.get("labels"), Mapping) else {}
-    annotations = meta.get("annotations") if isinstance(meta.get("annotations"), Mapping) else {}
+    raw_labels, raw_annotations = meta.get("labels"), meta.get("annotations")
+    labels: Mapping = raw_labels if isinstance(raw_labels, Mapping) else {}
+    annotations: Mapping = raw_annotations if isinstance(raw_annotations, Mapping) else {}
     job_id = labels.get(JOB_ID_LABEL) if kind != "Node" else None
     attempt = annotations.get(ATTEMPT_ANNOTATION)
     image, image_id = annotations.get(IMAGE_ANNOTATION), annotations.get(IMAGE_ID_ANNOTATION)
@@ -138,7 +139,7 @@ def _terminated(status: Mapping) -> Optional[Mapping]:
         if name == "main":
             return t
     for _, t in ends:
-        if t.get("exitCode") or t.get("reason") == "OOMKilled":
+        if t and (t.get("exitCode") or t.get("reason") == "OOMKilled"):
             return t
     return ends[0][1] if ends else None
 
@@ -155,7 +156,7 @@ def _exit_reason(t: Mapping) -> str:
 def _disruption(status: Mapping, conds: dict) -> Optional[str]:
     target = _true(conds, "DisruptionTarget")
     if target:
-        return _words(DISRUPTIONS.get(target.get("reason"), "disrupted"), target.get("reason"), target.get("message"))
+        return _words(DISRUPTIONS.get(str(target.get("reason")), "disrupted"), target.get("reason"), target.get("message"))
     reason, message = status.get("reason"), status.get("message")
     if status.get("phase") == "Failed" and reason in EVICTED_REASONS:
         return _words("evicted", reason, message)

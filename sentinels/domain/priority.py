@@ -57,7 +57,7 @@ class PriorityConfig:
                 raise ConfigError(f"priority configuration: class {name!r} needs an integer value, got {value!r}")
         if len(set(classes.values())) != len(classes):
             raise ConfigError("priority configuration: two classes share a value; values must be distinct")
-        default = raw.get("default", "normal" if "normal" in classes else min(classes, key=classes.get))
+        default = raw.get("default", "normal" if "normal" in classes else min(classes, key=lambda k: classes[k]))
         if default not in classes:
             raise ConfigError(f"priority configuration: default class {default!r} is not one of {', '.join(classes)}")
         rules = []
@@ -81,7 +81,7 @@ class PriorityConfig:
 
     def ordered(self) -> list:
         """Class names, highest value first."""
-        return sorted(self.classes, key=self.classes.get, reverse=True)
+        return sorted(self.classes, key=lambda k: self.classes[k], reverse=True)
 
     def cap_for(self, role: str) -> str:
         if role == "admin" and "admin" not in self.roles:

@@ -157,7 +157,7 @@ def _notify(value) -> dict:
     unknown = set(value) - {"channel", "on"}
     if unknown:
         raise InvalidSpec(f"notify: unknown key(s) {', '.join(sorted(map(str, unknown)))} (allowed: channel, on)", "notify")
-    out = {}
+    out: dict[str, object] = {}
     if value.get("channel") is not None:
         ch = value["channel"]
         if not isinstance(ch, str) or not re.match(r"^#?[A-Za-z0-9._-]{1,80}$", ch):

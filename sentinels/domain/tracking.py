@@ -79,13 +79,13 @@ def _ever_scheduled(record: dict) -> bool:
 def pending_ops(record: dict) -> list[dict]:
     """The MLflow operations this record still owes, in the order they must run."""
     state = record.get("state")
-    want = MLFLOW_STATUS.get(state)
+    want = MLFLOW_STATUS.get(state or "")
     if want is None:
         return []
     run_id = run_id_of(record)
     if not run_id and not _ever_scheduled(record):
         return []
-    ops = [] if run_id else [{"op": "create"}]
+    ops: list[dict] = [] if run_id else [{"op": "create"}]
     synced = (record.get("mlflow") or {}).get("synced_state") if run_id else None
     if synced in TERMINAL or (synced is not None and MLFLOW_STATUS.get(synced) == want):
         return ops
@@ -101,6 +101,8 @@ def apply_synced(record: dict, op: dict, result: dict | None = None) -> dict:
     new = copy.deepcopy(record)
     sub = dict(new.get("mlflow") or {})
     if op["op"] == "create":
+        if result is None:
+            raise ValueError("a create needs start_run's answer")
         sub.update(run_id=result["run_id"], experiment_id=result.get("experiment_id"),
                    url=result.get("url"), synced_state=None)
         new["mlflow_run_id"] = result["run_id"]

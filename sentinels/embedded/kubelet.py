@@ -13,6 +13,7 @@ still running and reports the ones that ended while nobody watched.
 """
 
 import asyncio
+import subprocess
 import dataclasses
 import json
 import logging
@@ -109,7 +110,7 @@ class Kubelet:
         self.now = now
         self.wall = wall
         self.runs: dict[str, dict] = {}  # job id -> state (state.json)
-        self.children: dict[str, object] = {}  # job id -> Popen of the attempt this executor started
+        self.children: dict[str, Optional[subprocess.Popen]] = {}  # job id -> Popen of the attempt this executor started
         self._rv = 0
         self._flushing: Optional[asyncio.Lock] = None
 
@@ -223,7 +224,7 @@ class Kubelet:
         if kind == "add" or running is not None:  # a pull tried again changes nothing others can see
             self._emit_pod(state, kind)
 
-    def launch(self, record: dict, extra_env: Optional[dict] = None) -> dict:
+    def launch(self, record: object, extra_env: object = None) -> dict:  # checked here: from a request
         """Start a job unless this run (id, attempts) was launched already: idempotent."""
         record, extra_env = _check_launch(record, extra_env)
         job_id, generation = record["id"], int(record.get("attempts") or 0)
@@ -308,7 +309,7 @@ class Kubelet:
         if state.get("pod"):
             self.runtime.signal(state["pod"], self._job_dir(state["job"]), signal.SIGTERM)
 
-    def stop(self, job_id: str) -> dict:
+    def stop(self, job_id: object) -> dict:  # checked here: it comes from a request
         """SIGTERM now, SIGKILL after the grace period; the run then ends Failed "stopped". Idempotent."""
         if not is_job_id(job_id):
             raise InvalidSpec("stop: job must be a job id", "job")
@@ -431,7 +432,7 @@ class Kubelet:
             return f"failed: {state['message']}"
         return "stopping" if state.get("stopping") else "running"
 
-    def logs(self, job_id: str, tail: Optional[int] = None) -> list[str]:
+    def logs(self, job_id: object, tail: object = None) -> list[str]:  # checked here: from a request
         if not is_job_id(job_id):
             raise InvalidSpec("logs: job must be a job id", "job")
         if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 0):
