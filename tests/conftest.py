@@ -24,6 +24,27 @@ os.environ.setdefault("SENTINELS_RUNTIME", "process")
 os.environ.setdefault("SENTINELS_MLFLOW_SERVER", "off")
 
 ROOT = Path(__file__).resolve().parent.parent
+# Markers (registered in pyproject.toml): `pytest -m fast` runs in seconds.
+#   e2e   a whole stack (`sentinels up`, the CLI, the example): modules named *e2e* or listed
+#         here, or marked with pytestmark
+#   slow  a real server (nats-server, MLflow, kmock, a function process): tests using the
+#         fixtures below, or marked; `fast` is every test that is neither
+E2E_MODULES = {"test_up_lifecycle", "test_example_train"}
+SLOW_FIXTURES = {"nats_url", "js", "twin", "server", "tracker", "blank_store", "stack", "api", "cluster", "function"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marks = {m.name for m in item.iter_markers()}
+        if "e2e" in marks or "slow" in marks:
+            continue
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if "e2e" in module or module in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+        elif SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        else:
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture

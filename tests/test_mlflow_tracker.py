@@ -115,7 +115,7 @@ def test_sync_follows_the_job_to_success_with_metrics_and_artifacts(tracker, tmp
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.info.end_time == epoch_ms("2026-11-28T05:12:48.102Z")
-    assert run.data.metrics == {"time_in_queue_seconds": 50.0, "duration_seconds": 90.0}
+    assert run.data.metrics == {"time_in_queue_seconds": 10.0, "duration_seconds": 90.0}
     assert run.data.tags[FINISHED_TAG] == "FINISHED" and run.data.tags["sentinels.reason"] == "exit 0"
     stored = tmp_path / "mlflow" / "artifacts" / run_id / "artifacts"
     assert (stored / "model.json").read_text() == '{"w": [1]}'

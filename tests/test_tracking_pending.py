@@ -61,8 +61,8 @@ def test_a_finished_job_owes_the_finish_with_metrics_from_its_timestamps():
     rec = synced(job_at(SCHEDULED, RUNNING, SUCCEEDED), RUNNING)
     [op] = pending_ops(rec)
     assert (op["op"], op["state"], op["status"]) == ("finish", SUCCEEDED, "FINISHED")
-    # submitted at T0, running at T0+50 s, succeeded at T0+140 s
-    assert op["metrics"] == {"time_in_queue_seconds": 50.0, "duration_seconds": 90.0}
+    # submitted at T0, scheduled at T0+10 s, running at T0+50 s, succeeded at T0+140 s
+    assert op["metrics"] == {"time_in_queue_seconds": 10.0, "duration_seconds": 90.0}
 
 
 @pytest.mark.parametrize("path,status", [((SCHEDULED, RUNNING, FAILED), "FAILED"),
@@ -75,7 +75,7 @@ def test_terminal_states_map_to_mlflow_statuses(path, status):
 def test_a_job_that_failed_before_running_gets_a_failed_run_without_duration():
     [create, finish] = pending_ops(job_at(SCHEDULED, FAILED))
     assert create == {"op": "create"}
-    assert finish["metrics"] == {}
+    assert finish["metrics"] == {"time_in_queue_seconds": 10.0}  # it waited, it never ran
 
 
 def test_a_requeued_job_is_marked_scheduled_again():
@@ -132,5 +132,5 @@ def test_timestamps_are_parsed_strictly():
     assert epoch_ms("yesterday") is None and epoch_ms(None) is None
     rec = job_at(SCHEDULED, RUNNING, SUCCEEDED)
     rec["timestamps"][RUNNING] = "garbage"
-    assert metrics_of(rec) == {}
+    assert metrics_of(rec) == {"time_in_queue_seconds": 10.0}  # no run time from a garbage start
     assert pending_ops({"state": "EXPLODED"}) == []

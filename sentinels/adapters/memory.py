@@ -1,14 +1,37 @@
 """In-memory twins of the ports, for unit tests of the functions' logic.
 
 Same contracts as the JetStream adapters (compare-and-set, queue order by class then
-sequence with requeued entries first, idempotent cluster calls); no persistence.
+sequence with requeued entries first, message ids deduplicated for the streams'
+duplicate window, idempotent cluster calls); no persistence.
+`tests/test_ports_contract.py` runs one set of assertions against both.
 """
 
 import copy
 import itertools
+import time
+from typing import Callable
 
+from ..domain.names import DUPLICATE_WINDOW
 from ..domain.placement import Node
 from ..ports import Conflict
+
+
+class _Dedupe:
+    """Message ids seen within the last `window` seconds, like a stream's duplicate window."""
+
+    def __init__(self, window: float, clock: Callable[[], float]):
+        self.window, self.clock = window, clock
+        self.ids: dict[str, tuple[float, object]] = {}  # msg id -> (when, what it produced)
+
+    def get(self, msg_id: str):
+        now = self.clock()
+        for old in [k for k, (at, _) in self.ids.items() if now - at >= self.window]:
+            del self.ids[old]
+        got = self.ids.get(msg_id)
+        return got[1] if got else None
+
+    def put(self, msg_id: str, value: object) -> None:
+        self.ids[msg_id] = (self.clock(), value)
 
 
 class MemoryJobs:
@@ -53,15 +76,17 @@ class MemoryJobs:
 
 
 class MemoryQueue:
-    def __init__(self):
+    def __init__(self, window: float = DUPLICATE_WINDOW, clock: Callable[[], float] = time.monotonic):
         self.entries: dict[int, tuple[str, bool, dict]] = {}  # seq -> (class, front, entry)
-        self.seen: dict[str, int] = {}
+        self.seen = _Dedupe(window, clock)
         self._seq = itertools.count(1)
 
     async def enqueue(self, entry, msg_id, front=False):
-        if msg_id in self.seen:
-            return self.seen[msg_id]
-        seq = self.seen[msg_id] = next(self._seq)
+        seen = self.seen.get(msg_id)
+        if seen is not None:
+            return seen
+        seq = next(self._seq)
+        self.seen.put(msg_id, seq)
         self.entries[seq] = (entry["class"], front, copy.deepcopy(entry))
         return seq
 
@@ -75,8 +100,10 @@ class MemoryQueue:
         return out
 
     def _ordered(self, classes):
+        """Entries of the given classes (highest first), requeued ones ahead of their class."""
         rank = {k: i for i, k in enumerate(classes)}
-        return sorted(self.entries.items(), key=lambda kv: (rank.get(kv[1][0], len(classes)), not kv[1][1], kv[0]))
+        mine = [kv for kv in self.entries.items() if kv[1][0] in rank]
+        return sorted(mine, key=lambda kv: (rank[kv[1][0]], not kv[1][1], kv[0]))
 
     async def heads(self, classes, limit):
         return [(seq, copy.deepcopy(e)) for seq, (_, _, e) in self._ordered(classes)[:limit]]
@@ -89,14 +116,17 @@ class MemoryQueue:
 
 
 class MemoryHistory:
-    def __init__(self):
-        self.entries: dict[str, dict] = {}
+    def __init__(self, window: float = DUPLICATE_WINDOW, clock: Callable[[], float] = time.monotonic):
+        self.entries: list[dict] = []
+        self.seen = _Dedupe(window, clock)
 
     async def append(self, entry, msg_id):
-        self.entries.setdefault(msg_id, copy.deepcopy(entry))
+        if self.seen.get(msg_id) is None:
+            self.seen.put(msg_id, True)
+            self.entries.append(copy.deepcopy(entry))
 
     async def of(self, job_id):
-        return sorted((e for e in self.entries.values() if e["job"] == job_id), key=lambda e: e.get("at") or "")
+        return sorted((e for e in self.entries if e["job"] == job_id), key=lambda e: e.get("at") or "")
 
 
 class MemoryBoard:

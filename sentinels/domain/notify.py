@@ -9,9 +9,8 @@ scheduler get `capacity_message`. The configuration is parsed once at start
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 
-from . import duration
+from . import duration, times
 from .capacity_watch import CapacityConfig
 from .errors import ConfigError
 from .spec import NOTIFY_STATES
@@ -172,23 +171,9 @@ def job_message(record: dict, now_iso: str, cfg: NotifyConfig = NotifyConfig()) 
 
 
 def timings(record: dict, now_iso: str) -> tuple[float | None, float | None]:
-    """(run duration, time in queue) in seconds from the record's state timestamps.
-
-    A requeued job keeps only its last timestamps per state, so both refer to the last
-    attempt; a job that never ran has no duration.
-    """
-    ts = record.get("timestamps") or {}
-    end = _at(ts.get(record.get("state"))) or _at(now_iso)
-    if end is None:
-        return None, None
-    queued = _at(ts.get("QUEUED")) or _at(record.get("submitted_at"))
-    started = [t for t in (_at(ts.get("RUNNING")), _at(ts.get("SCHEDULED"))) if t is not None
-               and (queued is None or t >= queued) and t <= end]
-    began = started[0] if started else None
-    left_queue = min(started) if started else end
-    took = max(0.0, end - began) if began is not None else None
-    waited = max(0.0, left_queue - queued) if queued is not None else None
-    return took, waited
+    """(run time, time in queue) of the job's last attempt, as `times.job_times` reads them."""
+    in_queue, run = times.job_times(record, times.seconds(now_iso))
+    return run, in_queue
 
 
 def job_links(record: dict, cfg: NotifyConfig) -> list[tuple[str, str]]:
@@ -272,12 +257,3 @@ def log_block(title: str, lines: list[str]) -> str:
         size += len(line) + 1
     body = "\n".join(reversed(kept))
     return f"{title}```{body}```"
-
-
-def _at(text) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

@@ -30,8 +30,8 @@ statuses (`MLFLOW_STATUS`). Operations, in order:
 """
 
 import copy
-from datetime import datetime
 
+from . import times
 from .states import (CANCELLED, FAILED, QUEUED, RUNNING, SCHEDULED, SUCCEEDED, TERMINAL)
 
 MLFLOW_STATUS = {
@@ -42,28 +42,18 @@ MLFLOW_STATUS = {
 
 def epoch_ms(iso: str | None) -> int | None:
     """Milliseconds since the epoch of an ISO-8601 timestamp, None if absent or malformed."""
-    if not isinstance(iso, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(iso)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return None
-    return int(moment.timestamp() * 1000)
+    t = times.seconds(iso)
+    return None if t is None else int(t * 1000)
 
 
 def metrics_of(record: dict) -> dict:
-    """Queue time and run time in seconds, for what the timestamps allow."""
-    stamps = record.get("timestamps") or {}
-    submitted = epoch_ms(record.get("submitted_at") or stamps.get(QUEUED))
-    started = epoch_ms(stamps.get(RUNNING))
-    ended = epoch_ms(stamps.get(record.get("state"))) if record.get("state") in TERMINAL else None
+    """Queue time and run time in seconds of a finished job (`times.job_times`)."""
+    in_queue, run = times.job_times(record)
     out = {}
-    if submitted is not None and started is not None and started >= submitted:
-        out["time_in_queue_seconds"] = (started - submitted) / 1000
-    if started is not None and ended is not None and ended >= started:
-        out["duration_seconds"] = (ended - started) / 1000
+    if in_queue is not None:
+        out["time_in_queue_seconds"] = in_queue
+    if run is not None:
+        out["duration_seconds"] = run
     return out
 
 
