@@ -39,6 +39,7 @@ def test_webhook_posts_once_to_its_own_channel(fake, logs):
     assert "boom" in str(fake.messages[0]["blocks"]) and "failed" in fake.messages[0]["text"]
 
 
+@pytest.mark.slow  # real waits: kept out of `pytest -m fast`
 def test_rate_limit_is_retried_after_retry_after(fake, logs):
     fake.rate_limited, fake.retry_after = 1, 1
     bot(fake).send("#vision", notify.job_message(record(), NOW))
@@ -47,12 +48,14 @@ def test_rate_limit_is_retried_after_retry_after(fake, logs):
     assert len(fake.messages) == 1
 
 
+@pytest.mark.slow  # real waits: kept out of `pytest -m fast`
 def test_rate_limit_on_the_webhook_is_retried_too(fake, logs):
     fake.rate_limited, fake.retry_after = 1, 1
     slack.SlackNotifier(webhook_url=fake.webhook_url).send("", notify.job_message(record(), NOW))
     assert len(fake.requests) == 2 and fake.requests[1][0] - fake.requests[0][0] >= 1.0 and len(fake.messages) == 1
 
 
+@pytest.mark.slow  # real waits: kept out of `pytest -m fast`
 def test_long_retry_after_and_outages_are_transient_errors(fake, logs):
     fake.rate_limited, fake.retry_after = 1, 60
     started = time.monotonic()

@@ -149,6 +149,7 @@ def permissions(account: str) -> set[tuple]:
     return out
 
 
+@pytest.mark.slow  # seconds of schema work: kept out of `pytest -m fast`
 def test_least_privilege_rbac():
     for account in ("sentinels-submit", "sentinels-alert"):
         assert permissions(account) == set()

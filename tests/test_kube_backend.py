@@ -222,6 +222,7 @@ async def test_rejected_job_is_invalid_spec(api, cluster):
         await cluster.launch(make_record(), {})
 
 
+@pytest.mark.slow  # real waits: kept out of `pytest -m fast`
 async def test_unreachable_api_is_unavailable():
     cluster = KubernetesCluster(KubeConfig(namespace=NS, host=f"http://127.0.0.1:{natsd.free_port()}", request_timeout=2))
     with pytest.raises(Unavailable, match="unreachable while listing (nodes|pods)"):

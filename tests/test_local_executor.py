@@ -360,6 +360,7 @@ async def test_no_executor_is_unavailable(nats_url):
         await nc.close()
 
 
+@pytest.mark.slow  # real waits: kept out of `pytest -m fast`
 def test_a_bad_local_configuration_stops_the_executor_with_a_clear_message(tmp_path):
     (tmp_path / "config.yaml").write_text("local: {cpu: lots}\n")
     env = {**os.environ, "SENTINELS_HOME": str(tmp_path), "SENTINELS_NATS_URL": "nats://127.0.0.1:1"}

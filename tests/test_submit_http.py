@@ -156,6 +156,7 @@ def test_reprioritize(stack):
     assert status == 403
 
 
+@pytest.mark.slow  # real waits: kept out of `pytest -m fast`
 def test_nats_down_is_503_then_a_retry_completes(tmp_path):
     port = natsd.free_port()
     env = {"SENTINELS_HOME": str(tmp_path), "SENTINELS_NATS_URL": f"nats://127.0.0.1:{port}"}
