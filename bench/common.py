@@ -95,8 +95,9 @@ class Http:
 
 
 def ce_headers(event_type: str, token=None):
-    h = {"content-type": "application/json", "ce-specversion": "1.0", "ce-type": event_type,
-         "ce-source": "bench", "ce-id": str(uuid.uuid4())}
+    from sentinels.domain.events import binary_headers
+
+    h = binary_headers({"specversion": "1.0", "type": event_type, "source": "bench", "id": str(uuid.uuid4())})
     if token:
         h["authorization"] = f"Bearer {token}"
     return h

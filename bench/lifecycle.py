@@ -22,7 +22,7 @@ from functions.submit.service import SubmitService  # noqa: E402
 from sentinels import clock  # noqa: E402
 from sentinels.adapters import jetstream  # noqa: E402
 from sentinels.adapters.memory import MemoryCluster  # noqa: E402
-from sentinels.clock import parse_iso  # noqa: E402
+from sentinels.domain.times import parse as parse_iso  # noqa: E402
 from sentinels.domain.placement import Node  # noqa: E402
 from sentinels.domain.priority import PriorityConfig  # noqa: E402
 from sentinels.domain.spec import Limits  # noqa: E402

@@ -22,7 +22,7 @@ from functions.schedule.service import ScheduleService, to_waiting
 from sentinels import clock
 from sentinels.adapters import jetstream
 from sentinels.adapters.memory import MemoryCluster
-from sentinels.clock import parse_iso
+from sentinels.domain.times import parse as parse_iso
 from sentinels.domain.placement import Node, place
 from sentinels.domain.priority import PriorityConfig
 

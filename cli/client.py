@@ -27,8 +27,9 @@ def post_event(settings, event_type: str, data: dict, retries: int = 3) -> dict:
     """POST a binary-mode CloudEvent; retry transport errors and 503 with the same id."""
     event_id = str(uuid.uuid4())
     body = json.dumps(data).encode()
-    headers = {"content-type": "application/json", "ce-specversion": "1.0", "ce-type": event_type,
-               "ce-source": SOURCE, "ce-id": event_id}
+    from sentinels.domain.events import binary_headers
+
+    headers = binary_headers({"specversion": "1.0", "type": event_type, "source": SOURCE, "id": event_id})
     if settings.token:
         headers["authorization"] = f"Bearer {settings.token}"
     last = None
@@ -73,7 +74,7 @@ class Reader:
                 except Exception:
                     raise CliError(f"no sentinels store at {self.settings.nats_url} yet; has `sentinels up` run?") from None
                 self.js = js
-                return await fn(js, jobs, jetstream.JetStreamQueue(js), jetstream.JetStreamHistory(js))
+                return await fn(js, jobs, jetstream.JetStreamQueue(js, nc), jetstream.JetStreamHistory(js))
             finally:
                 await nc.close()
 

@@ -40,13 +40,13 @@ def _me(settings) -> str:
     import getpass
     import os
 
-    return os.environ.get("SENTINELS_USER") or settings.file.get("user") or getpass.getuser()
+    return settings.user() or getpass.getuser()
 
 
 def _ago(iso: str | None) -> str:
     if not iso:
         return ""
-    from sentinels.clock import parse_iso
+    from sentinels.domain.times import parse as parse_iso
     from sentinels.domain.duration import human
     import time
 
@@ -147,6 +147,7 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
     fmt = _fmt(output)
     settings = _settings()
     from sentinels.domain import job as jobmod
+    from sentinels.domain import states
 
     from .client import Reader
     from .output import emit, pairs
@@ -159,7 +160,7 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
         if got is None:
             return None
         record = got[0]
-        if record["state"] == "QUEUED":
+        if record["state"] == states.QUEUED:
             from .client import waiting_reasons
 
             record["reason"] = (await waiting_reasons(js)).get(job_id, record["reason"])
@@ -194,8 +195,8 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
         ("resources", _res(spec)),
         ("attempts", record.get("attempts", 0)),
         ("submitted", f"{record['submitted_at']} ({_ago(record['submitted_at'])} ago)"),
-        *[(s.lower(), t) for s, t in ts.items() if s != "QUEUED"],
-        ("kubernetes job", record.get("k8s_job") if record["state"] != "QUEUED" else None),
+        *[(s.lower(), t) for s, t in ts.items() if s != states.QUEUED],
+        ("kubernetes job", record.get("k8s_job") if record["state"] != states.QUEUED else None),
         ("mlflow run", record.get("mlflow_run_id")),
         ("mlflow ui", _mlflow_ui(settings)),
         *[(label.lower(), url) for label, url in links],
@@ -245,6 +246,8 @@ def queue(limit: int = typer.Option(50, "--limit", "-n", help="how many to show"
     """The next jobs to run, in order: position, class, wait time, resources."""
     fmt = _fmt(output)
     settings = _settings()
+    from sentinels.domain import states
+
     from .client import Reader
     from .output import emit
 
@@ -262,7 +265,7 @@ def queue(limit: int = typer.Option(50, "--limit", "-n", help="how many to show"
         rows = []
         for (seq, entry), rec in zip(heads, got):
             record = rec[0] if rec else None
-            if record is None or record["state"] != "QUEUED" or record.get("queue_seq") != seq:
+            if record is None or record["state"] != states.QUEUED or record.get("queue_seq") != seq:
                 continue  # being scheduled/cancelled right now, or a stale copy
             rows.append({"position": len(rows) + 1, "id": entry["id"], "name": record["name"], "class": entry["class"],
                          "owner": record["owner"], "wait": _ago(entry["submitted"]), "resources": _res(record["spec"]),
@@ -285,7 +288,7 @@ def cancel(job_ids: List[str] = typer.Argument(..., help="one or more job ids"),
     """Cancel queued or running jobs."""
     fmt = _fmt(output)
     settings = _settings()
-    from sentinels.domain import events
+    from sentinels.domain import events, states
 
     from . import client
     from .output import emit
@@ -296,7 +299,7 @@ def cancel(job_ids: List[str] = typer.Argument(..., help="one or more job ids"),
             record = client.post_event(settings, events.JOB_CANCEL, {"job": job_id})
             done.append(record)
             if fmt == "table":
-                note = "cancel requested" if record.get("cancel_requested") and record["state"] != "CANCELLED" else record["state"]
+                note = "cancel requested" if record.get("cancel_requested") and record["state"] != states.CANCELLED else record["state"]
                 print(f"{job_id}: {note}")
         except CliError as e:
             failed += 1

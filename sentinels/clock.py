@@ -1,11 +1,9 @@
-"""The one place that reads the wall clock, so the domain can stay pure."""
+"""The one place that reads the wall clock, so the domain can stay pure (parsing: `domain.times`)."""
 
-from datetime import datetime, timezone
+import time
+
+from .domain import times
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return times.iso(time.time())

@@ -1,13 +1,16 @@
-"""Configuration: flags, then environment, then `$SENTINELS_HOME/config.yaml` (DESIGN §8).
+"""The one configuration module: flags, then environment, then `$SENTINELS_HOME/config.yaml`.
 
+Every `config.yaml` section is parsed here into a typed object (once per process, then
+kept), `validate()` parses them all so `sentinels up` refuses a bad file before anything
+starts, and every environment variable the code base reads is read here (`self.env`).
 The same variables tell `sentinels up` where to listen and the CLI where to connect, so
-several stacks can run side by side. Server-side files (priorities, tokens) are parsed
-here at start so a bad file stops start-up with a clear message.
+several stacks can run side by side.
 """
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, TypeVar
 from urllib.parse import urlparse
 
 from .domain import quantity, duration
@@ -36,6 +39,9 @@ def _load_yaml_file(path: Path, what: str, max_bytes: int = 1 << 20):
         raise ConfigError(f"{what} {path}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class Settings:
     home: Path
@@ -43,6 +49,14 @@ class Settings:
     nats_url: str = DEFAULT_NATS_URL
     token: str | None = None
     file: dict = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
+    _parsed: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def _once(self, key: str, parse: Callable[[], T]) -> T:
+        """Parse a section the first time it is asked for; keep the typed result."""
+        if key not in self._parsed:
+            self._parsed[key] = parse()
+        return self._parsed[key]
 
     @classmethod
     def load(cls, env=None, **flags) -> "Settings":
@@ -64,7 +78,7 @@ class Settings:
 
         return cls(home=home, url=pick("url", "SENTINELS_URL", "url", DEFAULT_URL).rstrip("/"),
                    nats_url=pick("nats_url", "SENTINELS_NATS_URL", "nats_url", DEFAULT_NATS_URL),
-                   token=pick("token", "SENTINELS_TOKEN", "token"), file=file)
+                   token=pick("token", "SENTINELS_TOKEN", "token"), file=file, env=env)
 
     # --- where the embedded default listens -------------------------------------------
     def port(self) -> int:
@@ -81,24 +95,56 @@ class Settings:
     def run_dir(self) -> Path:
         return self.home / "run"
 
-    # --- server-side configuration ----------------------------------------------------
+    # --- server-side configuration: each section parsed once into its typed object ----------
+    def validate(self) -> None:
+        """Parse every server-side section now; raise ConfigError on the first bad one.
+
+        The `local:` block is the executor's (`embedded.machine.capacity`), checked with it."""
+        self.priorities()
+        self.limits()
+        self.backend()
+        self.scheduler()
+        self.lifecycle()
+        self.sharing()
+        self.builds()
+        self.notify()
+        self.identities()
+        if self.backend() == "kubernetes":
+            self.kubernetes()
+        self.tick()
+
     def priorities(self):
         from .domain.priority import PriorityConfig
 
-        ref = os.environ.get("SENTINELS_PRIORITIES") or self.file.get("priorities")
-        if isinstance(ref, str):
-            return PriorityConfig.from_dict(_load_yaml_file(Path(ref).expanduser(), "priority configuration"))
-        return PriorityConfig.from_dict(ref)
+        def parse():
+            ref = self.env.get("SENTINELS_PRIORITIES") or self.file.get("priorities")
+            if isinstance(ref, str):
+                return PriorityConfig.from_dict(_load_yaml_file(Path(ref).expanduser(), "priority configuration"))
+            return PriorityConfig.from_dict(ref)
+        return self._once("priorities", parse)
 
     def tokens_file(self) -> Path | None:
-        ref = os.environ.get("SENTINELS_TOKENS_FILE") or self.file.get("tokens_file")
+        ref = self.env.get("SENTINELS_TOKENS_FILE") or self.file.get("tokens_file")
         return Path(ref).expanduser() if ref else None
 
+    def identities(self):
+        """Who may do what: the tokens file, or single-user mode as `user` (default: the login)."""
+        from .auth import Identities
+
+        return self._once("identities", lambda: Identities.load(self.tokens_file(), self.file.get("user")))
+
+    def user(self) -> Optional[str]:
+        """Who the CLI acts as when it needs a name (`ls` shows this user's jobs)."""
+        return self.env.get("SENTINELS_USER") or self.file.get("user")
+
     def limits(self) -> Limits:
+        return self._once("limits", self._limits)
+
+    def _limits(self) -> Limits:
         raw = self.file.get("limits") or {}
         if not isinstance(raw, dict):
             raise ConfigError("configuration: limits must be a mapping (cpu, memory, gpu, timeout, retries)")
-        env_roots = os.environ.get("SENTINELS_DATA_ROOTS")
+        env_roots = self.env.get("SENTINELS_DATA_ROOTS")
         roots = env_roots.split(":") if env_roots else self.file.get("data_roots") or ["/datasets", str(self.home / "data")]
         try:
             base = Limits()
@@ -114,33 +160,23 @@ class Settings:
             raise ConfigError(f"configuration: bad limits ({getattr(e, 'message', e)})") from None
 
     def backend(self) -> str:
-        name = os.environ.get("SENTINELS_BACKEND") or self.file.get("backend") or "local"
+        name = self.env.get("SENTINELS_BACKEND") or self.file.get("backend") or "local"
         if name not in ("local", "kubernetes"):
             raise ConfigError(f"configuration: backend must be local or kubernetes, not {name!r}")
         return name
-
-    def scheduler(self):
-        from .domain.scheduler_config import SchedulerConfig
-
-        return SchedulerConfig.from_dict(self.section("scheduler"))
-
-    def lifecycle(self):
-        from .domain.lifecycle import LifecycleConfig
-
-        return LifecycleConfig.from_dict(self.section("lifecycle"))
 
     def sharing(self):
         """Quotas, fair share and preemption (`quotas:`, `fair_share:`, `preemption:`), checked together."""
         from .domain.sharing import Sharing
 
-        return Sharing.from_dict(self.file.get("quotas"), self.file.get("fair_share"), self.file.get("preemption"),
-                                 self.priorities())
+        return self._once("sharing", lambda: Sharing.from_dict(self.file.get("quotas"), self.file.get("fair_share"),
+                                                               self.file.get("preemption"), self.priorities()))
 
     def builds(self):
         """The `builds:` block: Dockerfile builds (concurrency, context size, deadline, registry)."""
         from .domain.build import BuildConfig
 
-        return BuildConfig.from_dict(self.section("builds"))
+        return self._once("builds", lambda: BuildConfig.from_dict(self.section("builds")))
 
     def section(self, key: str) -> dict:
         raw = self.file.get(key) or {}
@@ -148,21 +184,81 @@ class Settings:
             raise ConfigError(f"configuration: {key} must be a mapping")
         return raw
 
+    def scheduler(self):
+        from .domain.scheduler_config import SchedulerConfig
+
+        return self._once("scheduler", lambda: SchedulerConfig.from_dict(self.section("scheduler")))
+
+    def tick(self) -> float:
+        """Seconds between the embedded timer's events: SENTINELS_TICK, else `scheduler.tick`."""
+        raw = self.env.get("SENTINELS_TICK")
+        if not raw:
+            return self.scheduler().tick_seconds
+        try:
+            value = float(raw)
+        except ValueError:
+            value = 0.0
+        if value <= 0:
+            raise ConfigError(f"SENTINELS_TICK must be a number of seconds above 0, not {raw!r}")
+        return value
+
+    def lifecycle(self):
+        from .domain.lifecycle import LifecycleConfig
+
+        return self._once("lifecycle", lambda: LifecycleConfig.from_dict(self.section("lifecycle")))
+
+    def kubernetes(self):
+        from .adapters.kube_manifest import KubeConfig
+
+        return self._once("kubernetes", lambda: KubeConfig.from_dict(self.section("kubernetes")))
+
+    def local(self) -> dict:
+        """The raw `local:` block; the executor turns it into what this machine offers."""
+        return self.file.get("local") or {}
+
     def notify(self, env=None):
         """The `notify:` block (a mapping, or a path to a YAML file; SENTINELS_NOTIFY names a
         file that wins); SLACK_CHANNEL overrides the default channel."""
         from .domain import notify
 
-        env = os.environ if env is None else env
-        raw = env.get("SENTINELS_NOTIFY") or self.file.get("notify")
-        if isinstance(raw, str):
-            raw = _load_yaml_file(Path(raw).expanduser(), "notify configuration")
-        if env.get("SLACK_CHANNEL"):
-            if raw is not None and not isinstance(raw, dict):
-                raise ConfigError("notify configuration: expected a mapping")
-            raw = dict(raw or {}, default_channel=env["SLACK_CHANNEL"])
-        return notify.NotifyConfig.from_dict(raw)
+        def parse():
+            e = self.env if env is None else env
+            raw = e.get("SENTINELS_NOTIFY") or self.file.get("notify")
+            if isinstance(raw, str):
+                raw = _load_yaml_file(Path(raw).expanduser(), "notify configuration")
+            if e.get("SLACK_CHANNEL"):
+                if raw is not None and not isinstance(raw, dict):
+                    raise ConfigError("notify configuration: expected a mapping")
+                raw = dict(raw or {}, default_channel=e["SLACK_CHANNEL"])
+            return notify.NotifyConfig.from_dict(raw)
+        return parse() if env is not None else self._once("notify", parse)
+
+    def slack_env(self) -> dict[str, str]:
+        """The Slack credentials (SLACK_BOT_TOKEN + SLACK_API_URL, or SLACK_WEBHOOK_URL)."""
+        return {k: self.env[k] for k in ("SLACK_BOT_TOKEN", "SLACK_API_URL", "SLACK_WEBHOOK_URL") if self.env.get(k)}
+
+    def runtime(self) -> Optional[str]:
+        """The local runtime `sentinels up` chose for its children (SENTINELS_RUNTIME), if any."""
+        return self.env.get("SENTINELS_RUNTIME") or None
 
     def mlflow_uri(self) -> str:
-        return (os.environ.get("MLFLOW_TRACKING_URI") or self.file.get("mlflow_tracking_uri")
+        return (self.env.get("MLFLOW_TRACKING_URI") or self.file.get("mlflow_tracking_uri")
                 or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}")
+
+    # --- wiring ------------------------------------------------------------------------------
+    def broker_url(self) -> Optional[str]:
+        """Knative: where follow-up events go (K_SINK from a SinkBinding, or SENTINELS_BROKER_URL)."""
+        return self.env.get("K_SINK") or self.env.get("SENTINELS_BROKER_URL") or None
+
+    def jetstream_domain(self) -> Optional[str]:
+        """The JetStream domain to use (SENTINELS_JETSTREAM_DOMAIN), for a leaf-node setup; None: the local one."""
+        return self.env.get("SENTINELS_JETSTREAM_DOMAIN") or None
+
+    def knative_dir(self) -> Optional[Path]:
+        """Where the Trigger manifests are read from (SENTINELS_KNATIVE_DIR; default: the repo's)."""
+        here = self.env.get("SENTINELS_KNATIVE_DIR")
+        return Path(here) if here else None
+
+    def nats_sync(self) -> Optional[str]:
+        """How often the embedded nats-server syncs to disk (`nats_sync`, SENTINELS_NATS_SYNC)."""
+        return str(self.file.get("nats_sync") or "") or self.env.get("SENTINELS_NATS_SYNC") or None

@@ -5,7 +5,6 @@ choice of backend (local executor or Kubernetes) and sink (router or broker) liv
 one place.
 """
 
-import os
 from dataclasses import dataclass
 
 from .adapters import jetstream
@@ -30,9 +29,9 @@ class Stores:
         return await jetstream.JetStreamSentLog.open(self.js)
 
 
-def sink_for(js) -> EventSink:
+def sink_for(settings: Settings, js) -> EventSink:
     """Knative: the broker ingress named by K_SINK or SENTINELS_BROKER_URL; embedded: the events stream."""
-    url = os.environ.get("K_SINK") or os.environ.get("SENTINELS_BROKER_URL")
+    url = settings.broker_url()
     if url:
         from .adapters.http_sink import HttpSink
 
@@ -42,18 +41,18 @@ def sink_for(js) -> EventSink:
 
 async def open_stores(settings: Settings, name: str) -> Stores:
     nc = await jetstream.connect(settings.nats_url, name, reconnect=True)
-    js = nc.jetstream(timeout=5)
+    domain = settings.jetstream_domain()
+    js = nc.jetstream(timeout=5, domain=domain)
     await jetstream.ensure(js)
-    return Stores(nc, js, await jetstream.JetStreamJobs.open(js), jetstream.JetStreamQueue(js),
-                  jetstream.JetStreamHistory(js), await jetstream.JetStreamBoard.open(js), sink_for(js))
+    return Stores(nc, js, await jetstream.JetStreamJobs.open(js), jetstream.JetStreamQueue(js, nc, domain),
+                  jetstream.JetStreamHistory(js), await jetstream.JetStreamBoard.open(js), sink_for(settings, js))
 
 
 def cluster_for(settings: Settings, nc):
     if settings.backend() == "kubernetes":
-        from .adapters.kube_manifest import KubeConfig
         from .adapters.kubernetes import KubernetesCluster
 
-        return KubernetesCluster(KubeConfig.from_dict(settings.section("kubernetes")), builds=settings.builds())
+        return KubernetesCluster(settings.kubernetes(), builds=settings.builds())
     from .adapters.local import LocalCluster
 
     return LocalCluster(nc)

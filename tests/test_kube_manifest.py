@@ -256,3 +256,13 @@ def test_bad_configuration_is_a_clear_config_error(raw, needle):
     with pytest.raises(ConfigError) as e:
         KubeConfig.from_dict(raw)
     assert needle in e.value.message
+
+
+def test_a_requeued_attempt_runs_under_its_own_job_name():
+    """A requeued job's record names its attempt's Job (sentinels-<id>-a2); this used to be refused."""
+    record = make_record(attempts=2)
+    record["k8s_job"] = f"sentinels-{record['id']}-a2"
+    cm, job = job_objects(record, {}, KubeConfig())
+    assert job["metadata"]["name"] == cm["metadata"]["name"] == record["k8s_job"]
+    with pytest.raises(InvalidSpec, match="k8s_job"):
+        job_objects({**record, "k8s_job": f"sentinels-{record['id']}-ax"}, {}, KubeConfig())

@@ -58,7 +58,7 @@ async def twin(request):
             info.config.duplicate_window = seconds
             await js.update_stream(info.config)
 
-    yield Twin(await jetstream.JetStreamJobs.open(js), jetstream.JetStreamQueue(js), jetstream.JetStreamHistory(js),
+    yield Twin(await jetstream.JetStreamJobs.open(js), jetstream.JetStreamQueue(js, nc), jetstream.JetStreamHistory(js),
                await jetstream.JetStreamBoard.open(js), shorten_js, asyncio.sleep)
     await nc.close()
 

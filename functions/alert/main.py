@@ -8,7 +8,6 @@ fall back to the log. Slack is a separate subscriber, so its outage never blocks
 """
 
 import logging
-import os
 
 import functions_framework.aio
 from starlette.responses import JSONResponse
@@ -18,12 +17,12 @@ from sentinels.adapters import slack
 from sentinels.http import error_response, read_event
 from sentinels.settings import Settings
 
-from functions.alert.service import AlertService, notify_config
+from functions.alert.service import AlertService
 
 log = logging.getLogger("sentinels.alert")
 SETTINGS = Settings.load()
-NOTIFY = notify_config(SETTINGS, os.environ)
-NOTIFIER = slack.start(os.environ, NOTIFY.default_channel)
+NOTIFY = SETTINGS.notify()
+NOTIFIER = slack.start(SETTINGS.slack_env(), NOTIFY.default_channel)
 
 
 async def build(stores: wiring.Stores) -> AlertService:

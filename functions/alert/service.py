@@ -28,10 +28,6 @@ def dedupe_key(ce: dict, channel: str) -> str:
     return hashlib.sha256(f"{ce['source']}\x00{ce['id']}\x00{channel}".encode()).hexdigest()[:40]
 
 
-def notify_config(settings, env) -> notify.NotifyConfig:
-    return settings.notify(env)
-
-
 @dataclass
 class AlertService:
     jobs: JobStore

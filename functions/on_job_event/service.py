@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from sentinels.clock import parse_iso
+from sentinels.domain.times import parse as parse_iso
 from sentinels.domain import events, job, lifecycle, observe, states, tracking
 from sentinels.domain.errors import SentinelsError, Unavailable
 from sentinels.domain.names import MLFLOW_OWED_KEY

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Optional
 
-from sentinels.clock import parse_iso
 from sentinels.domain import events, fairshare, placement, preemption, quota, sharing, states
+from sentinels.domain.times import parse as parse_iso
 from sentinels.domain.errors import SentinelsError
 from sentinels.domain.names import WAITING_KEY
 from sentinels.domain.priority import PriorityConfig

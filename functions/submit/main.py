@@ -5,13 +5,11 @@ Configuration (priorities, tokens, limits) is parsed at import, i.e. at start-up
 """
 
 import logging
-import os
 
 import functions_framework.aio
 from starlette.responses import JSONResponse
 
 from sentinels import clock, wiring
-from sentinels.auth import Identities
 from sentinels.domain import events
 from sentinels.domain.errors import InvalidSpec
 from sentinels.http import error_response, read_event
@@ -24,10 +22,10 @@ SETTINGS = Settings.load()
 PRIORITIES = SETTINGS.priorities()
 LIMITS = SETTINGS.limits()
 # the local runtime `sentinels up` resolved (auto -> podman, docker or process); records say which
-RUNTIME = os.environ.get("SENTINELS_RUNTIME") if SETTINGS.backend() == "local" else None
+RUNTIME = SETTINGS.runtime() if SETTINGS.backend() == "local" else None
 RUNTIME = RUNTIME if RUNTIME in ("podman", "docker", "process") else None
 SHARING = SETTINGS.sharing()
-IDENTITIES = Identities.load(SETTINGS.tokens_file(), SETTINGS.file.get("user"))
+IDENTITIES = SETTINGS.identities()
 if IDENTITIES.single_user:
     log.warning("no tokens file configured: single-user mode, every request acts as %s (admin)", IDENTITIES.local["user"])
 

@@ -8,6 +8,8 @@ the SENTINELS_EVENTS stream instead (`jetstream.JetStreamSink`).
 import json
 from typing import Any
 
+from ..domain.events import binary_headers
+
 
 class HttpSink:
     """POST each event to a broker ingress in binary content mode."""
@@ -21,7 +23,6 @@ class HttpSink:
 
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=10)
-        headers = {f"ce-{k}": str(v) for k, v in event.items() if k not in ("data", "datacontenttype")}
-        headers["content-type"] = event.get("datacontenttype", "application/json")
-        resp = await self._client.post(self.url, content=json.dumps(event["data"]).encode(), headers=headers)
+        resp = await self._client.post(self.url, content=json.dumps(event["data"]).encode(),
+                                       headers=binary_headers(event))
         resp.raise_for_status()

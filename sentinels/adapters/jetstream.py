@@ -242,8 +242,12 @@ class JetStreamQueue:
     node, which wait ahead of their class (they had already reached its front once).
     """
 
-    def __init__(self, js):
-        self.js = js
+    def __init__(self, js, nc=None, domain: Optional[str] = None):
+        """`nc` and `domain` (the JetStream domain `js` was made for, if any) let `remove`
+        send its request itself; without `nc` it falls back to nats-py's erasing delete."""
+        self.js, self.nc = js, nc
+        self.api_prefix = f"$JS.{domain}.API" if domain else "$JS.API"
+        self._tasks: set[asyncio.Task] = set()  # consumer clean-ups in flight (kept so none is collected)
 
     @staticmethod
     def subject(klass: str, front: bool = False) -> str:
@@ -260,12 +264,15 @@ class JetStreamQueue:
         `no_erase`: the entry is dropped, not overwritten on disk first (nats-py's
         delete_msg erases, which costs about 12 ms per entry in a 100,000-entry stream).
         """
-        try:
-            resp = await self.js._api_request(f"$JS.API.STREAM.MSG.DELETE.{QUEUE_STREAM}",
-                                              json.dumps({"seq": seq, "no_erase": True}).encode())
-        except (NotFoundError, BadRequestError):
-            return False
-        return bool(resp.get("success"))
+        if self.nc is None:
+            try:
+                return await self.js.delete_msg(QUEUE_STREAM, seq)
+            except (NotFoundError, BadRequestError):
+                return False
+        msg = await self.nc.request(f"{self.api_prefix}.STREAM.MSG.DELETE.{QUEUE_STREAM}",
+                                    json.dumps({"seq": seq, "no_erase": True}).encode(), timeout=5)
+        resp = json.loads(msg.data)
+        return bool(resp.get("success")) and "error" not in resp
 
     async def subject_counts(self) -> dict[str, int]:
         info = await self.js.stream_info(QUEUE_STREAM, subjects_filter=QUEUE_SUBJECTS)
@@ -314,7 +321,9 @@ class JetStreamQueue:
                                  opt_start_seq=seq, ack_policy=api.AckPolicy.NONE, inactive_threshold=5.0,
                                  mem_storage=True, num_replicas=1)
         info = await self.js.add_consumer(QUEUE_STREAM, cfg)
-        asyncio.ensure_future(self._drop(name))
+        task = asyncio.create_task(self._drop(name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return total - info.num_pending
 
     async def _drop(self, name: str) -> None:

@@ -13,16 +13,12 @@ from typing import Any, Mapping, Optional
 
 from ..domain import quantity
 from ..domain.errors import ConfigError, InvalidSpec
-from ..domain.job import is_job_id
-from ..domain.observe import ATTEMPT_ANNOTATION, JOB_ID_LABEL  # the labels observe() reads back
+from ..domain.job import base_labels, is_job_id
+from ..domain.names import (ATTEMPT_ANNOTATION, CONTAINER, JOB_ID_LABEL, JOB_NAME_LABEL, MANAGED_BY,  # noqa: F401
+                            MANAGED_BY_LABEL, is_job_name, job_name)
 from ..domain.placement import GPU_TAINT
 from ..domain.spec import DNS1123_LABEL, ENV_NAME, label_value
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-PRIORITY_LABEL = "sentinels.io/priority"
-OWNER_LABEL = "sentinels.io/owner"
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on its pods
-CONTAINER = "main"
 CONFIG_KEY = "job.yaml"
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -152,16 +148,6 @@ def _outputs_claim(raw) -> str:
     return _dns_name(raw, "outputs_volume.claim")
 
 
-def base_labels(record: dict) -> dict:
-    """The labels sentinels puts on every object it creates for a job."""
-    return {
-        JOB_ID_LABEL: record["id"],
-        PRIORITY_LABEL: label_value(record.get("priority")),
-        OWNER_LABEL: label_value(record.get("owner")),
-        MANAGED_BY: "sentinels",
-    }
-
-
 def _volumes(job_id: str, spec: dict, cfg: KubeConfig, config_name: str) -> tuple[list, list]:
     volumes = [{"name": "config", "configMap": {"name": config_name, "defaultMode": 0o444,
                                                  "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}]}}]
@@ -282,15 +268,15 @@ def _check_record(record: dict) -> None:
         raise InvalidSpec("record: missing or malformed job id")
     if not isinstance(record.get("spec"), dict) or not record["spec"].get("image"):
         raise InvalidSpec("record: the job spec has no image (required on Kubernetes)", "image")
-    expected = f"sentinels-{record['id']}"
-    if record.get("k8s_job", expected) != expected:
-        raise InvalidSpec(f"record: k8s_job must be {expected!r}, got {record.get('k8s_job')!r}")
+    if "k8s_job" in record and not is_job_name(record["id"], record["k8s_job"]):
+        raise InvalidSpec(f"record: k8s_job must be {job_name(record['id'])!r} or an attempt's "
+                          f"{job_name(record['id'], 2)!r}, got {record.get('k8s_job')!r}")
 
 
 def job_objects(record: dict, extra_env: Mapping, cfg: KubeConfig) -> list[dict]:
     """[ConfigMap, Job] for one job; raise InvalidSpec when the record cannot run here."""
     _check_record(record)
-    record = {**record, "k8s_job": f"sentinels-{record['id']}"}
+    record = {**record, "k8s_job": record.get("k8s_job") or job_name(record["id"], int(record.get("attempts") or 1))}
     return [config_map(record, cfg), job(record, extra_env, cfg)]
 
 

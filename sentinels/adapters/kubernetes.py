@@ -291,7 +291,7 @@ class KubernetesCluster:
                         exists_ok=True)
 
     async def stop(self, record: dict) -> None:
-        name = record.get("k8s_job") or f"sentinels-{record['id']}"
+        name = record.get("k8s_job") or km.job_name(record["id"], int(record.get("attempts") or 1))
         await self._delete_job(self._api("BatchV1Api"), name)
         core = self._api("CoreV1Api")
         await self._run(f"deleting ConfigMap {name}",
@@ -302,12 +302,12 @@ class KubernetesCluster:
         """Job id -> Job name for every sentinels Job that has not finished and is not being deleted."""
         batch = self._api("BatchV1Api")
         jobs = await self._list("listing Jobs", batch.list_namespaced_job, self.cfg.namespace,
-                                label_selector=f"{km.MANAGED_BY}=sentinels")
+                                label_selector=f"{km.MANAGED_BY_LABEL}={km.MANAGED_BY}")
         out = {}
         for job in jobs:
             meta = job.get("metadata") or {}
             job_id = (meta.get("labels") or {}).get(km.JOB_ID_LABEL)
-            if (_labelled(job, km.MANAGED_BY, "sentinels") and is_job_id(job_id)
+            if (_labelled(job, km.MANAGED_BY_LABEL, km.MANAGED_BY) and is_job_id(job_id)
                     and not _labelled(job, "sentinels.io/component", "build")  # a build runs no job
                     and not meta.get("deletionTimestamp") and not job_finished(job)):
                 out[job_id] = str(meta.get("name"))
@@ -315,7 +315,7 @@ class KubernetesCluster:
 
     async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
         """The output of the job's newest pod (empty when it has none or has not started)."""
-        name = record.get("k8s_job") or f"sentinels-{record['id']}"
+        name = record.get("k8s_job") or km.job_name(record["id"], int(record.get("attempts") or 1))
         core = self._api("CoreV1Api")
         pods = await self._list(f"listing pods of {name}", core.list_namespaced_pod, self.cfg.namespace,
                                 label_selector=f"{km.JOB_NAME_LABEL}={name}")

@@ -9,8 +9,7 @@ SDK logs through a logger that redacts them. `slack_sdk` is imported lazily.
 """
 
 import logging
-import os
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from ..domain.errors import ConfigError, SendFailed, SentinelsError, Unavailable
@@ -200,11 +199,10 @@ def _api_error(e) -> str:
     return f"HTTP {getattr(e.response, 'status_code', '?')}"
 
 
-def notifier_from_env(env=None, default_channel: str = ""):
+def notifier_from_env(env: Mapping[str, str], default_channel: str = ""):
     """SlackNotifier from SLACK_BOT_TOKEN (+ SLACK_API_URL) or SLACK_WEBHOOK_URL, else ConsoleNotifier.
 
-    With both set, the bot token wins (it can route to channels)."""
-    env = os.environ if env is None else env
+    `env` is `Settings.slack_env()`. With both set, the bot token wins (it can route to channels)."""
     token, webhook = (env.get(var, "").strip() for var in ("SLACK_BOT_TOKEN", "SLACK_WEBHOOK_URL"))
     if token:
         if webhook:
@@ -217,7 +215,7 @@ def notifier_from_env(env=None, default_channel: str = ""):
     return ConsoleNotifier()
 
 
-def start(env=None, default_channel: str = "", strict: bool = False):
+def start(env: Mapping[str, str], default_channel: str = "", strict: bool = False):
     """Build the notifier, check it once and say where notifications go (once, at start).
 
     A rejected token raises ConfigError when `strict` (`sentinels up` refuses to start);

@@ -8,9 +8,8 @@ episode and never once per pass. Pure: the caller passes the time.
 """
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
-from . import duration, quantity
+from . import duration, quantity, times
 from .errors import ConfigError, InvalidSpec
 from .events import CAPACITY_EXHAUSTED, CAPACITY_RECOVERED
 
@@ -156,7 +155,7 @@ def minutes(seconds: float) -> str:
 
 
 def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return times.iso(t, timespec="seconds")
 
 
 def _allocated(observation: dict) -> dict[str, tuple[int, int]]:

@@ -36,3 +36,11 @@ def envelope(event_type: str, source: str, event_id: str, data: dict, time: str,
     if subject:
         ce["subject"] = subject
     return ce
+
+
+def binary_headers(event: dict) -> dict[str, str]:
+    """HTTP headers of a CloudEvent in binary content mode: `ce-<attribute>` for each set
+    attribute, `content-type` from datacontenttype (JSON by default); `data` goes in the body."""
+    headers = {f"ce-{k}": str(v) for k, v in event.items() if k not in ("data", "datacontenttype") and v is not None}
+    headers["content-type"] = event.get("datacontenttype") or "application/json"
+    return headers

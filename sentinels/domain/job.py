@@ -9,6 +9,8 @@ import hashlib
 import re
 from typing import TypeGuard
 
+from .names import JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, PRIORITY_LABEL, job_name
+from .spec import label_value
 from .states import QUEUED
 
 JOB_ID = re.compile(r"^[a-z2-7]{10}$")
@@ -38,7 +40,7 @@ def new_record(*, job_id: str, spec: dict, who: dict, klass: str, now: str, even
         "timestamps": {QUEUED: now},
         "submitted_at": now,
         "updated_at": now,
-        "k8s_job": f"sentinels-{job_id}",
+        "k8s_job": job_name(job_id),
         "mlflow_run_id": None,
         "queue_seq": queue_seq,
         "order": queue_seq,
@@ -63,3 +65,13 @@ def queue_entry(*, job_id: str, spec: dict, klass: str, submitted_at: str, order
     if order is not None:
         entry["order"] = order
     return entry
+
+
+def base_labels(record: dict) -> dict[str, str]:
+    """The labels on every object made for a job (Kubernetes Job, pods, ConfigMap, local objects)."""
+    labels = {JOB_ID_LABEL: record["id"]}
+    for key, value in ((PRIORITY_LABEL, record.get("priority")), (OWNER_LABEL, record.get("owner"))):
+        if label_value(value):
+            labels[key] = label_value(value)
+    labels[MANAGED_BY_LABEL] = MANAGED_BY
+    return labels

@@ -13,6 +13,7 @@ from typing import Optional
 from . import observe as ob
 from . import states
 from .errors import ConfigError
+from .names import job_name
 
 REQUEUE, STOP, LOGS, CAPACITY = "requeue", "stop", "logs", "capacity"
 ENQUEUE = "enqueue"  # a built job joins the queue (in submission order, not at the front)
@@ -63,10 +64,6 @@ class Step:
     through: Optional[str] = None  # a state passed on the way (RUNNING, when its event came late)
 
 
-def job_name(job_id: str, attempts: int) -> str:
-    """The Kubernetes Job of each attempt has its own name, so a late event of an old
-    attempt can never be mistaken for the new one."""
-    return f"sentinels-{job_id}" if attempts <= 1 else f"sentinels-{job_id}-a{attempts}"
 
 
 def _stale(record: dict, obs: ob.Observation) -> bool:

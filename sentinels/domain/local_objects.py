@@ -22,15 +22,13 @@ import hashlib
 import uuid
 
 from .events import APISERVER_ADD, APISERVER_DELETE, APISERVER_UPDATE, envelope
-from .observe import ATTEMPT_ANNOTATION
+from .job import base_labels
+from .names import ATTEMPT_ANNOTATION, CONTAINER
 from .quantity import format_cpu, format_memory
-from .spec import label_value
 
 NAMESPACE = "local"
 NODE_NAME = "local"
 SOURCE = "sentinels/local-executor"
-CONTAINER = "main"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "sentinels"}
 _UID_NS = uuid.UUID("6f1c7a52-5d0e-4f57-9a5e-3c1d2b8e0a41")
 _POD_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what Kubernetes uses for generated names
 _EVENT_TYPES = {"add": APISERVER_ADD, "update": APISERVER_UPDATE, "delete": APISERVER_DELETE}
@@ -72,13 +70,7 @@ def pod_name(record: dict, attempt: int) -> str:
 
 def _labels(record: dict) -> dict:
     spec = record.get("spec") or {}
-    labels = dict(spec.get("labels") or {})
-    labels["sentinels.io/job-id"] = record["id"]
-    for key, value in (("sentinels.io/priority", record.get("priority")), ("sentinels.io/owner", record.get("owner"))):
-        if label_value(value):
-            labels[key] = label_value(value)
-    labels.update(MANAGED_BY)
-    return labels
+    return {**(spec.get("labels") or {}), **base_labels(record)}
 
 
 def _pod_labels(record: dict, uid: str) -> dict:

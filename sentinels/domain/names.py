@@ -35,3 +35,25 @@ WAITING_KEY = "waiting"  # Board: {"at": iso, "reasons": {job id: why it waits}}
 CAPACITY_KEY = "capacity"  # Board: the capacity watch's episode state
 MLFLOW_OWED_KEY = "mlflow_owed"  # Board: {"jobs": [ids whose MLflow run is behind]}
 USAGE_KEY = "usage"  # Board: the fair-share ledger {"usage": {key: [usage, at]}, "marks": {job id: charged until}}
+
+# --- the objects a job runs as: Kubernetes manifests and the local executor's alike ----------
+JOB_ID_LABEL = "sentinels.io/job-id"
+PRIORITY_LABEL = "sentinels.io/priority"
+OWNER_LABEL = "sentinels.io/owner"
+ATTEMPT_ANNOTATION = "sentinels.io/attempt"  # which run of the job an object belongs to
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "sentinels"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on its pods
+CONTAINER = "main"  # the job's container, whose exit code and logs count
+
+
+def job_name(job_id: str, attempts: int = 1) -> str:
+    """The Job of each attempt has its own name, so a late event of an old attempt can
+    never be mistaken for the new one."""
+    return f"sentinels-{job_id}" if attempts <= 1 else f"sentinels-{job_id}-a{attempts}"
+
+
+def is_job_name(job_id: str, name: object) -> bool:
+    """Whether `name` is the Job name of some attempt of this job."""
+    return isinstance(name, str) and (name == job_name(job_id) or
+                                      (name.startswith(job_name(job_id) + "-a") and name.rsplit("-a", 1)[1].isdigit()))

@@ -16,9 +16,8 @@ from typing import Mapping, Optional
 
 from .events import APISERVER_ADD, APISERVER_DELETE, APISERVER_UPDATE
 from .job import is_job_id
+from .names import ATTEMPT_ANNOTATION, CONTAINER, JOB_ID_LABEL
 
-JOB_ID_LABEL = "sentinels.io/job-id"
-ATTEMPT_ANNOTATION = "sentinels.io/attempt"
 COMPONENT_LABEL, BUILD = "sentinels.io/component", "build"  # a Job that builds the job's image
 IMAGE_ANNOTATION = "sentinels.io/image"  # on a build Job: the image it made (name:tag)
 IMAGE_ID_ANNOTATION = "sentinels.io/image-id"  # ... and its id or digest (sha256:...)
@@ -136,7 +135,7 @@ def _terminated(status: Mapping) -> Optional[Mapping]:
     ends = [(c.get("name"), (c.get("state") or {}).get("terminated")) for c in status.get("containerStatuses") or []
             if isinstance(c, Mapping) and (c.get("state") or {}).get("terminated")]
     for name, t in ends:
-        if name == "main":
+        if name == CONTAINER:
             return t
     for _, t in ends:
         if t and (t.get("exitCode") or t.get("reason") == "OOMKilled"):

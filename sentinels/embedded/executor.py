@@ -120,8 +120,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s executor %(levelname)s %(message)s")
     try:
         settings = Settings.load()
-        capacity = machine.capacity(settings.file.get("local"))
-        runtime = runtimes.select(runtimes.RuntimeConfig.from_dict(settings.section("local")))
+        capacity = machine.capacity(settings.local())
+        runtime = runtimes.select(runtimes.RuntimeConfig.from_dict(settings.local(), settings.env))
         lock = _lock(settings)
         asyncio.run(_main(settings, capacity, runtime))
         lock.close()

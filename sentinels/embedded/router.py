@@ -4,13 +4,13 @@ One durable pull consumer per trigger (named after the Trigger), delivery in bin
 content mode, Knative's rules: 2xx acks; 4xx other than 408/429 is final; 5xx, 408,
 429 and connection errors are retried with exponential back-off; after the last try
 the event goes to `sentinels.events.deadletter.<trigger>`. Also the timer: a
-`dev.knative.sources.ping` event every `SENTINELS_TICK` seconds (default 10).
+`dev.knative.sources.ping` event every `Settings.tick()` seconds (SENTINELS_TICK or
+`scheduler.tick`, default 10).
 """
 
 import asyncio
 import json
 import logging
-import os
 import uuid
 
 from nats.js import api
@@ -29,17 +29,12 @@ def delays(t: triggers.Trigger) -> list[float]:
     return [t.backoff_delay * (2 ** i if t.exponential else 1) for i in range(t.retry)]
 
 
-def headers_for(event: dict) -> dict:
-    h = {f"ce-{k}": str(v) for k, v in event.items() if k not in ("data", "datacontenttype") and v is not None}
-    h["content-type"] = event.get("datacontenttype") or "application/json"
-    return h
-
-
 class Router:
     def __init__(self, settings: Settings, table: list[triggers.Trigger]):
         self.s = settings
         self.table = [t for t in table if t.function in serve.available()]
         self.urls = {name: f"http://127.0.0.1:{settings.function_port(spec[2])}" for name, spec in serve.FUNCTIONS.items()}
+        self._tasks: set[asyncio.Task] = set()  # deliveries in flight: referenced until done
 
     async def run(self, tick: float) -> None:
         import httpx
@@ -62,7 +57,9 @@ class Router:
 
         async def on_message(msg):
             await slots.acquire()  # back-pressure: the client holds further messages
-            asyncio.create_task(self._deliver(t, msg, backoff, slots))
+            task = asyncio.create_task(self._deliver(t, msg, backoff, slots))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
         cfg = api.ConsumerConfig(durable_name=t.name, ack_policy=api.AckPolicy.EXPLICIT, max_deliver=t.retry + 1,
                                  ack_wait=60.0, max_ack_pending=4 * IN_FLIGHT, deliver_policy=api.DeliverPolicy.ALL)
@@ -91,7 +88,7 @@ class Router:
 
         body = json.dumps(event.get("data")).encode() if event.get("data") is not None else b""
         try:
-            r = await self.http.post(self.urls[function] + "/", content=body, headers=headers_for(event))
+            r = await self.http.post(self.urls[function] + "/", content=body, headers=events.binary_headers(event))
         except httpx.HTTPError as e:
             log.warning("%s unreachable for %s (%s)", function, event.get("type"), type(e).__name__)
             return "retry"
@@ -121,8 +118,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings.load()
-    tick = float(os.environ.get("SENTINELS_TICK") or settings.scheduler().tick_seconds)
-    asyncio.run(Router(settings, triggers.load()).run(tick))
+    asyncio.run(Router(settings, triggers.load(settings.knative_dir())).run(settings.tick()))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ SENTINELS_RUNTIME wins): `auto` takes the first engine that answers, else `proce
 naming an engine that does not answer is a start-up error, one line.
 """
 
-import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Mapping, Optional, Protocol
 
 from ..domain.errors import ConfigError
 from ..domain.runtime import PROCESS, RUNTIMES
@@ -34,8 +33,8 @@ class RuntimeConfig:
     ulimits: tuple[tuple[str, str], ...] = ()  # (name, "soft:hard") for containers
 
     @classmethod
-    def from_dict(cls, raw: Optional[dict], env=None) -> "RuntimeConfig":
-        env = os.environ if env is None else env
+    def from_dict(cls, raw: Optional[dict], env: Mapping[str, str]) -> "RuntimeConfig":
+        """`env` is `Settings.env` (SENTINELS_RUNTIME wins over `local.runtime`)."""
         raw = raw or {}
         name = env.get("SENTINELS_RUNTIME") or raw.get("runtime") or "auto"
         if name not in RUNTIMES:

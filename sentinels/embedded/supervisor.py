@@ -28,7 +28,7 @@ def mlflow_server_url(settings: Settings, env=None) -> str | None:
     """Where `up` serves MLflow (UI, tracking API, artifacts) when the tracking store is local,
     so that jobs in containers log to it over HTTP; None when the store is a server already
     (or tracking is off), or SENTINELS_MLFLOW_SERVER=off."""
-    env = os.environ if env is None else env
+    env = settings.env if env is None else env
     if not settings.mlflow_uri().startswith("sqlite:") or env.get("SENTINELS_MLFLOW_SERVER", "on") in ("off", "0", "false"):
         return None
     return f"http://127.0.0.1:{settings.function_port(MLFLOW_PORT_OFFSET)}"
@@ -72,36 +72,25 @@ def local_runtime(settings: Settings):
     """The runtime local jobs get (`local.runtime`); ConfigError when a named engine is absent."""
     from . import runtimes
 
-    return runtimes.select(runtimes.RuntimeConfig.from_dict(settings.section("local")))
+    return runtimes.select(runtimes.RuntimeConfig.from_dict(settings.local(), settings.env))
 
 
 def check_config(settings: Settings) -> list[str]:
-    """Parse every server-side file now; raise ConfigError on the first bad one."""
-    from ..auth import Identities
-
+    """Parse every server-side section and file now; raise ConfigError on the first bad one."""
     from ..adapters import slack
 
+    settings.validate()
     notes = []
-    settings.priorities()
-    settings.limits()
-    settings.builds()
     if settings.backend() == "local":
         from . import machine
 
-        machine.capacity(settings.section("local"))
+        machine.capacity(settings.local())
         notes.append(f"runtime: {local_runtime(settings).describe()}")
-    else:
-        from ..adapters.kube_manifest import KubeConfig
-
-        KubeConfig.from_dict(settings.section("kubernetes"))
-    settings.scheduler()
-    settings.lifecycle()
-    settings.sharing()
     notify = settings.notify()
-    ids = Identities.load(settings.tokens_file(), settings.file.get("user"))
+    ids = settings.identities()
     if ids.single_user:
         notes.append(f"single-user mode: no tokens file configured, every request acts as {ids.local['user']} (admin)")
-    notifier = slack.start(os.environ, notify.default_channel, strict=True)  # invalid_auth: a clear error now
+    notifier = slack.start(settings.slack_env(), notify.default_channel, strict=True)  # invalid_auth: a clear error now
     notes.append(f"notifications: {notifier.describe()}")
     return notes
 
@@ -140,7 +129,7 @@ class Supervisor:
             d.mkdir(parents=True, exist_ok=True)
         init = self.init_mlflow()
         self.children["nats"] = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log",
-                                            sync=str(self.s.file.get("nats_sync") or "") or None)
+                                            sync=self.s.nats_sync())
         asyncio.run(self._ensure_streams())
         # one process creates a local MLflow store before the functions open it: two
         # processes migrating the same new sqlite file at once can leave it broken

@@ -4,7 +4,6 @@ The embedded router and the Kubernetes wiring therefore route the same event typ
 the same functions with the same retry policy: one table, two brokers.
 """
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,8 @@ class Trigger:
 
 
 def knative_dir() -> Path:
-    here = os.environ.get("SENTINELS_KNATIVE_DIR")
-    return Path(here) if here else Path(__file__).resolve().parents[2] / "knative"
+    """The manifests shipped with the code (`Settings.knative_dir()` may name others)."""
+    return Path(__file__).resolve().parents[2] / "knative"
 
 
 def _iso_seconds(text: str) -> float:
