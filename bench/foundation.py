@@ -72,7 +72,7 @@ async def fill(js, n: int, prio: PriorityConfig) -> list[tuple[str, int]]:
     recs = []
     for job_id, klass, ack in acks:
         rec = job.new_record(job_id=job_id, spec=dict(spec, priority=klass), who={"user": "bench"}, klass=klass,
-                             now="2026-11-28T00:00:00.000Z", event_id=job_id, queue_seq=ack.seq)
+                             now="2026-11-28T00:00:00.000Z", queue_seq=ack.seq)
         recs.append(await js.publish_async(f"$KV.{jetstream.JOBS_BUCKET}.{job_id}", json.dumps(rec).encode()))
         ids.append((job_id, ack.seq, klass))
     for f in recs:

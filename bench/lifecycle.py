@@ -120,7 +120,7 @@ def mlflow_time(n=50):
     times = []
     for i in range(n):
         rec = job.new_record(job_id=job.job_id_for("b", "b", str(i)), spec=spec, who={"user": "b"}, klass="normal",
-                             now=clock.now_iso(), event_id=str(i), queue_seq=i + 1)
+                             now=clock.now_iso(), queue_seq=i + 1)
         rec["timestamps"]["SCHEDULED"] = rec["timestamps"]["RUNNING"] = rec["timestamps"]["SUCCEEDED"] = clock.now_iso()
         rec["state"] = "SUCCEEDED"
         t = time.perf_counter()

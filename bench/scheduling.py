@@ -106,7 +106,7 @@ async def kube_launch_time(n=50):
         times = []
         for i in range(n):
             rec = job.new_record(job_id=job.job_id_for("b", "b", str(i)), spec=spec, who={"user": "b"}, klass="normal",
-                                 now=clock.now_iso(), event_id=str(i), queue_seq=i + 1)
+                                 now=clock.now_iso(), queue_seq=i + 1)
             t = time.perf_counter()
             await cluster.launch(rec, {})
             times.append(time.perf_counter() - t)

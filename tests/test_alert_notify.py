@@ -14,7 +14,7 @@ def record(state=states.SUCCEEDED, *, owner="alice", team="vision", raw_spec=Non
     s = spec.validate(raw_spec or {"image": "ghcr.io/acme/resnet:1.4", "name": "resnet", "command": ["python"]})
     s["priority"] = "high"
     r = job.new_record(job_id="ab2cd3ef4g", spec=s, who={"user": owner, "team": team}, klass="high", now=T0,
-                       event_id="e1", queue_seq=1)
+                       queue_seq=1)
     if state == states.CANCELLED and extra.pop("never_ran", False):
         return {**states.transition(r, states.CANCELLED, now="2026-11-28T05:20:00.000Z", reason="cancelled by alice"), **extra}
     r = states.transition(r, states.SCHEDULED, now="2026-11-28T05:12:30.000Z", reason="placed", node="node-1")

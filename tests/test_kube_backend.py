@@ -55,7 +55,7 @@ def cluster(api):
 def make_record(job_id="ab2cd3ef4g", attempts=0, **spec):
     record = new_record(job_id=job_id, spec=validate({"image": "ghcr.io/acme/resnet:1.4", **spec}),
                         who={"user": "alice", "team": "vision"}, klass="high", now="2026-11-28T05:10:28.102Z",
-                        event_id="e1", queue_seq=1)
+                        queue_seq=1)
     record["attempts"] = attempts
     return record
 

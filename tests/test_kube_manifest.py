@@ -26,7 +26,7 @@ NFS_CFG = {"data_volume": {"root": "/datasets", "nfs": {"server": "nfs.example.i
 
 def make_record(job_id="ab2cd3ef4g", klass="high", attempts=0, **spec):
     raw = {"image": "ghcr.io/acme/resnet:1.4", **spec}
-    record = new_record(job_id=job_id, spec=validate(raw), who=WHO, klass=klass, now=NOW, event_id="e1", queue_seq=3)
+    record = new_record(job_id=job_id, spec=validate(raw), who=WHO, klass=klass, now=NOW, queue_seq=3)
     record["attempts"] = attempts
     return record
 

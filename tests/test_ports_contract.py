@@ -83,13 +83,13 @@ async def test_jobs_create_get_update_by_revision(twin):
 
 
 async def test_jobs_mutate_and_all(twin):
-    await twin.jobs.create({"id": "aaaaaaaaaa", "n": 1})
-    await twin.jobs.create({"id": "bbbbbbbbbb", "n": 2})
-    assert await twin.jobs.mutate("aaaaaaaaaa", lambda r: dict(r, n=r["n"] + 10)) == (
-        {"id": "aaaaaaaaaa", "n": 1}, {"id": "aaaaaaaaaa", "n": 11})
+    await twin.jobs.create({"id": "aaaaaaaaaa", "attempts": 1})
+    await twin.jobs.create({"id": "bbbbbbbbbb", "attempts": 2})
+    assert await twin.jobs.mutate("aaaaaaaaaa", lambda r: dict(r, attempts=r["attempts"] + 10)) == (
+        {"id": "aaaaaaaaaa", "attempts": 1}, {"id": "aaaaaaaaaa", "attempts": 11})
     assert await twin.jobs.mutate("aaaaaaaaaa", lambda r: None) is None  # no change chosen
     assert await twin.jobs.mutate("cccccccccc", lambda r: r) is None  # missing
-    assert sorted((r["id"], r["n"]) for r in await twin.jobs.all()) == [("aaaaaaaaaa", 11), ("bbbbbbbbbb", 2)]
+    assert sorted((r["id"], r["attempts"]) for r in await twin.jobs.all()) == [("aaaaaaaaaa", 11), ("bbbbbbbbbb", 2)]
 
 
 # --- JobQueue ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def iso(moment: datetime) -> str:
 def job_at(*states, job_id="ab2cd3ef4g", spec=None, owner="alice"):
     """A record submitted at T0 then moved through `states`, 10 s, 40 s, 90 s... apart."""
     rec = new_record(job_id=job_id, spec=validate(spec or SPEC), who={"user": owner, "team": "vision"},
-                     klass="high", now=iso(T0), event_id="ev-1", queue_seq=1)
+                     klass="high", now=iso(T0), queue_seq=1)
     moment = T0
     for i, state in enumerate(states):
         moment += timedelta(seconds=10 * (i + 1) ** 2)

@@ -47,7 +47,7 @@ class SubmitService:
                                 owner=who["user"], team=who.get("team"))
         seq = await self.queue.enqueue(entry, msg_id=job_id)
         record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now,
-                                event_id=event_id, queue_seq=seq)
+                                queue_seq=seq)
         self._runtime_fields(record)
         # The record, its history entry and the queued event go out together: the latter two
         # carry deterministic ids, so a retry repeats nothing, and an event that beats its

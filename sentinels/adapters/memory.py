@@ -11,6 +11,7 @@ import itertools
 import time
 from typing import Callable
 
+from ..domain.job import undeclared
 from ..domain.names import DUPLICATE_WINDOW
 from ..domain.placement import Node
 from ..ports import Conflict
@@ -35,15 +36,24 @@ class _Dedupe:
 
 
 class MemoryJobs:
-    def __init__(self):
+    """Refuses records with fields `domain.job.JobRecord` does not declare (keeps the shape honest)."""
+
+    def __init__(self, strict: bool = True):
         self.data: dict[str, tuple[dict, int]] = {}
         self._rev = itertools.count(1)
+        self.strict = strict
+
+    def _check(self, record):
+        bad = undeclared(record) if self.strict else []
+        if bad:
+            raise ValueError(f"job record field(s) {', '.join(bad)} not declared in domain.job.JobRecord")
 
     async def get(self, job_id):
         got = self.data.get(job_id)
         return (copy.deepcopy(got[0]), got[1]) if got else None
 
     async def create(self, record):
+        self._check(record)
         if record["id"] in self.data:
             raise Conflict(record["id"])
         rev = next(self._rev)
@@ -51,6 +61,7 @@ class MemoryJobs:
         return rev
 
     async def update(self, record, revision):
+        self._check(record)
         if self.data.get(record["id"], (None, None))[1] != revision:
             raise Conflict(record["id"])
         rev = next(self._rev)

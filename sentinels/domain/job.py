@@ -7,13 +7,60 @@ retried submit lands on the same record instead of creating a second job.
 import base64
 import hashlib
 import re
-from typing import TypeGuard
+from typing import Any, Optional, TypedDict, TypeGuard
 
 from .names import JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, PRIORITY_LABEL, job_name
 from .spec import label_value
 from .states import QUEUED
 
 JOB_ID = re.compile(r"^[a-z2-7]{10}$")
+
+
+class JobRecord(TypedDict, total=False):
+    """The job record in KV `sentinels_jobs`: every field any part writes, and who writes it.
+
+    The in-memory job store refuses a record with a field not declared here, so the
+    function tests keep this list complete."""
+
+    # submit (new_record)
+    id: str
+    name: str
+    owner: str
+    team: Optional[str]
+    state: str  # one of states.STATES
+    priority: str  # the class; reprioritize changes it
+    spec: dict[str, Any]  # the validated spec (domain.spec.validate)
+    attempts: int  # the attempt number: +1 each time it is put back in the queue
+    reason: str  # why it is in its state, for people
+    timestamps: dict[str, str]  # state -> when it last entered it (ISO)
+    submitted_at: str
+    updated_at: str
+    k8s_job: str  # names.job_name(id, attempts)
+    mlflow_run_id: Optional[str]
+    queue_seq: int  # its entry in SENTINELS_QUEUE while QUEUED
+    order: int  # its place in its class (the first queue sequence), kept across requeues
+    cancel_requested: bool
+    runtime: str  # the embedded default's local runtime (process, podman, docker)
+    runtime_note: str  # what that runtime means for this image, for people
+    # schedule
+    node: Optional[str]  # where it was placed
+    mlflow: dict[str, Any]  # {run_id, experiment_id, url, synced_state} (domain.tracking)
+    links: dict[str, str]  # label -> URL (MLflow run, ...)
+    # on_job_event
+    queue_front: bool  # requeued: waits on the class's `.requeued` subject
+    last_observation: str  # the last event applied (redeliveries are recognised)
+    last_step: dict[str, Any]  # the last transition's effects, to finish them after a crash
+    previous_job: Optional[str]  # the attempt's Job to stop when it was requeued
+    log_tail: list[str]  # the last log lines of a failed job
+    exit_code: Optional[int]
+
+
+FIELDS = frozenset(JobRecord.__annotations__)
+
+
+def undeclared(record: dict) -> list[str]:
+    """Fields of `record` that JobRecord does not declare."""
+    return sorted(set(record) - FIELDS)
 
 
 def job_id_for(owner: str, source: str, event_id: str) -> str:
@@ -25,9 +72,9 @@ def is_job_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and bool(JOB_ID.match(value))
 
 
-def new_record(*, job_id: str, spec: dict, who: dict, klass: str, now: str, event_id: str,
-               queue_seq: int) -> dict:
-    return {
+def new_record(*, job_id: str, spec: dict, who: dict, klass: str, now: str, queue_seq: int) -> dict:
+    """A new QUEUED record (type-checked against JobRecord; records travel as plain dicts)."""
+    record: JobRecord = {
         "id": job_id,
         "name": spec["name"],
         "owner": who["user"],
@@ -45,8 +92,8 @@ def new_record(*, job_id: str, spec: dict, who: dict, klass: str, now: str, even
         "queue_seq": queue_seq,
         "order": queue_seq,
         "cancel_requested": False,
-        "event_id": event_id,
     }
+    return dict(record)
 
 
 def queue_entry(*, job_id: str, spec: dict, klass: str, submitted_at: str, order: int | None = None,

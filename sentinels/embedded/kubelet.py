@@ -31,7 +31,7 @@ from ..domain.errors import Conflict, InvalidSpec, NotFound
 from ..domain.job import is_job_id
 from ..domain.placement import Node
 from ..domain.spec import DNS1123_LABEL, ENV_NAME
-from . import processes
+from . import processes, run_state
 from .machine import Capacity
 from .runtimes import Launch, ProcessRuntime, Runtime
 
@@ -119,6 +119,9 @@ class Kubelet:
         return self.dir / job_id
 
     def _save(self, state: dict) -> None:
+        bad = run_state.undeclared(state)
+        if bad:  # a programming error: declare the field in run_state.py
+            raise TypeError(f"executor state field(s) {', '.join(bad)} not declared in embedded.run_state")
         write_atomic(self._job_dir(state["job"]) / "state.json", json.dumps(state))
 
     def _next_rv(self) -> int:
