@@ -38,6 +38,9 @@ def pytest_collection_modifyitems(config, items):
         marks = {m.name for m in item.iter_markers()}
         if "e2e" in marks or "slow" in marks:
             continue
+        if "engine" in marks:  # a real container engine
+            item.add_marker(pytest.mark.slow)
+            continue
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if "e2e" in module or module in E2E_MODULES:
             item.add_marker(pytest.mark.e2e)

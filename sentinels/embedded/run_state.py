@@ -23,6 +23,17 @@ class PodState(TypedDict):
     proc_start: Optional[int]  # the process's start time (clock ticks), so a recycled pid is not taken for it
     gpus: list[int]  # device indices given to it
     rv: NotRequired[int]  # resourceVersion of the pod object last emitted
+    runtime: NotRequired[str]  # process | podman | docker (runtimes.Runtime.name)
+    # a container engine's facts (embedded.engine)
+    container: NotRequired[str]  # the container's name
+    container_id: NotRequired[str]  # <engine>://<id> once it runs
+    oom_kills: NotRequired[int]  # the host's OOM kill count at start, to tell an OOM kill
+    memory_limit: NotRequired[int]
+    # an image pull that failed and is tried again
+    pulls: NotRequired[int]
+    retry_at: NotRequired[Optional[float]]  # wall-clock seconds
+    waiting_reason: NotRequired[Optional[str]]  # ErrImagePull, ImagePullBackOff
+    waiting_message: NotRequired[Optional[str]]
 
 
 class RunState(TypedDict):
