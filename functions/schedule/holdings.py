@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Optional
 
-from sentinels.clock import parse_iso
+from sentinels.domain.times import parse as parse_iso
 from sentinels.domain import fairshare, sharing, states
 from sentinels.domain.names import USAGE_KEY
 from sentinels.ports import Board, Cluster, JobStore

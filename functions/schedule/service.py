@@ -148,6 +148,8 @@ class ScheduleService:
     async def _preempt(self, decision, waiting: list, nodes: list, snap, running: dict) -> None:
         """Waiting jobs that may evict (a preempting class, or reclaiming their nominal quota) get
         the cheapest victims; the victims are marked and the lifecycle function stops and requeues them."""
+        if self.holdings is None:
+            return
         cfg = self.holdings.cfg
         if not cfg.preemption.enabled and not cfg.quotas:
             return
@@ -183,7 +185,8 @@ class ScheduleService:
             looked += 1
             if looked > PREEMPT_LOOKS:
                 break
-            rooms = [preemption.NodeRoom(n.name, *room[n.name][:3], usable=placement.usable(w, n), free_pods=room[n.name][3])
+            rooms = [preemption.NodeRoom(n.name, room[n.name][0], room[n.name][1], room[n.name][2],
+                                         usable=placement.usable(w, n), free_pods=room[n.name][3])
                      for n in nodes]
             plan = preemption.plan(preemption.Candidate(w.id, w.rank, w.team, w.cpu_millis, w.memory_bytes, w.gpu,
                                                         may, within),
@@ -206,7 +209,8 @@ class ScheduleService:
         if done is None:
             return
         after = done[1]
-        self.holdings.forget(victim_id, after)
+        if self.holdings is not None:
+            self.holdings.forget(victim_id, after)
         await self.sink.emit(events.envelope(events.JOB_PREEMPT_REQUESTED, SOURCE, f"{victim_id}:preempt:{after.get('attempts', 1)}",
                                              {"job": victim_id, "by": by.id, "class": by.klass, "owner": by.owner},
                                              after["updated_at"], subject=victim_id))
