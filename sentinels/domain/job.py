@@ -46,6 +46,8 @@ class JobRecord(TypedDict, total=False):
     node: Optional[str]  # where it was placed
     mlflow: dict[str, Any]  # {run_id, experiment_id, url, synced_state} (domain.tracking)
     links: dict[str, str]  # label -> URL (MLflow run, ...)
+    preempted_by: Optional[str]  # the waiting job this one is stopped for (the lifecycle requeues it)
+    preempted_note: str  # the same, for people
     # on_job_event
     queue_front: bool  # requeued: waits on the class's `.requeued` subject
     last_observation: str  # the last event applied (redeliveries are recognised)
@@ -53,6 +55,7 @@ class JobRecord(TypedDict, total=False):
     previous_job: Optional[str]  # the attempt's Job to stop when it was requeued
     log_tail: list[str]  # the last log lines of a failed job
     exit_code: Optional[int]
+    preemptions: int  # times it was stopped for another job (not counted as attempts cut short)
 
 
 FIELDS = frozenset(JobRecord.__annotations__)
