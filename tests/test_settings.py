@@ -66,6 +66,7 @@ ENV_READERS = {  # modules that may touch os.environ, and why
     "sentinels/embedded/supervisor.py": "passes its environment on to the processes it starts",
     "sentinels/embedded/natsd.py": "passes its environment on to nats-server",
     "sentinels/embedded/kubelet.py": "passes PATH, HOME and the like on to local jobs",
+    "sentinels/embedded/builder.py": "passes PATH, HOME and the like on to image builds",
     "sentinels/adapters/mlflow_tracker.py": "MLflow reads its HTTP timeout from the environment only",
 }
 

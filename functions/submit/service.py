@@ -69,15 +69,14 @@ class SubmitService:
         job_id = job.job_id_for(who["user"], source, event_id)
         spec["image"] = build.local_image(spec["name"], job_id)  # what the build will tag
         now = self.clock()
-        record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now,
-                                event_id=event_id, queue_seq=None)
+        record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now, queue_seq=None)
         record.update(state=states.BUILDING, timestamps={states.BUILDING: now}, reason="waiting for a builder",
                       build=wanted, build_job=build.build_job_name(job_id), order=None)
         self._runtime_fields(record)
         created, _ = await asyncio.gather(self._create(record), self._announce(None, record, events.JOB_BUILDING))
         if created:
             return 201, record
-        return 200, (await self.jobs.get(job_id))[0]
+        return 200, await self._current(job_id)
 
     def _runtime_fields(self, record: dict) -> None:
         """Which local runtime the job gets; the process runtime says its image is not used."""

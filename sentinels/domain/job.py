@@ -37,11 +37,15 @@ class JobRecord(TypedDict, total=False):
     updated_at: str
     k8s_job: str  # names.job_name(id, attempts)
     mlflow_run_id: Optional[str]
-    queue_seq: int  # its entry in SENTINELS_QUEUE while QUEUED
-    order: int  # its place in its class (the first queue sequence), kept across requeues
+    queue_seq: Optional[int]  # its entry in SENTINELS_QUEUE while QUEUED (None while BUILDING)
+    order: Optional[int]  # its place in its class (the first queue sequence), kept across requeues
     cancel_requested: bool
     runtime: str  # the embedded default's local runtime (process, podman, docker)
     runtime_note: str  # what that runtime means for this image, for people
+    build: dict[str, Any]  # a Dockerfile submit: {dockerfile, context} (domain.build.validate)
+    build_job: str  # the Job that builds its image
+    build_started: bool  # the scheduler handed the build to a builder
+    image_id: Optional[str]  # the built image's id or digest
     # schedule
     node: Optional[str]  # where it was placed
     mlflow: dict[str, Any]  # {run_id, experiment_id, url, synced_state} (domain.tracking)
@@ -75,7 +79,7 @@ def is_job_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and bool(JOB_ID.match(value))
 
 
-def new_record(*, job_id: str, spec: dict, who: dict, klass: str, now: str, queue_seq: int) -> dict:
+def new_record(*, job_id: str, spec: dict, who: dict, klass: str, now: str, queue_seq: Optional[int]) -> dict:
     """A new QUEUED record (type-checked against JobRecord; records travel as plain dicts)."""
     record: JobRecord = {
         "id": job_id,

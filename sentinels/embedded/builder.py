@@ -95,7 +95,7 @@ class Builder:
         await send_outboxes(self.builds.values(), self.sink, self._save)
 
     # --- the verbs ----------------------------------------------------------------------------
-    def start(self, record: dict) -> dict:
+    def start(self, record: object) -> dict:  # checked here: it comes from a request
         if not isinstance(record, dict) or not is_job_id(record.get("id")) or not isinstance(record.get("build"), dict):
             raise InvalidSpec("build: record with id and build is required", "record")
         job_id = record["id"]
@@ -113,8 +113,8 @@ class Builder:
         self._save(b)
         return {"started": True, "job": job_id, "state": self._describe(b)}
 
-    def stop(self, job_id: str) -> bool:
-        b = self.builds.get(job_id)
+    def stop(self, job_id: object) -> bool:  # from a request: anything not a known id is a no-op
+        b = self.builds.get(job_id) if isinstance(job_id, str) else None
         if b is None or b["outcome"] is not None:
             return False
         if b.get("pid") is None:  # still waiting for a slot
