@@ -171,6 +171,22 @@ async def test_eviction_requeues_at_the_front_and_counts_an_attempt():
     assert other[1]["state"] == "QUEUED"
 
 
+async def test_a_requeued_job_moved_to_another_class_waits_in_its_plain_subject():
+    """Reprioritize enqueues on the class's plain subject; the record used to keep
+    queue_front from its requeue, so its position was counted on the wrong subject."""
+    w = World()
+    rec = await w.running_job()
+    evicted = labelled(fixture("pod-running.yaml"), rec)
+    evicted["status"]["phase"] = "Failed"
+    evicted["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                                            "message": "Eviction API: evicting"})
+    assert await w.life.handle(UPDATE, evicted) == "queued"
+    assert (await w.get(rec["id"]))["queue_front"]
+    klass = "low" if rec["priority"] != "low" else "normal"
+    status, body = await w.submitter.reprioritize({"job": rec["id"], "class": klass}, ADMIN)
+    assert status == 200 and body["priority"] == klass and body["queue_front"] is False
+
+
 async def test_node_removed_while_two_jobs_run_both_run_again_and_succeed():
     w = World(nodes=("n1", "n2"))
     a = await w.running_job(cpu=4)

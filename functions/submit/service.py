@@ -162,7 +162,7 @@ class SubmitService:
             if r["state"] != states.QUEUED or r["queue_seq"] != old_seq:
                 return None
             spec = dict(r["spec"], priority=klass)
-            return dict(r, priority=klass, spec=spec, queue_seq=seq, updated_at=now,
+            return dict(r, priority=klass, spec=spec, queue_seq=seq, queue_front=False, updated_at=now,
                         reason=f"priority {r['priority']} -> {klass} by {who['user']}")
 
         done = await self.jobs.mutate(record["id"], decide)
