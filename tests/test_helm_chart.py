@@ -1,0 +1,229 @@
+"""helm/sentinels with real Helm: strict lint, renders valid against real schemas, bad values refused.
+
+Core objects are validated strictly with kubernetes-validate; custom resources against the
+CRD schemas of ../shared/crds (skipped, with the reason, when that folder is absent).
+The dependencies are not downloadable here: lint uses stub subcharts in a temporary copy,
+and renders leave them out (what they would render is the upstream charts' business).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests import helm_chart as hc
+
+pytest.importorskip("helm_python", reason="helm-python-sdk (test extra) is not installed")
+
+CORE_GROUPS = ("v1", "rbac.authorization.k8s.io/v1", "networking.k8s.io/v1", "apps/v1", "batch/v1",
+               "policy/v1", "scheduling.k8s.io/v1")
+ALL_OFF = {"nats": {"enabled": False}, "knative-operator": {"enabled": False}, "mlflow": {"enabled": False},
+           "eck-operator": {"enabled": False}, "eck-stack": {"enabled": False}, "opensearch": {"enabled": False},
+           "fluent-bit": {"enabled": False}, "kube-prometheus-stack": {"enabled": False},
+           "dcgm-exporter": {"enabled": False}, "natsAuth": {"enabled": False},
+           "networkPolicy": {"enabled": False}, "test": {"enabled": False}}
+
+
+def name_of(d):
+    return f"{d['kind']}/{d['metadata'].get('namespace', '-')}/{d['metadata']['name']}"
+
+
+DEFAULTS = hc.render_all()
+OFF = hc.render_all(ALL_OFF)
+
+
+def test_dependencies_are_pinned_and_conditional():
+    values = yaml.safe_load((hc.CHART / "values.yaml").read_text())
+    names = set()
+    for dep in hc.dependencies():
+        names.add(dep["name"])
+        assert dep["repository"].startswith("https://"), dep
+        assert all(c.isdigit() or c in "v." for c in str(dep["version"])), f"{dep['name']} is not pinned: {dep['version']}"
+        assert dep["condition"] == f"{dep['name']}.enabled"
+        assert isinstance(values[dep["name"]]["enabled"], bool)
+    assert {"nats", "knative-operator", "mlflow", "fluent-bit", "kube-prometheus-stack", "dcgm-exporter"} <= names
+    assert "eck-stack" in names or "opensearch" in names
+    assert values["dcgm-exporter"]["nodeSelector"], "the DCGM exporter belongs on GPU nodes only"
+    assert not values["mlflow"].get("minio", {}).get("enabled"), "MinIO is in maintenance mode: not a default"
+
+
+@pytest.mark.parametrize("values", [{}, {"knative": {"objects": True, "install": True}}, ALL_OFF],
+                         ids=["defaults", "everything-on", "optional-off"])
+def test_strict_lint_is_clean(tmp_path, values):
+    import helm_python
+
+    report = helm_python.lint(str(hc.stubbed_copy(tmp_path)), values, strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not report["errors"] and not problems, report
+
+
+def test_a_missing_dependency_is_what_strict_lint_reports(tmp_path):
+    """The stubs are what makes lint clean: without them strict lint complains (so the test can fail)."""
+    import helm_python
+
+    report = helm_python.lint(str(hc.CHART), {}, strict=True)
+    assert report["errors"] or any(m["severity"] >= 2 for m in report["messages"])
+
+
+@pytest.mark.parametrize("docs", [DEFAULTS, OFF], ids=["defaults", "optional-off"])
+def test_core_objects_validate_strictly(docs):
+    core = [d for d in docs if d["apiVersion"] in CORE_GROUPS]
+    assert core
+    for d in core:
+        kubernetes_validate.validate(d, "1.31", strict=True)
+
+
+@pytest.mark.parametrize("docs", [DEFAULTS, OFF], ids=["defaults", "optional-off"])
+def test_custom_resources_validate_against_real_crds(docs):
+    schemas = hc.crd_schemas()
+    if schemas is None:
+        pytest.skip(f"no CRD schemas at {hc.CRDS} (they are not part of the repository)")
+    custom = [d for d in docs if d["apiVersion"] not in CORE_GROUPS]
+    checked = set()
+    for d in custom:
+        schema = schemas.get((d["apiVersion"], d["kind"]))
+        if schema is None:
+            assert d["apiVersion"] == "operator.knative.dev/v1beta1", f"no CRD for {name_of(d)}"
+            continue  # the knative-operator's own CRDs are not in ../shared/crds
+        jsonschema.Draft7Validator(schema).validate({k: v for k, v in d.items() if k != "status"})
+        checked.add(d["kind"])
+    assert {"Service", "Broker", "Trigger", "PingSource", "ApiServerSource"} <= checked
+
+
+def test_a_crd_schema_catches_a_wrong_field():
+    schemas = hc.crd_schemas()
+    if schemas is None:
+        pytest.skip(f"no CRD schemas at {hc.CRDS}")
+    (trigger,) = [d for d in DEFAULTS if d["kind"] == "Trigger"][:1]
+    bad = json.loads(json.dumps(trigger))
+    bad["spec"]["delivery"]["retry"] = "five"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schemas[("eventing.knative.dev/v1", "Trigger")]).validate(bad)
+
+
+@pytest.mark.parametrize("docs", [DEFAULTS, OFF], ids=["defaults", "optional-off"])
+def test_every_object_carries_the_standard_labels(docs):
+    for d in docs:
+        labels = d["metadata"].get("labels") or {}
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
+                    "app.kubernetes.io/part-of", "app.kubernetes.io/component", "app.kubernetes.io/version"):
+            assert key in labels, f"{name_of(d)} lacks {key}"
+
+
+def test_knative_objects_wait_for_knative_unless_forced():
+    bare = hc.documents(hc.render())
+    assert not [d for d in bare if "knative" in d["apiVersion"]]
+    notes = hc.render()["sentinels/templates/NOTES.txt"]
+    assert "helm upgrade --install" in notes
+    forced = hc.documents(hc.render({"knative": {"objects": True}}))
+    assert {"Service", "Broker", "Trigger", "PingSource", "ApiServerSource"} <= {d["kind"] for d in forced}
+    assert not [d for d in hc.documents(hc.render({"knative": {"objects": False}}, api_versions=hc.KNATIVE_APIS))
+                if d["apiVersion"].startswith(("serving.knative", "eventing.knative", "sources.knative"))]
+
+
+def by_kind(docs, kind):
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_services_one_image_args_and_visibility():
+    services = by_kind(DEFAULTS, "Service")
+    assert set(services) == {"sentinels-submit", "sentinels-schedule", "sentinels-on-job-event", "sentinels-alert"}
+    scale = {}
+    for name, svc in services.items():
+        local = svc["metadata"]["labels"].get("networking.knative.dev/visibility") == "cluster-local"
+        assert local == (name != "sentinels-submit")
+        tpl = svc["spec"]["template"]
+        (c,) = tpl["spec"]["containers"]
+        assert c["image"] == "ghcr.io/sentinels/sentinels:0.1.0" and "command" not in c
+        fn = name.removeprefix("sentinels-").replace("-", "_")
+        assert c["args"][:4] == ["--target", fn, "--source", f"functions/{fn}/main.py"] and "--asgi" in c["args"]
+        assert c["readinessProbe"] and c["livenessProbe"] and c["resources"]["requests"]
+        assert c["securityContext"]["runAsNonRoot"] and not c["securityContext"]["allowPrivilegeEscalation"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["SENTINELS_BROKER_URL"]["value"] == \
+            "http://nats-broker-ingress.knative-eventing.svc.cluster.local/sentinels/sentinels"
+        assert env["SENTINELS_BACKEND"]["value"] == "kubernetes"
+        scale[fn] = tpl["metadata"]["annotations"]["autoscaling.knative.dev/max-scale"]
+    # functions with per-process state run as one process
+    assert scale["schedule"] == "1" and scale["alert"] == "1"
+
+
+def test_broker_is_the_replicated_native_jetstream_broker():
+    broker = by_kind(DEFAULTS, "Broker")["sentinels"]
+    ann = broker["metadata"]["annotations"]
+    assert ann["eventing.knative.dev/broker.class"] == "NatsJetStreamBroker"
+    assert json.loads(ann["natsjetstream.eventing.knative.dev/config"])["stream"]["replicas"] == 3
+
+
+def test_config_map_carries_the_functions_configuration():
+    (cm,) = [d for d in DEFAULTS if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sentinels-config"]
+    cfg = yaml.safe_load(cm["data"]["config.yaml"])
+    assert cfg["backend"] == "kubernetes" and cfg["kubernetes"]["namespace"] == "sentinels"
+    assert cfg["priorities"]["classes"]["critical"] == 1000 and cfg["notify"]["default_channel"] == "#ml-jobs"
+    from sentinels.settings import CONFIG_KEYS
+
+    assert set(cfg) <= CONFIG_KEYS, set(cfg) - CONFIG_KEYS
+
+
+def test_jobs_in_another_namespace_move_rbac_and_the_source():
+    docs = hc.render_all({"jobsNamespace": "ml"})
+    for role in list(by_kind(docs, "Role").values()) + list(by_kind(docs, "RoleBinding").values()):
+        assert role["metadata"]["namespace"] == "ml"
+    for binding in by_kind(docs, "RoleBinding").values():
+        assert all(s["namespace"] == "sentinels" for s in binding["subjects"])
+    source = by_kind(docs, "ApiServerSource")["sentinels-kube"]
+    assert source["spec"]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "ml"}}
+    assert "sentinels-apiserversource-namespaces" in by_kind(docs, "ClusterRole")
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sentinels-config"]
+    assert yaml.safe_load(cm["data"]["config.yaml"])["kubernetes"]["namespace"] == "ml"
+    # same namespace: no selector, no namespace access
+    assert "namespaceSelector" not in by_kind(DEFAULTS, "ApiServerSource")["sentinels-kube"]["spec"]
+    assert "sentinels-apiserversource-namespaces" not in by_kind(DEFAULTS, "ClusterRole")
+
+
+def test_network_policies_close_the_internal_functions():
+    policies = by_kind(DEFAULTS, "NetworkPolicy")
+    assert set(policies) == {"sentinels-schedule", "sentinels-on-job-event", "sentinels-alert"}
+    services = by_kind(DEFAULTS, "Service")
+    for name, pol in policies.items():
+        pod_labels = services[name]["spec"]["template"]["metadata"]["labels"]
+        assert pol["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        sources = [f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                   for f in pol["spec"]["ingress"][0]["from"]]
+        assert "knative-eventing" in sources
+
+
+def test_helm_test_hook_submits_and_waits():
+    (pod,) = [d for d in DEFAULTS if d["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    cmd = pod["spec"]["containers"][0]["command"]
+    assert cmd[:2] == ["sentinels", "submit"] and "--wait" in cmd
+    assert pod["spec"]["activeDeadlineSeconds"] > 0 and pod["spec"]["automountServiceAccountToken"] is False
+
+
+BAD_VALUES = [
+    ({"broker": {"streamReplicas": 2}}, "/broker/streamReplicas"),
+    ({"functions": {"schedule": {"maxScale": "one"}}}, "/functions/schedule/maxScale"),
+    ({"jobsNamespace": "Not_A_Namespace"}, "/jobsNamespace"),
+    ({"tick": {"schedule": "every minute"}}, "/tick/schedule"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    ({"knative": {"objects": "maybe"}}, "/knative/objects"),
+    ({"config": {"kubernetes": {"namespace": "x"}}}, "/config/kubernetes"),
+    ({"secrets": {"slack": {"name": "Slack Secret"}}}, "/secrets/slack/name"),
+    ({"unknownKey": 1}, "unknownKey"),
+]
+
+
+@pytest.mark.parametrize("values,where", BAD_VALUES, ids=[w for _, w in BAD_VALUES])
+def test_values_that_violate_the_schema_fail_with_its_message(values, where):
+    import helm_python
+
+    with pytest.raises(helm_python.HelmValuesError) as err:
+        hc.render(values)
+    assert where in str(err.value) and "schema" in str(err.value)
