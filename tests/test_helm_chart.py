@@ -227,3 +227,63 @@ def test_values_that_violate_the_schema_fail_with_its_message(values, where):
     with pytest.raises(helm_python.HelmValuesError) as err:
         hc.render(values)
     assert where in str(err.value) and "schema" in str(err.value)
+
+
+def nats_conf(tmp_path: Path) -> Path:
+    """nats.conf as the nats dependency builds it from our values (config.* and its merge
+    blocks, the "$include" key turned into an include), with the rendered auth.conf beside it."""
+    values = yaml.safe_load((hc.CHART / "values.yaml").read_text())["nats"]["config"]
+    (cm,) = [d for d in DEFAULTS if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sentinels-nats-auth"]
+    (tmp_path / "sentinels").mkdir()
+    (tmp_path / "sentinels" / "auth.conf").write_text(cm["data"]["auth.conf"])
+    replicas = values["cluster"]["replicas"]
+    conf = {"port": 4222, "server_name": "sentinels-nats-0", "http_port": 8222, "lame_duck_duration": "30s",
+            "pid_file": str(tmp_path / "nats.pid"),
+            "jetstream": {"store_dir": str(tmp_path / "data"), "max_file_store": 20 * 2**30,
+                          **values["jetstream"]["merge"]},
+            "cluster": {"name": "sentinels-nats", "port": 6222, "no_advertise": True,
+                        "routes": [f"nats://sentinels-nats-{i}.sentinels-nats-headless:6222" for i in range(replicas)]}}
+    includes = [v for k, v in sorted(values["merge"].items()) if k.endswith("$include")]
+    body = json.dumps(conf, indent=2)
+    text = "\n".join(f"include {p};" for p in includes) + "\n" + body[1:-1].rstrip() + "\n"
+    path = tmp_path / "nats.conf"
+    path.write_text("{\n" + text + "}\n")
+    return path
+
+
+def nats_check(conf: Path, env: dict) -> subprocess.CompletedProcess:
+    from sentinels.embedded import natsd
+
+    return subprocess.run([natsd.binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ.get("PATH", ""), **env})
+
+
+USERS = ("submit", "schedule", "on-job-event", "alert", "broker", "inspect")
+
+
+def test_rendered_nats_configuration_passes_nats_server_t(tmp_path):
+    values = yaml.safe_load((hc.CHART / "values.yaml").read_text())["nats"]
+    assert values["config"]["jetstream"]["merge"]["sync_interval"] == "always"
+    assert values["config"]["cluster"]["replicas"] == 3 and values["config"]["jetstream"]["enabled"]
+    conf = nats_conf(tmp_path)
+    env = {f"SENTINELS_NATS_{u.upper().replace('-', '_')}": f"pw-{u}" for u in USERS}
+    # the NATS container gets exactly these variables from the Secret
+    assert set(env) == set(values["container"]["env"])
+    assert {v["valueFrom"]["secretKeyRef"]["key"] for v in values["container"]["env"].values()} == set(USERS)
+    ok = nats_check(conf, env)
+    assert ok.returncode == 0, ok.stderr + ok.stdout
+    # a missing password is a configuration error that names the variable
+    bad = nats_check(conf, {k: v for k, v in env.items() if k != "SENTINELS_NATS_ALERT"})
+    assert bad.returncode != 0 and "SENTINELS_NATS_ALERT" in bad.stderr + bad.stdout
+
+
+def test_nats_users_are_least_privilege():
+    (cm,) = [d for d in DEFAULTS if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sentinels-nats-auth"]
+    auth = cm["data"]["auth.conf"]
+    blocks = {u: auth[auth.index(f'user: "{u}"'):].split("}}", 1)[0] for u in USERS}
+    inspect = blocks["inspect"]
+    assert "$KV." not in inspect and "sentinels." not in inspect and "DELETE" not in inspect
+    assert "MSG.DELETE.SENTINELS_QUEUE" in blocks["schedule"]
+    assert "MSG.DELETE" not in blocks["submit"] and "sentinels_alerts" not in blocks["submit"]
+    assert "sentinels.queue" not in blocks["alert"]
+    assert '"sentinels.>"' in blocks["broker"].split("deny:", 1)[1]

@@ -15,11 +15,13 @@ from starlette.responses import JSONResponse
 from sentinels import clock, wiring
 from sentinels.adapters import slack
 from sentinels.http import error_response, read_event
+from sentinels import expected_secrets
 from sentinels.settings import Settings
 
 from functions.alert.service import AlertService
 
 log = logging.getLogger("sentinels.alert")
+expected_secrets.check('sentinels-alert')  # a Secret missing on Kubernetes: one clear line
 SETTINGS = Settings.load()
 NOTIFY = SETTINGS.notify()
 NOTIFIER = slack.start(SETTINGS.slack_env(), NOTIFY.default_channel)

@@ -13,11 +13,13 @@ from starlette.responses import JSONResponse
 from sentinels import clock, wiring
 from sentinels.domain import events
 from sentinels.http import error_response, read_event
+from sentinels import expected_secrets
 from sentinels.settings import Settings
 
 from functions.on_job_event.service import LifecycleService, RetryLater
 
 log = logging.getLogger("sentinels.on_job_event")
+expected_secrets.check('sentinels-on-job-event')  # a Secret missing on Kubernetes: one clear line
 SETTINGS = Settings.load()
 LIFECYCLE = SETTINGS.lifecycle()
 TRACKER = wiring.tracker_for(SETTINGS)

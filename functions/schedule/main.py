@@ -10,6 +10,7 @@ import functions_framework.aio
 
 from sentinels import clock, wiring
 from sentinels.domain import events
+from sentinels import expected_secrets
 from sentinels.settings import Settings
 
 from functions.schedule.capacity import CapacityAlerts
@@ -17,6 +18,7 @@ from functions.schedule.holdings import Holdings
 from functions.schedule.service import ScheduleService
 
 log = logging.getLogger("sentinels.schedule")
+expected_secrets.check('sentinels-schedule')  # a Secret missing on Kubernetes: one clear line
 SETTINGS = Settings.load()
 PRIORITIES = SETTINGS.priorities()
 CONFIG = SETTINGS.scheduler()

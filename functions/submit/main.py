@@ -13,11 +13,13 @@ from sentinels import clock, wiring
 from sentinels.domain import events
 from sentinels.domain.errors import InvalidSpec
 from sentinels.http import error_response, read_event
+from sentinels import expected_secrets
 from sentinels.settings import Settings
 
 from functions.submit.service import SubmitService
 
 log = logging.getLogger("sentinels.submit")
+expected_secrets.check('sentinels-submit')  # a Secret missing on Kubernetes: one clear line
 SETTINGS = Settings.load()
 PRIORITIES = SETTINGS.priorities()
 LIMITS = SETTINGS.limits()
