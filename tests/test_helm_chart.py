@@ -287,3 +287,17 @@ def test_nats_users_are_least_privilege():
     assert "MSG.DELETE" not in blocks["submit"] and "sentinels_alerts" not in blocks["submit"]
     assert "sentinels.queue" not in blocks["alert"]
     assert '"sentinels.>"' in blocks["broker"].split("deny:", 1)[1]
+
+
+def test_chart_readme_documents_every_value_we_own():
+    values = yaml.safe_load((hc.CHART / "values.yaml").read_text())
+    readme = (hc.CHART / "README.md").read_text()
+    dependencies = {d["name"] for d in hc.dependencies()}
+    for key, value in values.items():
+        if key in dependencies:
+            assert f"`{key}`" in readme, key
+        elif isinstance(value, dict) and value:
+            for sub in value:
+                assert f"`{key}.{sub}`" in readme, f"{key}.{sub} is not in helm/sentinels/README.md"
+        else:
+            assert f"`{key}`" in readme, f"{key} is not in helm/sentinels/README.md"
