@@ -21,7 +21,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONFIG_KEYS = {"url", "nats_url", "token", "priorities", "tokens_file", "limits", "data_roots",
                "mlflow_tracking_uri", "user", "notify", "local", "backend", "scheduler", "lifecycle",
-               "kubernetes", "nats_sync", "quotas", "fair_share", "preemption", "builds"}
+               "kubernetes", "nats_sync", "quotas", "fair_share", "preemption", "builds", "nats_replicas"}
 
 
 def _load_yaml_file(path: Path, what: str, max_bytes: int = 1 << 20):
@@ -158,6 +158,13 @@ class Settings:
             )
         except Exception as e:  # a bad limits block is a start-up error, never a first-use one
             raise ConfigError(f"configuration: bad limits ({getattr(e, 'message', e)})") from None
+
+    def nats_replicas(self) -> int:
+        """Replicas of the streams and KV buckets the functions create (3 on the chart's NATS cluster)."""
+        raw = self.file.get("nats_replicas", 1)
+        if isinstance(raw, bool) or raw not in (1, 3, 5):
+            raise ConfigError(f"configuration: nats_replicas must be 1, 3 or 5, not {raw!r}")
+        return raw
 
     def backend(self) -> str:
         name = self.env.get("SENTINELS_BACKEND") or self.file.get("backend") or "local"

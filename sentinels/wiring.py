@@ -23,10 +23,11 @@ class Stores:
     history: History
     board: Board
     sink: EventSink
+    replicas: int = 1
 
     async def sent_log(self) -> SentLog:
         """The alert function's record of what it already sent (its bucket is made on first use)."""
-        return await jetstream.JetStreamSentLog.open(self.js)
+        return await jetstream.JetStreamSentLog.open(self.js, self.replicas)
 
 
 def sink_for(settings: Settings, js) -> EventSink:
@@ -43,9 +44,11 @@ async def open_stores(settings: Settings, name: str) -> Stores:
     nc = await jetstream.connect(settings.nats_url, name, reconnect=True)
     domain = settings.jetstream_domain()
     js = nc.jetstream(timeout=5, domain=domain)
-    await jetstream.ensure(js)
+    replicas = settings.nats_replicas()
+    await jetstream.ensure(js, replicas)
     return Stores(nc, js, await jetstream.JetStreamJobs.open(js), jetstream.JetStreamQueue(js, nc, domain),
-                  jetstream.JetStreamHistory(js), await jetstream.JetStreamBoard.open(js), sink_for(settings, js))
+                  jetstream.JetStreamHistory(js), await jetstream.JetStreamBoard.open(js), sink_for(settings, js),
+                  replicas)
 
 
 def cluster_for(settings: Settings, nc):

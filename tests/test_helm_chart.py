@@ -169,6 +169,19 @@ def test_config_map_carries_the_functions_configuration():
     from sentinels.settings import CONFIG_KEYS
 
     assert set(cfg) <= CONFIG_KEYS, set(cfg) - CONFIG_KEYS
+    assert cfg["nats_replicas"] == 3  # sentinels' streams replicated like the NATS cluster
+    assert "nats_replicas" not in yaml.safe_load(
+        [d for d in OFF if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sentinels-config"][0]["data"]["config.yaml"])
+
+
+def test_nats_replicas_setting_is_checked(tmp_path):
+    from sentinels.domain.errors import ConfigError
+    from sentinels.settings import Settings
+
+    assert Settings(home=tmp_path, file={"nats_replicas": 3}).nats_replicas() == 3
+    assert Settings(home=tmp_path).nats_replicas() == 1
+    with pytest.raises(ConfigError, match="nats_replicas must be 1, 3 or 5"):
+        Settings(home=tmp_path, file={"nats_replicas": 2}).nats_replicas()
 
 
 def test_jobs_in_another_namespace_move_rbac_and_the_source():

@@ -50,6 +50,15 @@ class Cluster:
         spec = {"image": "python:3.11", "command": ["true"], "name": name, "resources": {"cpu": cpu, "memory": "1Gi"}}
         return (await self.submitter.submit({"spec": spec}, ADMIN, "t", f"e-{name}"))[1]
 
+    async def running_on_a(self) -> dict:
+        """One job running on node "a" (the only node so far)."""
+        await self.node(plain_node("a", cpu="8"))
+        rec = await self.submit("train", 4)
+        await self.sched.trigger()
+        rec = await self.get(rec["id"])
+        assert rec["node"] == "a" and await self.life.handle(UPDATE, pod_of(rec)) == "running"
+        return await self.get(rec["id"])
+
     async def get(self, job_id: str) -> dict:
         return (await self.jobs.get(job_id))[0]
 
@@ -90,11 +99,7 @@ async def test_a_new_node_lets_queued_work_start(api):
 
 async def test_draining_a_node_requeues_its_jobs_and_they_run_elsewhere(api):
     c = Cluster(api)
-    await c.node(plain_node("a", cpu="8"))
-    rec = await c.submit("train", 4)
-    await c.sched.trigger()
-    rec = await c.get(rec["id"])
-    assert rec["node"] == "a" and await c.life.handle(UPDATE, pod_of(rec)) == "running"
+    rec = await c.running_on_a()
     # kubectl drain: the node is cordoned (a patch of spec.unschedulable), then its pods are evicted
     resp = await api.patch("/api/v1/nodes/a", json={"spec": {"unschedulable": True}})
     assert resp.status == 200
@@ -117,11 +122,7 @@ async def test_draining_a_node_requeues_its_jobs_and_they_run_elsewhere(api):
 
 async def test_deleting_a_node_requeues_its_jobs_and_they_run_elsewhere(api):
     c = Cluster(api)
-    await c.node(plain_node("a", cpu="8"))
-    rec = await c.submit("train", 4)
-    await c.sched.trigger()
-    rec = await c.get(rec["id"])
-    assert await c.life.handle(UPDATE, pod_of(rec)) == "running"
+    rec = await c.running_on_a()
     await c.node(plain_node("b", cpu="8"))
     # the node is deleted (scale-down, hardware loss): gone from the API server, reported by the source
     gone = plain_node("a", cpu="8")
