@@ -30,7 +30,6 @@ import pytest
 import yaml
 
 from sentinels.embedded import natsd
-from tests.conftest import post_ce
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
@@ -171,13 +170,26 @@ class Broker(ThreadingHTTPServer):
         raise AssertionError(f"no {event_type} reached the broker; got {[e.get('type') for e in self.events]}")
 
 
-def post_cloudevent(url: str, event_type: str, data) -> int:
-    """POST a binary-mode CloudEvent to a cloud_event-signature function; its answer is a bare OK."""
-    req = urllib.request.Request(url + "/", data=json.dumps(data).encode(), method="POST", headers={
-        "content-type": "application/json", "ce-specversion": "1.0", "ce-type": event_type,
-        "ce-source": "tests", "ce-id": str(uuid.uuid4())})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return resp.status
+def deliver(url: str, event_type: str, data, *, event_id: str | None = None, source="tests",
+            cloudevent_signature=False, within: float = 90) -> tuple[int, dict]:
+    """POST a binary-mode CloudEvent as the broker would: 5xx, 408 and 429 are retried with
+    back-off (Knative redelivers them). Returns (status, JSON body; {} for a bare OK)."""
+    event_id = event_id or str(uuid.uuid4())
+    deadline, pause = time.monotonic() + within, 0.5
+    while True:
+        req = urllib.request.Request(url + "/", data=json.dumps(data).encode(), method="POST", headers={
+            "content-type": "application/json", "ce-specversion": "1.0", "ce-type": event_type,
+            "ce-source": source, "ce-id": event_id})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                body = resp.read()
+                return resp.status, ({} if cloudevent_signature else json.loads(body or b"{}"))
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            if (e.code < 500 and e.code not in (408, 429)) or time.monotonic() > deadline:
+                return e.code, json.loads(body or b"{}") if body.startswith(b"{") else {"body": body.decode()[:500]}
+        time.sleep(pause)
+        pause = min(pause * 2, 8)
 
 
 class Containers:
@@ -255,19 +267,14 @@ async def test_each_function_answers_its_cloudevents(image, tmp_path, fake):
             # submit: the job record comes back, job.queued goes to the broker
             spec = {"image": "busybox:1.37", "name": "image-test", "resources": {"cpu": "500m", "memory": "64Mi"},
                     "command": ["true"]}
-            deadline = time.monotonic() + 60
-            while True:  # 503 = "retry" (the broker would redeliver): NATS may still be connecting
-                status, record = await asyncio.to_thread(post_ce, urls["submit"], "io.sentinels.job.submit",
-                                                         {"spec": spec}, event_id="image-test-submit")
-                if status != 503 or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(1)
+            status, record = await asyncio.to_thread(deliver, urls["submit"], "io.sentinels.job.submit", {"spec": spec})
             assert status == 201 and record["state"] == "QUEUED", record
             queued = await asyncio.to_thread(broker.wait, "io.sentinels.job.queued")
 
             # schedule: the queued event starts a pass; the Job appears in the API server
-            status = await asyncio.to_thread(post_cloudevent, urls["schedule"], queued["type"], queued["data"])
-            assert status == 200  # a CloudEvent-signature function answers "OK"
+            status, _ = await asyncio.to_thread(deliver, urls["schedule"], queued["type"], queued["data"],
+                                                cloudevent_signature=True)  # its answer is a bare OK
+            assert status == 200
             await asyncio.to_thread(broker.wait, "io.sentinels.job.scheduled")
             jobs = (await (await emulator.get("/apis/batch/v1/namespaces/ml/jobs")).json())["items"]
             assert [j["metadata"]["labels"]["sentinels.io/job-id"] for j in jobs] == [record["id"]]
@@ -276,7 +283,7 @@ async def test_each_function_answers_its_cloudevents(image, tmp_path, fake):
             job = jobs[0]
             job["status"] = yaml.safe_load((FIX / "job-succeeded.yaml").read_text())["status"] if FIX.exists() else {
                 "succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
-            status, body = await asyncio.to_thread(post_ce, urls["on_job_event"], "dev.knative.apiserver.resource.update",
+            status, body = await asyncio.to_thread(deliver, urls["on_job_event"], "dev.knative.apiserver.resource.update",
                                                    job, source="apiserversource")
             assert status == 200, body
             succeeded = await asyncio.to_thread(broker.wait, "io.sentinels.job.succeeded")
@@ -286,7 +293,7 @@ async def test_each_function_answers_its_cloudevents(image, tmp_path, fake):
             await nc.close()
 
             # alert: the succeeded event becomes a Slack message naming the job
-            status, body = await asyncio.to_thread(post_ce, urls["alert"], succeeded["type"], succeeded["data"])
+            status, body = await asyncio.to_thread(deliver, urls["alert"], succeeded["type"], succeeded["data"])
             assert status == 200, body
             deadline = time.monotonic() + 30
             while not fake.messages and time.monotonic() < deadline:
