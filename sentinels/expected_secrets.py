@@ -8,16 +8,16 @@ expect in SENTINELS_EXPECT_SECRETS (JSON: [{"secret", "key", "env" | "file"}]; "
 """
 
 import json
-import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 VARIABLE = "SENTINELS_EXPECT_SECRETS"
 
 
-def missing(env=None) -> list[str]:
-    """One sentence per expected Secret value that is absent."""
-    env = os.environ if env is None else env
+def missing(env: Mapping[str, str]) -> list[str]:
+    """One sentence per expected Secret value that is absent (`env`: the process environment,
+    as sentinels.settings read it)."""
     raw = env.get(VARIABLE)
     if not raw:
         return []
@@ -38,7 +38,7 @@ def missing(env=None) -> list[str]:
     return problems
 
 
-def check(component: str, env=None) -> None:
+def check(component: str, env: Mapping[str, str]) -> None:
     """Exit with one line on stderr when an expected Secret is missing (called at start-up)."""
     problems = missing(env)
     if problems:

@@ -12,7 +12,7 @@ GI = 2**30
 
 def queued(job_id: str, klass: str, state="QUEUED", **spec) -> dict:
     rec = new_record(job_id=job_id, spec=validate({"image": "ghcr.io/acme/train:1", **spec}),
-                     who={"user": "alice"}, klass=klass, now="2026-12-01T00:00:00Z", event_id=job_id, queue_seq=1)
+                     who={"user": "alice"}, klass=klass, now="2026-12-01T00:00:00Z", queue_seq=1)
     rec["state"] = state
     return rec
 

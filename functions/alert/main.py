@@ -21,8 +21,8 @@ from sentinels.settings import Settings
 from functions.alert.service import AlertService
 
 log = logging.getLogger("sentinels.alert")
-expected_secrets.check('sentinels-alert')  # a Secret missing on Kubernetes: one clear line
 SETTINGS = Settings.load()
+expected_secrets.check('sentinels-alert', SETTINGS.env)  # a Secret missing on Kubernetes: one clear line
 NOTIFY = SETTINGS.notify()
 NOTIFIER = slack.start(SETTINGS.slack_env(), NOTIFY.default_channel)
 

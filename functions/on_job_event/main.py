@@ -19,8 +19,8 @@ from sentinels.settings import Settings
 from functions.on_job_event.service import LifecycleService, RetryLater
 
 log = logging.getLogger("sentinels.on_job_event")
-expected_secrets.check('sentinels-on-job-event')  # a Secret missing on Kubernetes: one clear line
 SETTINGS = Settings.load()
+expected_secrets.check('sentinels-on-job-event', SETTINGS.env)  # a Secret missing on Kubernetes: one clear line
 LIFECYCLE = SETTINGS.lifecycle()
 TRACKER = wiring.tracker_for(SETTINGS)
 wiring.warm(TRACKER)

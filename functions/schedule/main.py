@@ -18,8 +18,8 @@ from functions.schedule.holdings import Holdings
 from functions.schedule.service import ScheduleService
 
 log = logging.getLogger("sentinels.schedule")
-expected_secrets.check('sentinels-schedule')  # a Secret missing on Kubernetes: one clear line
 SETTINGS = Settings.load()
+expected_secrets.check('sentinels-schedule', SETTINGS.env)  # a Secret missing on Kubernetes: one clear line
 PRIORITIES = SETTINGS.priorities()
 CONFIG = SETTINGS.scheduler()
 SHARING = SETTINGS.sharing()

@@ -19,8 +19,8 @@ from sentinels.settings import Settings
 from functions.submit.service import SubmitService
 
 log = logging.getLogger("sentinels.submit")
-expected_secrets.check('sentinels-submit')  # a Secret missing on Kubernetes: one clear line
 SETTINGS = Settings.load()
+expected_secrets.check('sentinels-submit', SETTINGS.env)  # a Secret missing on Kubernetes: one clear line
 PRIORITIES = SETTINGS.priorities()
 LIMITS = SETTINGS.limits()
 # the local runtime `sentinels up` resolved (auto -> podman, docker or process); records say which
