@@ -100,6 +100,9 @@ class Cluster(Protocol):
     async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
         ...
 
+    async def jobs(self, job_ids: list[str]) -> dict[str, dict]:  # job id -> its current Job object
+        ...  # (Kubernetes-shaped, with status); ids the cluster has no Job for are left out
+
 
 class Tracker(Protocol):
     """Experiment tracking (MLflow): one run per job, brought up to date from the record.

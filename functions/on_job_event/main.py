@@ -43,6 +43,7 @@ async def build(stores: wiring.Stores) -> LifecycleService:
         tracker=TRACKER, outputs_dir=outputs_dir, board=stores.board)
 
 
+RECONCILE = clock.Every(LIFECYCLE.reconcile_seconds)
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-on-job-event", build)
 
 
@@ -62,6 +63,8 @@ async def on_job_event(request):
             outcome = await svc.preempt((data or {}).get("job"))
         elif kind == events.PING:
             outcome = f"mlflow caught up {await svc.catch_up()}"
+            if RECONCILE.due():
+                outcome += f"; reconciled {await svc.reconcile()}"
         elif kind == events.JOB_SCHEDULED:
             got = await svc.jobs.get((data or {}).get("job", ""))
             if got:

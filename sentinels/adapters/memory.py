@@ -195,6 +195,7 @@ class MemoryCluster:
     def __init__(self, nodes: list[Node]):
         self.base = {n.name: n for n in nodes}
         self.running: dict[str, dict] = {}  # job id -> record (with node)
+        self.ended: dict[str, tuple[dict, str]] = {}  # job id -> (record, "Complete" | "Failed")
         self.launches: list[str] = []
         self.stops: list[str] = []
         self.builds: list[str] = []  # job ids whose build was started
@@ -216,7 +217,11 @@ class MemoryCluster:
 
         if self.fail_launch:
             raise Unavailable("cluster API answered 503")
+        done = self.ended.get(record["id"])
+        if done is not None and int(done[0].get("attempts") or 0) >= int(record.get("attempts") or 0):
+            return  # this run already ran: launching it again is a no-op, as with a Job's name
         if record["id"] not in self.running:
+            self.ended.pop(record["id"], None)
             self.launches.append(record["id"])
             self.running[record["id"]] = copy.deepcopy(record)
 
@@ -234,5 +239,25 @@ class MemoryCluster:
         if record["id"] not in self.builds:
             self.builds.append(record["id"])
 
-    def finish(self, job_id):
-        self.running.pop(job_id, None)
+    async def jobs(self, job_ids):
+        from ..domain.local_objects import job_object
+
+        out = {}
+        for job_id in job_ids:
+            if job_id in self.running:
+                record, info = self.running[job_id], {"active": 1, "ready": 1}
+            elif job_id in self.ended:
+                record, outcome = self.ended[job_id]
+                info = {"outcome": outcome, "finished": "2026-01-01T00:00:00Z", "reason": None if outcome == "Complete"
+                        else "BackoffLimitExceeded", "message": None}
+            else:
+                continue
+            out[job_id] = job_object(record, {"generation": int(record.get("attempts") or 0), "resource_version": 1,
+                                              "created": "2026-01-01T00:00:00Z", **info})
+        return out
+
+    def finish(self, job_id, outcome: str = "Complete"):
+        """The job's run ended (its Job is Complete or Failed); nothing is reported."""
+        record = self.running.pop(job_id, None)
+        if record is not None:
+            self.ended[job_id] = (record, outcome)

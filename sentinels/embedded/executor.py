@@ -32,6 +32,8 @@ async def _answer(kubelet: Kubelet, verb: str, body: dict, builder: Optional[Bui
         return {"nodes": [kubelet.node()]}
     if verb == "active":
         return {"active": kubelet.active()}
+    if verb == "jobs":
+        return {"jobs": kubelet.jobs(body.get("ids"))}
     if verb == "launch":
         reply = kubelet.launch(body.get("record"), body.get("extra_env"))
     elif verb == "build" and builder is not None:
