@@ -106,3 +106,15 @@ class Lazy:
                 self.stores = await open_stores(self.settings, self.name)
                 self.service = await self.build(self.stores)
             return self.service
+
+
+async def jetstream_health(lazy: "Lazy", timeout: float = 2.0) -> str:
+    """"ok" when this function can reach JetStream now, else a few words why not (health checks)."""
+    import asyncio
+
+    try:
+        await asyncio.wait_for(lazy.get(), timeout)
+        await asyncio.wait_for(lazy.stores.js.account_info(), timeout)
+        return "ok"
+    except Exception as e:  # anything in the way of JetStream makes the function unhealthy
+        return f"unavailable ({getattr(e, 'message', None) or type(e).__name__})"

@@ -42,7 +42,9 @@ SERVICE = wiring.Lazy(SETTINGS, "sentinels-submit", build)
 @functions_framework.aio.http
 async def submit(request):
     if request.method == "GET":
-        return JSONResponse({"ok": True, "function": "submit", "single_user": IDENTITIES.single_user})
+        jetstream = await wiring.jetstream_health(SERVICE)
+        return JSONResponse({"ok": jetstream == "ok", "function": "submit", "single_user": IDENTITIES.single_user,
+                             "jetstream": jetstream}, status_code=200 if jetstream == "ok" else 503)
     try:
         ce = await read_event(request)
         who = IDENTITIES.identify(request.headers.get("authorization"))

@@ -64,12 +64,13 @@ def write_config(store: Path, port: int, host: str = "127.0.0.1", sync: str = DE
     return conf
 
 
-def start(store: Path, port: int, log_file=None, sync: str | None = None) -> subprocess.Popen:
+def start(store: Path, port: int, log_file=None, sync: str | None = None, preexec_fn=None) -> subprocess.Popen:
     """Start nats-server and wait until it accepts connections."""
     conf = write_config(Path(store), port, sync=sync or DEFAULT_SYNC)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     proc = subprocess.Popen([binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ}, start_new_session=False)
+                            env={**os.environ}, start_new_session=False,
+                            preexec_fn=preexec_fn)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:

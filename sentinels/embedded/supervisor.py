@@ -2,7 +2,9 @@
 
 Foreground: Ctrl-C (SIGINT) or SIGTERM stops every child cleanly. Background (`-d`):
 the same supervisor in its own session, its pid in `$SENTINELS_HOME/run/up.pid`, and
-`sentinels down` sends it SIGTERM. Children that die are restarted with a back-off.
+`sentinels down` sends it SIGTERM. Children that die (nats-server included) are
+restarted with a capped back-off that resets once a child stayed up for a minute; every
+child gets SIGTERM from the kernel if the supervisor itself is killed (-9 included).
 """
 
 import asyncio
@@ -16,7 +18,7 @@ import urllib.request
 
 from ..domain.errors import ConfigError
 from ..settings import Settings
-from . import natsd, serve
+from . import lifeline, natsd, serve
 
 PID_FILE = "up.pid"
 SERVICES = {"executor": "sentinels.embedded.executor", "router": "sentinels.embedded.router"}
@@ -41,6 +43,14 @@ def running_info(settings: Settings) -> dict:
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) and pid_alive(int(info.get("pid") or 0)) else {}
+
+HEALTHY_SECONDS = 60.0  # a child up this long starts its restart back-off from scratch
+MAX_BACKOFF = 5.0
+
+
+def backoff(restarts: int) -> float:
+    """Seconds to wait before restart number `restarts` (1, 2, ...): 0.4, 0.8, ... capped."""
+    return min(MAX_BACKOFF, 0.2 * 2 ** min(restarts, 5))
 
 
 def pid_alive(pid: int) -> bool:
@@ -100,6 +110,7 @@ class Supervisor:
         self.s = settings
         self.logs = settings.home / "logs"
         self.children: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, float] = {}  # name -> monotonic time of its last start
         self.stopping = False
         self.runtime = local_runtime(settings).name if settings.backend() == "local" else None
         self.store_uri = settings.mlflow_uri()
@@ -120,16 +131,30 @@ class Supervisor:
             cmd = [sys.executable, "-m", "sentinels.embedded.serve", name, str(self.s.function_port(offset))]
         out = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(),
-                                start_new_session=name == "mlflow")  # stopped with its workers, as a group
+                                start_new_session=name == "mlflow",  # stopped with its workers, as a group
+                                preexec_fn=lifeline.preexec())
         self.children[name] = proc
+        self.started[name] = time.monotonic()
         return proc
+
+    def start_nats(self) -> subprocess.Popen:
+        proc = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log",
+                           sync=self.s.nats_sync(), preexec_fn=lifeline.preexec())
+        self.children["nats"] = proc
+        self.started["nats"] = time.monotonic()
+        return proc
+
+    def restart(self, name: str) -> None:
+        if name == "nats":
+            self.start_nats()
+        else:
+            self.spawn(name)
 
     def start(self) -> None:
         for d in (self.s.home, self.logs, self.s.run_dir, self.s.home / "jobs"):
             d.mkdir(parents=True, exist_ok=True)
         init = self.init_mlflow()
-        self.children["nats"] = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log",
-                                            sync=self.s.nats_sync())
+        self.start_nats()
         asyncio.run(self._ensure_streams())
         # one process creates a local MLflow store before the functions open it: two
         # processes migrating the same new sqlite file at once can leave it broken
@@ -181,15 +206,28 @@ class Supervisor:
             await nc.close()
 
     def watch(self) -> None:
-        """Restart children that die, until asked to stop."""
+        """Restart children that die (each on its own back-off), until asked to stop."""
         restarts: dict[str, int] = {}
+        due: dict[str, float] = {}  # name -> when to restart it
         while not self.stopping:
+            now = time.monotonic()
             for name, proc in list(self.children.items()):
-                if proc.poll() is not None and not self.stopping and name != "nats":
-                    n = restarts[name] = restarts.get(name, 0) + 1
-                    print(f"sentinels: {name} exited ({proc.returncode}); restart #{n}", file=sys.stderr, flush=True)
-                    time.sleep(min(5.0, 0.2 * 2 ** min(n, 5)))
-                    self.spawn(name)
+                if self.stopping or name in due or proc.poll() is None:
+                    continue
+                if now - self.started.get(name, now) >= HEALTHY_SECONDS:
+                    restarts[name] = 0  # it was healthy for a while: this is a new incident
+                n = restarts[name] = restarts.get(name, 0) + 1
+                print(f"sentinels: {name} exited ({proc.returncode}); restart #{n}", file=sys.stderr, flush=True)
+                due[name] = now + backoff(n)
+            for name, when in list(due.items()):
+                if self.stopping or time.monotonic() < when:
+                    continue
+                del due[name]
+                try:
+                    self.restart(name)
+                except ConfigError as e:  # e.g. the port is still taken: try again later
+                    print(f"sentinels: {name} did not restart: {e.message}", file=sys.stderr, flush=True)
+                    self.started[name] = time.monotonic()
             time.sleep(0.2)
 
     def stop(self, *_):
