@@ -7,10 +7,13 @@ through the Kubernetes backend (Elasticsearch comes with the observability work)
 import sys
 import time
 
+from sentinels import logfiles
 from sentinels.domain import job as jobmod
 from sentinels.domain import states
 
 from .client import CliError, Reader
+
+TAIL_MAX_BYTES = 64 * 1024 * 1024  # `-n N` reads back at most this much of a huge log
 
 
 def _record(settings, job_id):
@@ -35,9 +38,8 @@ def show(settings, job_id: str, follow: bool, tail: int | None, build: bool = Fa
                         else ""))
     offset = 0
     if path.exists() and tail:
-        lines = path.read_text(errors="replace").splitlines(keepends=True)
-        sys.stdout.write("".join(lines[-tail:]))
-        offset = path.stat().st_size
+        lines, offset = logfiles.tail(path, tail, TAIL_MAX_BYTES)
+        sys.stdout.write("".join(line + "\n" for line in lines))
     checked = 0.0
     while True:
         if path.exists():

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from .. import clock
+from .. import clock, logfiles
 from ..domain import local_objects as objects
 from ..domain.errors import Conflict, InvalidSpec, NotFound
 from ..domain.job import is_job_id
@@ -175,6 +175,13 @@ class Kubelet:
     def active(self) -> dict[str, str]:
         return {s["job"]: s["record"]["k8s_job"] for s in self._live()}
 
+    def jobs(self, job_ids) -> dict[str, dict]:
+        """The current Job object of each of these jobs this executor knows (for reconciling)."""
+        if not isinstance(job_ids, list) or not all(isinstance(j, str) for j in job_ids):
+            raise InvalidSpec("jobs: ids must be a list of job ids", "ids")
+        return {j: objects.job_object(self.runs[j]["record"], self._job_info(self.runs[j]))
+                for j in job_ids if j in self.runs}
+
     def _free_gpus(self) -> list[int]:
         taken = {g for s in self._live() for g in (s.get("pod") or {}).get("gpus") or ()}
         return [g for g in self.cap.gpus if g not in taken]
@@ -317,6 +324,8 @@ class Kubelet:
         if not is_job_id(job_id):
             raise InvalidSpec("stop: job must be a job id", "job")
         state = self.runs.get(job_id)
+        if state is not None and state["outcome"] is None:
+            self._settle(state)  # it may have ended already (exit 0 included): that stands, not the stop
         if state is None or state["outcome"] is not None:
             return {"stopping": False, "job": job_id, "state": self._describe(state) if state else "unknown"}
         if not state.get("stopping"):
@@ -375,6 +384,17 @@ class Kubelet:
         self._save(state)
         return True
 
+    def _settle(self, state: dict) -> bool:
+        """Record the end of the current attempt now if its process has already exited."""
+        pod = state.get("pod") or {}
+        if state["outcome"] is not None or pod.get("pid") is None:
+            return False
+        ended, code, finished = self._exit_of(state)
+        if ended:
+            self._ended(state, code, finished)
+            self._save(state)
+        return ended
+
     def poll(self) -> None:
         """One pass over live runs: ended attempts, deadlines, grace periods that ran out."""
         for state in self._live():
@@ -383,10 +403,7 @@ class Kubelet:
             if state["pod"]["phase"] == "Pending" and self._pending(state):
                 self._deadline(state)
                 continue
-            ended, code, finished = self._exit_of(state)
-            if ended:
-                self._ended(state, code, finished)
-                self._save(state)
+            if self._settle(state):
                 continue
             self._deadline(state)
 
@@ -445,11 +462,4 @@ class Kubelet:
             if job_id in self.runs:
                 return []
             raise NotFound(f"no local job {job_id}")
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - MAX_LOG_BYTES))
-            data = f.read()
-        lines = data.decode("utf-8", errors="replace").splitlines()
-        if size > MAX_LOG_BYTES and lines:
-            lines = lines[1:]  # the first one is cut
-        return lines[-tail:] if tail else ([] if tail == 0 else lines)
+        return logfiles.tail(path, tail, MAX_LOG_BYTES)[0]

@@ -1,0 +1,96 @@
+"""Races with a user-visible effect, each replayed on purpose.
+
+A cancel landing while the job already exited 0; `logs -n` on a huge log; YAML alias
+bombs in `--config`.
+"""
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cli.client import CliError
+from cli.jobspec import load_file
+from sentinels import logfiles
+from sentinels.domain import states
+from sentinels.embedded import machine
+from sentinels.embedded.kubelet import Kubelet
+from sentinels.sinks import MemorySink
+from tests.test_lifecycle import ADMIN, World
+from tests.test_local_executor import job_outcome, kill_leftovers, make_record
+
+
+async def test_cancel_after_the_job_exited_0_records_success_not_cancelled():
+    w = World()
+    rec = await w.running_job()
+    w.cluster.finish(rec["id"])  # exited 0; its events are still on their way
+    await w.submitter.cancel({"job": rec["id"]}, ADMIN)
+    assert await w.life.cancel(rec["id"]) == "succeeded"
+    assert (await w.get(rec["id"]))["state"] == states.SUCCEEDED
+    assert not w.events("job.cancelled")
+
+
+async def test_cancel_of_a_job_that_failed_on_its_own_keeps_its_failure():
+    w = World()
+    rec = await w.running_job()
+    w.cluster.finish(rec["id"], "Failed")
+    await w.submitter.cancel({"job": rec["id"]}, ADMIN)
+    assert await w.life.cancel(rec["id"]) == "failed"
+
+
+async def test_executor_stop_after_an_unnoticed_exit_0_reports_complete(tmp_path):
+    sink = MemorySink()
+    kubelet = Kubelet(tmp_path / "jobs", machine.capacity({"cpu": 8, "memory": "8Gi", "stop_grace": 1}), sink)
+    kubelet.recover()
+    try:
+        kubelet.launch(make_record("qqqqqqqqqq", [sys.executable, "-c", "pass"]), {})
+        popen = kubelet.children["qqqqqqqqqq"]
+        popen.wait(timeout=30)  # exited 0, but no poll has noticed it yet
+        reply = kubelet.stop("qqqqqqqqqq")
+        assert reply["stopping"] is False and reply["state"] == "succeeded"
+        await kubelet.flush()
+        assert job_outcome(sink.events[-1])[0] == "Complete"
+    finally:
+        kill_leftovers(tmp_path)
+
+
+def test_tail_of_a_1_gib_log_reads_only_its_end(tmp_path):
+    log = tmp_path / "log"
+    with open(log, "wb") as f:
+        f.truncate(2**30)  # sparse: 1 GiB of NULs without a newline, then the real lines
+        f.seek(0, 2)
+        f.write(b"".join(b"line %d\n" % i for i in range(10)))
+    code = ("import resource, sys; from pathlib import Path; from sentinels import logfiles; "
+            "lines, size = logfiles.tail(Path(sys.argv[1]), 5, 64 * 2**20); "
+            "print(lines, size, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code, str(log)], capture_output=True, text=True, timeout=60)
+    lines, size, rss_kib = out.stdout.rsplit(" ", 2)
+    assert lines == str([f"line {i}" for i in range(5, 10)])
+    assert int(size) == 2**30 + 70
+    assert int(rss_kib) < 200 * 1024, f"peak RSS {rss_kib} KiB"
+
+
+def test_tail_edge_cases(tmp_path):
+    log = tmp_path / "log"
+    log.write_bytes(b"a\nb\nc")
+    assert logfiles.tail(log, 2, 1024)[0] == ["b", "c"]
+    assert logfiles.tail(log, None, 1024)[0] == ["a", "b", "c"]
+    assert logfiles.tail(log, 0, 1024)[0] == []
+    assert logfiles.tail(log, 10, 3)[0] == ["c"]  # cut at max_bytes; the partial first line is dropped
+
+
+def test_yaml_alias_bomb_is_refused_before_expansion(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    rows = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    rows += [f'{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)}]'
+             for i in range(9)]
+    bomb.write_text("\n".join(rows) + "\n")
+    t0 = time.monotonic()
+    with pytest.raises(CliError, match="aliases"):
+        load_file(str(bomb))
+    assert time.monotonic() - t0 < 5
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("image: python:3.11\nenv: {A: '&not-an-anchor'}\n")
+    assert load_file(str(plain))["env"] == {"A": "&not-an-anchor"}
