@@ -48,10 +48,13 @@ class Board(Protocol):
 
 
 class SentLog(Protocol):
-    """Which (event, channel) pairs the alert function already sent (KV `sentinels_alerts`)."""
+    """Which (event, channel) pairs the alert function sent (KV `sentinels_alerts`), claimed
+    before sending so that concurrent deliveries of one event send one message:
+    claim, send, then done (or release when the send failed and may be retried)."""
 
-    async def seen(self, key: str) -> bool: ...
-    async def mark(self, key: str) -> None: ...
+    async def claim(self, key: str) -> bool: ...  # True: this delivery sends; False: sent or being sent
+    async def done(self, key: str) -> None: ...
+    async def release(self, key: str) -> None: ...
 
 
 class Notifier(Protocol):

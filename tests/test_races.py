@@ -1,7 +1,7 @@
 """Races with a user-visible effect, each replayed on purpose.
 
-A cancel landing while the job already exited 0; `logs -n` on a huge log; YAML alias
-bombs in `--config`.
+A cancel landing while the job already exited 0; five concurrent deliveries of one
+alert; `logs -n` on a huge log; YAML alias bombs in `--config`.
 """
 
 import asyncio
@@ -14,10 +14,12 @@ import pytest
 from cli.client import CliError
 from cli.jobspec import load_file
 from sentinels import logfiles
-from sentinels.domain import states
+from sentinels.domain import events, states
 from sentinels.embedded import machine
 from sentinels.embedded.kubelet import Kubelet
 from sentinels.sinks import MemorySink
+from tests.test_alert_function import function, put  # noqa: F401 (fixture)
+from tests.test_alert_notify import record
 from tests.test_lifecycle import ADMIN, World
 from tests.test_local_executor import job_outcome, kill_leftovers, make_record
 
@@ -94,3 +96,31 @@ def test_yaml_alias_bomb_is_refused_before_expansion(tmp_path):
     plain = tmp_path / "plain.yaml"
     plain.write_text("image: python:3.11\nenv: {A: '&not-an-anchor'}\n")
     assert load_file(str(plain))["env"] == {"A": "&not-an-anchor"}
+
+
+async def test_five_concurrent_deliveries_send_one_slack_message(function, fake, js, logs):
+    post, _ = function
+    rec = await put(js, record())
+    results = await asyncio.gather(*(post(events.JOB_SUCCEEDED, {"job": rec["id"]}, event_id="same")
+                                     for _ in range(5)))
+    assert all(status == 200 for status, _ in results)
+    assert sorted(m["channel"] for m in fake.messages) == ["#alerts", "#vision"]
+    assert sum(len(body["sent"]) for _, body in results) == 2
+
+
+async def test_a_claim_left_by_a_crashed_delivery_is_taken_over_later(js):
+    from functions.alert.service import CLAIM_SECONDS, JetStreamSentLog
+
+    clock = [1000.0]
+    sent = await JetStreamSentLog.open(js)
+    sent.now = lambda: clock[0]
+    assert await sent.claim("k") is True  # ... and the process died before sending
+    assert await sent.claim("k") is False  # a fresh claim is respected
+    clock[0] += CLAIM_SECONDS + 1
+    assert await sent.claim("k") is True  # a stale one is taken over
+    await sent.done("k")
+    clock[0] += 10 * CLAIM_SECONDS
+    assert await sent.claim("k") is False  # sent stays sent
+    assert await sent.claim("other") is True
+    await sent.release("other")  # the send failed: the redelivery may try again
+    assert await sent.claim("other") is True

@@ -205,10 +205,20 @@ class JetStreamBoard:
 
 
 class JetStreamSentLog:
-    """`SentLog` over the KV bucket `sentinels_alerts` (created if missing, entries expire)."""
+    """`SentLog` over the KV bucket `sentinels_alerts` (created if missing, entries expire).
 
-    def __init__(self, kv):
+    The claim is a KV create, atomic on the server: of five concurrent deliveries one
+    wins. A claim left by a delivery that crashed mid-send expires after CLAIM_SECONDS
+    and is taken over by compare-and-set.
+    """
+
+    CLAIM_SECONDS = 120.0
+
+    def __init__(self, kv, now=None):
+        import time
+
         self.kv = kv
+        self.now = now or time.time
 
     @classmethod
     async def open(cls, js, replicas: int = 1) -> "JetStreamSentLog":
@@ -220,18 +230,37 @@ class JetStreamSentLog:
                 description="sentinels: alert events already sent to Slack (dedupe)"))
         return cls(kv)
 
-    async def seen(self, key: str) -> bool:
+    def _sending(self) -> bytes:
+        return json.dumps({"state": "sending", "at": self.now()}).encode()
+
+    async def claim(self, key: str) -> bool:
         try:
-            await self.kv.get(key)
+            await self.kv.create(key, self._sending())
             return True
-        except KeyNotFoundError:
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:  # released meanwhile: the next redelivery claims it
+            return False
+        try:
+            held = json.loads(entry.value or b"{}")
+        except ValueError:
+            held = {"state": "sent"}  # an old plain mark
+        if not isinstance(held, dict) or held.get("state") != "sending" or \
+                self.now() - held.get("at", 0) < self.CLAIM_SECONDS:
+            return False
+        try:
+            await self.kv.update(key, self._sending(), last=entry.revision)
+            return True
+        except KeyWrongLastSequenceError:
             return False
 
-    async def mark(self, key: str) -> None:
-        try:
-            await self.kv.create(key, b"1")
-        except KeyWrongLastSequenceError:  # a concurrent delivery marked it first
-            pass
+    async def done(self, key: str) -> None:
+        await self.kv.put(key, json.dumps({"state": "sent", "at": self.now()}).encode())
+
+    async def release(self, key: str) -> None:
+        await self.kv.delete(key)
 
 
 class JetStreamQueue:

@@ -167,13 +167,19 @@ class MemoryBoard:
 
 class MemorySentLog:
     def __init__(self):
-        self.keys: set[str] = set()
+        self.keys: dict[str, str] = {}
 
-    async def seen(self, key):
-        return key in self.keys
+    async def claim(self, key):
+        if key in self.keys:
+            return False
+        self.keys[key] = "sending"
+        return True
 
-    async def mark(self, key):
-        self.keys.add(key)
+    async def done(self, key):
+        self.keys[key] = "sent"
+
+    async def release(self, key):
+        self.keys.pop(key, None)
 
 
 class MemorySink:
