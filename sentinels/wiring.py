@@ -108,7 +108,7 @@ class Lazy:
             return self.service
 
 
-async def jetstream_health(lazy: "Lazy", timeout: float = 2.0) -> str:
+async def jetstream_health(lazy: "Lazy", timeout: float = 0.4) -> str:
     """"ok" when this function can reach JetStream now, else a few words why not (health checks)."""
     import asyncio
 

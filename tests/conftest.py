@@ -93,8 +93,10 @@ def wait_http(url: str, proc=None, timeout: float = 30) -> None:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=0.5):
+            with urllib.request.urlopen(url, timeout=3):
                 return
+        except urllib.error.HTTPError:  # it answers (503: up, but JetStream is not reachable)
+            return
         except (urllib.error.URLError, ConnectionError, OSError):
             time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer")

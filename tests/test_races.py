@@ -1,7 +1,7 @@
 """Races with a user-visible effect, each replayed on purpose.
 
 A cancel landing while the job already exited 0; five concurrent deliveries of one
-alert; `logs -n` on a huge log; YAML alias bombs in `--config`.
+alert; old events replayed after the dedupe window; `logs -n` on a huge log; YAML alias bombs in `--config`.
 """
 
 import asyncio
@@ -13,14 +13,14 @@ import pytest
 
 from cli.client import CliError
 from cli.jobspec import load_file
-from sentinels import logfiles
+from sentinels import clock, logfiles
 from sentinels.domain import events, states
 from sentinels.embedded import machine
 from sentinels.embedded.kubelet import Kubelet
 from sentinels.sinks import MemorySink
 from tests.test_alert_function import function, put  # noqa: F401 (fixture)
 from tests.test_alert_notify import record
-from tests.test_lifecycle import ADMIN, World
+from tests.test_lifecycle import ADMIN, UPDATE, World, fixture, labelled
 from tests.test_local_executor import job_outcome, kill_leftovers, make_record
 
 
@@ -124,3 +124,54 @@ async def test_a_claim_left_by_a_crashed_delivery_is_taken_over_later(js):
     assert await sent.claim("other") is True
     await sent.release("other")  # the send failed: the redelivery may try again
     assert await sent.claim("other") is True
+
+
+async def test_replaying_an_old_event_after_the_dedupe_window_adds_no_history():
+    w = World()
+    rec = await w.running_job()
+    done = labelled(fixture("job-succeeded.yaml"), rec)
+    assert await w.life.handle(UPDATE, done) == "succeeded"
+    w.history.window_passed()
+    assert await w.life.handle(UPDATE, done) == "redelivered"
+    assert [e["to"] for e in await w.history.of(rec["id"])] == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
+
+
+async def test_a_lost_history_entry_is_written_by_the_redelivery():
+    w = World()
+    rec = await w.running_job()
+    done = labelled(fixture("job-succeeded.yaml"), rec)
+    real = w.history.append
+
+    async def crash(entry, msg_id, first=False):  # the process died after the CAS, before its effects
+        raise ConnectionError("killed")
+
+    w.history.append = crash
+    with pytest.raises(ConnectionError):
+        await w.life.handle(UPDATE, done)
+    w.history.append = real
+    w.history.window_passed()
+    assert await w.life.handle(UPDATE, done) == "redelivered"
+    assert [e["to"] for e in await w.history.of(rec["id"])] == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
+
+
+async def test_a_submit_retried_after_the_dedupe_window_records_queued_once(js):
+    from functions.submit.service import SubmitService
+    from sentinels.adapters import jetstream
+    from sentinels.domain.priority import PriorityConfig
+    from sentinels.domain.spec import Limits
+    from sentinels.sinks import MemorySink
+
+    for name in (jetstream.HISTORY_STREAM, jetstream.QUEUE_STREAM):  # a short window, so the test can outwait it
+        info = await js.stream_info(name)
+        info.config.duplicate_window = 0.5
+        await js.update_stream(info.config)
+    history = jetstream.JetStreamHistory(js)
+    svc = SubmitService(await jetstream.JetStreamJobs.open(js), jetstream.JetStreamQueue(js), history, MemorySink(),
+                        PriorityConfig.from_dict(None), Limits(), clock.now_iso)
+    spec = {"spec": {"image": "python:3.11", "command": ["true"]}}
+    status, rec = await svc.submit(spec, ADMIN, "t", "retried")
+    await asyncio.sleep(1.0)
+    again, same = await svc.submit(spec, ADMIN, "t", "retried")
+    assert (status, again, same["id"]) == (201, 200, rec["id"])
+    assert [e["to"] for e in await history.of(rec["id"])] == ["QUEUED"]
+    assert await jetstream.JetStreamQueue(js).counts() == {"normal": 1}

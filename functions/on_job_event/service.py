@@ -80,7 +80,7 @@ class LifecycleService:
         record = got[0]
         key = f"{obs.uid}:{obs.resource_version}:{obs.what}"
         if record.get("last_observation") == key:  # redelivery after the CAS: finish the effects
-            await self._effects(None, record, self._last_step(record))
+            await self._effects(None, record, self._last_step(record), replay=True)
             return "redelivered"
         if record["state"] == states.QUEUED and obs.what in EARLY and obs.attempt in (None, record.get("attempts")) \
                 and (obs.kind != "Job" or obs.name in (None, record.get("k8s_job"))):
@@ -140,7 +140,7 @@ class LifecycleService:
     def _last_step(record: dict) -> dict | None:
         return record.get("last_step")
 
-    async def _effects(self, before: dict | None, after: dict, step: dict | None) -> None:
+    async def _effects(self, before: dict | None, after: dict, step: dict | None, replay: bool = False) -> None:
         if not step:
             return
         if lifecycle.STOP in step["effects"]:
@@ -149,11 +149,11 @@ class LifecycleService:
             mid = dict(after, state=step["through"], reason=PASSED_THROUGH,
                        updated_at=after["timestamps"][step["through"]])
             await announce(self.history, self.sink, SOURCE, dict(after, state=states.SCHEDULED), mid,
-                           EVENT_FOR.get(mid["state"]))
+                           EVENT_FOR.get(mid["state"]), replay=replay)
             before = mid
         built = lifecycle.ENQUEUE in step["effects"]  # a new job for the scheduler, not a requeue
         await announce(self.history, self.sink, SOURCE, before, after,
-                       events.JOB_QUEUED if built else EVENT_FOR.get(after["state"]))
+                       events.JOB_QUEUED if built else EVENT_FOR.get(after["state"]), replay=replay)
         if lifecycle.CAPACITY in step["effects"]:
             await self._capacity_changed(f"capacity:{after['id']}:{after['state']}:{after.get('attempts', 1)}",
                                          f"job {after['id']} {after['state'].lower()}")

@@ -26,6 +26,7 @@ from ..ports import Conflict
 log = logging.getLogger("sentinels.jetstream")
 
 CAS_RETRIES = 20
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence check
 
 
 def _stream_configs(replicas: int) -> list[api.StreamConfig]:
@@ -378,9 +379,18 @@ class JetStreamHistory:
     def __init__(self, js):
         self.js = js
 
-    async def append(self, entry: dict, msg_id: str) -> None:
-        await self.js.publish(HISTORY_SUBJECT.format(entry["job"]), json.dumps(entry).encode(),
-                              stream=HISTORY_STREAM, headers={"Nats-Msg-Id": msg_id})
+    async def append(self, entry: dict, msg_id: str, first: bool = False) -> None:
+        """Append; with `first`, only if the job has no history yet (atomic on the server, so
+        a submit retried after the dedupe window does not record QUEUED twice)."""
+        headers = {"Nats-Msg-Id": msg_id}
+        if first:
+            headers["Nats-Expected-Last-Subject-Sequence"] = "0"
+        try:
+            await self.js.publish(HISTORY_SUBJECT.format(entry["job"]), json.dumps(entry).encode(),
+                                  stream=HISTORY_STREAM, headers=headers)
+        except BadRequestError as e:
+            if not first or e.err_code != WRONG_LAST_SEQUENCE:
+                raise
 
     async def of(self, job_id: str) -> list[dict]:
         out: list[dict] = []

@@ -127,14 +127,23 @@ class MemoryQueue:
 
 
 class MemoryHistory:
+    """Like the stream: a repeated message id is dropped only within the dedupe window."""
+
     def __init__(self, window: float = DUPLICATE_WINDOW, clock: Callable[[], float] = time.monotonic):
         self.entries: list[dict] = []
+        self.window, self.clock = window, clock
         self.seen = _Dedupe(window, clock)
 
-    async def append(self, entry, msg_id):
+    async def append(self, entry, msg_id, first=False):
+        if first and any(e["job"] == entry["job"] for e in self.entries):
+            return  # the stream's expected-last-subject-sequence 0 check
         if self.seen.get(msg_id) is None:
             self.seen.put(msg_id, True)
             self.entries.append(copy.deepcopy(entry))
+
+    def window_passed(self) -> None:
+        """The dedupe window is over: only our own checks prevent duplicates now."""
+        self.seen = _Dedupe(self.window, self.clock)
 
     async def of(self, job_id):
         return sorted((e for e in self.entries if e["job"] == job_id), key=lambda e: e.get("at") or "")
