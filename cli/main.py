@@ -341,6 +341,49 @@ def history(job_id: str = typer.Argument(...), output: str = Output):
     emit(rows, fmt, [("AT", "at"), ("FROM", "from"), ("TO", "to"), ("ATTEMPTS", "attempts"), ("REASON", "reason")])
 
 
+@app.command("events")
+def events_cmd(dead: bool = typer.Option(False, "--dead", help="list the events the broker gave up on"),
+               replay: Optional[str] = typer.Option(None, "--replay", metavar="SEQ|all",
+                                                    help="deliver a dead letter again (its SEQ, or all)"),
+               limit: int = typer.Option(100, "--limit", "-n", help="how many to list or replay"),
+               output: str = Output):
+    """Dead letters: events no function accepted within the retry horizon (count, list, replay)."""
+    fmt = _fmt(output)
+    if not dead and replay is None:
+        raise CliError("say what to show: `sentinels events --dead` or `sentinels events --replay SEQ|all`", 2)
+    if replay is not None and replay != "all" and not replay.isdigit():
+        raise CliError(f"--replay {replay!r}: give the SEQ of a dead letter (from `events --dead`) or all", 2)
+    settings = _settings()
+    from sentinels.adapters import deadletters
+
+    from .client import Reader
+    from .output import emit
+
+    async def look(js, jobs, q, h):
+        return await deadletters.count(js), await deadletters.listing(js, limit)
+
+    async def again(js, jobs, q, h):
+        seqs = [d["seq"] for d in await deadletters.listing(js, limit)] if replay == "all" else [int(replay)]
+        return [(seq, await deadletters.replay(js, seq)) for seq in seqs]
+
+    if replay is not None:
+        done = Reader(settings).run(again)
+        missing = [seq for seq, ce_id in done if ce_id is None]
+        if missing and replay != "all":
+            raise CliError(f"no dead letter {replay}; `sentinels events --dead` lists them")
+        emit([{"seq": seq, "event": ce_id} for seq, ce_id in done], fmt, [("SEQ", "seq"), ("REPLAYED", "event")])
+        return
+    total, letters = Reader(settings).run(look)
+    rows = [{"seq": d["seq"], "trigger": d.get("trigger"), "type": (d.get("event") or {}).get("type"),
+             "id": (d.get("event") or {}).get("id"), "attempts": d.get("attempts"), "dead_at": d.get("dead_at"),
+             "reason": d.get("reason")} for d in letters]
+    if fmt == "table":
+        print(f"{total} dead letter{'s' if total != 1 else ''}" + (f" (first {len(rows)})" if total > len(rows) else ""))
+    emit({"count": total, "letters": letters} if fmt != "table" else rows, fmt,
+         [("SEQ", "seq"), ("TRIGGER", "trigger"), ("TYPE", "type"), ("ID", "id"), ("TRIES", "attempts"),
+          ("DEAD AT", "dead_at"), ("REASON", "reason")], rows)
+
+
 @app.command()
 def logs(job_id: str = typer.Argument(...), follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends"),
          tail: Optional[int] = typer.Option(None, "--tail", "-n", help="only the last N lines"),

@@ -74,7 +74,9 @@ def _covers(pattern: str, subject: str) -> bool:
 
 async def ensure(js, replicas: int = 1) -> None:
     """Create the streams and the KV bucket if missing; extend subjects, never delete."""
-    for cfg in _stream_configs(replicas):
+    from . import deadletters
+
+    for cfg in _stream_configs(replicas) + [deadletters.stream_config(replicas)]:
         try:
             info = await js.stream_info(cfg.name)
         except NotFoundError:

@@ -18,7 +18,9 @@ HISTORY_SUBJECT = "sentinels.history.{}"  # .format(job id)
 EVENTS_STREAM = "SENTINELS_EVENTS"  # the embedded broker's CloudEvents
 EVENTS_SUBJECTS = "sentinels.events.>"
 EVENTS_SUBJECT = "sentinels.events.{}"  # .format(events.subject_token(type))
-DEADLETTER_SUBJECT = "sentinels.events.deadletter.{}"  # .format(trigger name)
+
+DEADLETTER_STREAM = "SENTINELS_DEADLETTERS"  # events the embedded broker gave up on (replayable)
+DEADLETTER_SUBJECT = "sentinels.deadletter.{}"  # .format(trigger name)
 
 DUPLICATE_WINDOW = 120.0  # seconds in which a stream drops a message id seen before
 

@@ -96,6 +96,9 @@ def check_config(settings: Settings) -> list[str]:
 
         machine.capacity(settings.local())
         notes.append(f"runtime: {local_runtime(settings).describe()}")
+    from .router import retry_settings
+
+    retry_settings(settings)
     notify = settings.notify()
     ids = settings.identities()
     if ids.single_user:
