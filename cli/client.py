@@ -56,17 +56,31 @@ def post_event(settings, event_type: str, data: dict, retries: int = 3) -> dict:
     raise CliError(str(last))
 
 
-class Reader:
-    """Read-only access to the JetStream store for status, ls, queue, history."""
+def nats_login(settings, user: str = "reader") -> dict:
+    """The NATS credentials the CLI uses: SENTINELS_NATS_CREDENTIALS, else the embedded
+    default's `reader` (or `admin`, for replaying dead letters) from SENTINELS_HOME."""
+    import os
+    from pathlib import Path
 
-    def __init__(self, settings):
+    from sentinels.adapters import jetstream
+
+    path = os.environ.get(jetstream.CREDENTIALS_ENV) or str(Path(settings.home) / "secrets" / f"nats-{user}.json")
+    return jetstream.credentials(path) if Path(path).exists() else {}
+
+
+class Reader:
+    """Access to the JetStream store for status, ls, queue, history: read-only as `reader`."""
+
+    def __init__(self, settings, user: str = "reader"):
         self.settings = settings
+        self.user = user
 
     def run(self, fn):
         async def go():
             from sentinels.adapters import jetstream
 
-            nc = await jetstream.connect(self.settings.nats_url, "sentinels-cli", timeout=1.5)
+            nc = await jetstream.connect(self.settings.nats_url, "sentinels-cli", timeout=1.5,
+                                         login=nats_login(self.settings, self.user))
             try:
                 js = nc.jetstream(timeout=5)
                 try:

@@ -367,7 +367,7 @@ def events_cmd(dead: bool = typer.Option(False, "--dead", help="list the events 
         return [(seq, await deadletters.replay(js, seq)) for seq in seqs]
 
     if replay is not None:
-        done = Reader(settings).run(again)
+        done = Reader(settings, "admin").run(again)
         missing = [seq for seq, ce_id in done if ce_id is None]
         if missing and replay != "all":
             raise CliError(f"no dead letter {replay}; `sentinels events --dead` lists them")

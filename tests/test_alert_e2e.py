@@ -113,6 +113,9 @@ def test_dead_letters_are_counted_listed_and_replayed(slack_stack):
     assert bad.returncode == 2 and "--dead" in bad.stderr
 
 
-def nats_login(env) -> dict:
-    """No credentials yet: the embedded NATS takes anonymous local clients."""
-    return {}
+def nats_login(env, user="admin") -> dict:
+    from pathlib import Path
+
+    from sentinels.adapters import jetstream
+
+    return {"login": jetstream.credentials(str(Path(env["SENTINELS_HOME"]) / "secrets" / f"nats-{user}.json"))}

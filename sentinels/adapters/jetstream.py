@@ -8,10 +8,13 @@ a start against resources made with other settings, keeps every message.
 import asyncio
 import json
 import logging
+import os
 import uuid
+from pathlib import Path
 from typing import Any, Optional
 
 import nats
+import nats.errors
 from nats.errors import NoServersError, TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import BadRequestError, BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError, KeyNotFoundError
@@ -42,23 +45,45 @@ def _stream_configs(replicas: int) -> list[api.StreamConfig]:
     ]
 
 
-async def connect(url: str, name: str = "sentinels", *, reconnect: bool = False, timeout: float = 3.0) -> "nats.NATS":
+CREDENTIALS_ENV = "SENTINELS_NATS_CREDENTIALS"  # a JSON file {"user", "password"} (mode 0600)
+
+
+def credentials(path: Optional[str]) -> dict:
+    """nats.connect() keyword arguments from a credentials file: user, password and a
+    reply inbox of that user's own (the server lets each user read only its inbox)."""
+    if not path:
+        return {}
+    try:
+        raw = json.loads(Path(path).read_text())
+        return {"user": str(raw["user"]), "password": str(raw["password"]), "inbox_prefix": f"_INBOX_{raw['user']}"}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise Unavailable(f"cannot read the NATS credentials in {path} ({type(e).__name__})") from None
+
+
+async def connect(url: str, name: str = "sentinels", *, reconnect: bool = False, timeout: float = 3.0,
+                  login: Optional[dict] = None) -> "nats.NATS":
     """Connect within `timeout` or raise Unavailable naming the address tried.
 
     With `reconnect`, a connection that later drops keeps retrying in the background
-    (long-lived functions); the first connection attempt still fails fast.
+    (long-lived functions); the first connection attempt still fails fast. `login`
+    (from `credentials()`) defaults to the file named by SENTINELS_NATS_CREDENTIALS.
     """
     async def quiet(e):  # nats-py prints tracebacks by default; we report our own message
         log.debug("nats: %s", e)
 
+    if login is None:
+        login = credentials(os.environ.get(CREDENTIALS_ENV))
     try:
         return await asyncio.wait_for(nats.connect(
             url, name=name, connect_timeout=2, allow_reconnect=reconnect, error_cb=quiet,
-            max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5,
+            max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5, **login,
         ), timeout)
     except (NoServersError, OSError, NatsTimeout, asyncio.TimeoutError) as e:
         raise Unavailable(f"cannot reach NATS JetStream at {url} ({type(e).__name__}); "
                           "start the embedded default with `sentinels up` or set SENTINELS_NATS_URL") from None
+    except nats.errors.Error as e:  # e.g. an authorization violation: wrong or missing credentials
+        who = f"as {login['user']}" if login.get("user") else "without credentials"
+        raise Unavailable(f"NATS JetStream at {url} refused the connection {who} ({str(e) or type(e).__name__})") from None
 
 
 def _covers(pattern: str, subject: str) -> bool:

@@ -86,6 +86,8 @@ class Router:
         self.table = [t for t in table if t.function in serve.available()]
         self.urls = {name: f"http://127.0.0.1:{settings.function_port(spec[2])}" for name, spec in serve.FUNCTIONS.items()}
         self._tasks: set[asyncio.Task] = set()  # deliveries in flight: referenced until done
+        secret = serve.internal_secret()
+        self.internal = {"x-sentinels-internal": secret.decode()} if secret else {}
 
     async def run(self, tick: float) -> None:
         import httpx
@@ -147,7 +149,8 @@ class Router:
 
         body = json.dumps(event.get("data")).encode() if event.get("data") is not None else b""
         try:
-            r = await self.http.post(self.urls[function] + "/", content=body, headers=events.binary_headers(event))
+            r = await self.http.post(self.urls[function] + "/", content=body,
+                                     headers={**events.binary_headers(event), **self.internal})
         except httpx.HTTPError as e:
             log.warning("%s unreachable for %s (%s)", function, event.get("type"), type(e).__name__)
             return "retry"

@@ -18,7 +18,8 @@ import urllib.request
 
 from ..domain.errors import ConfigError
 from ..settings import Settings
-from . import lifeline, natsd, serve
+from ..adapters.jetstream import CREDENTIALS_ENV
+from . import lifeline, natsauth, natsd, serve
 
 PID_FILE = "up.pid"
 SERVICES = {"executor": "sentinels.embedded.executor", "router": "sentinels.embedded.router"}
@@ -51,6 +52,26 @@ MAX_BACKOFF = 5.0
 def backoff(restarts: int) -> float:
     """Seconds to wait before restart number `restarts` (1, 2, ...): 0.4, 0.8, ... capped."""
     return min(MAX_BACKOFF, 0.2 * 2 ** min(restarts, 5))
+
+
+BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "PYTHONPATH",
+            "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",
+            "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+TRACKING_ENV = ("MLFLOW_", "AWS_", "GOOGLE_", "AZURE_", "KUBECONFIG", "KUBERNETES_")
+RUNTIME_ENV = ("DOCKER_", "CONTAINER_", "CONTAINERS_", "XDG_", "REGISTRY_AUTH_FILE", "PODMAN_", "BUILDAH_")
+EXTRA_ENV = {"schedule": TRACKING_ENV, "on_job_event": TRACKING_ENV, "admin": TRACKING_ENV, "reader": TRACKING_ENV,
+             "mlflow": TRACKING_ENV, "submit": ("KUBECONFIG", "KUBERNETES_"), "alert": ("SLACK_",),
+             "executor": RUNTIME_ENV}
+NEVER = ("SENTINELS_TOKEN", CREDENTIALS_ENV)  # the CLI user's admin token stays with the CLI
+
+
+def child_env(name: str, env) -> dict:
+    """The part of the supervisor's environment one child needs: the basics, SENTINELS_*,
+    and by function MLflow/cloud/Kubernetes (schedule, on_job_event) or Slack (alert).
+    A job reading /proc/<pid>/environ of a function finds no token it does not need."""
+    extra = EXTRA_ENV.get(name, ())
+    return {k: v for k, v in env.items() if k not in NEVER and (
+        k in BASE_ENV or k.startswith("SENTINELS_") or any(k.startswith(p) for p in extra))}
 
 
 def pid_alive(pid: int) -> bool:
@@ -119,10 +140,14 @@ class Supervisor:
         self.store_uri = settings.mlflow_uri()
         self.mlflow_url = mlflow_server_url(settings)
 
-    def env(self) -> dict:
-        return {**os.environ, "SENTINELS_HOME": str(self.s.home), "SENTINELS_URL": self.s.url,
+    def env(self, user: str = "admin") -> dict:
+        """A child's environment: only what that child needs (`child_env`), with the NATS
+        credentials of `user` (see `natsauth`) and the path of the stack's internal token."""
+        login = {CREDENTIALS_ENV: str(natsauth.credentials_file(self.s.home, user))} if user in natsauth.USERS else {}
+        return {**child_env(user, os.environ), "SENTINELS_HOME": str(self.s.home), "SENTINELS_URL": self.s.url,
                 "SENTINELS_NATS_URL": self.s.nats_url, "MLFLOW_TRACKING_URI": self.mlflow_url or self.store_uri,
-                "PYTHONUNBUFFERED": "1", **({"SENTINELS_RUNTIME": self.runtime} if self.runtime else {})}
+                "PYTHONUNBUFFERED": "1", **({"SENTINELS_RUNTIME": self.runtime} if self.runtime else {}), **login,
+                natsauth.INTERNAL_TOKEN_ENV: str(natsauth.internal_token(self.s.home))}
 
     def spawn(self, name: str) -> subprocess.Popen:
         if name in SERVICES:
@@ -133,7 +158,7 @@ class Supervisor:
             offset = serve.FUNCTIONS[name][2]
             cmd = [sys.executable, "-m", "sentinels.embedded.serve", name, str(self.s.function_port(offset))]
         out = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(),
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(name),
                                 start_new_session=name == "mlflow",  # stopped with its workers, as a group
                                 preexec_fn=lifeline.preexec())
         self.children[name] = proc
@@ -142,7 +167,8 @@ class Supervisor:
 
     def start_nats(self) -> subprocess.Popen:
         proc = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log",
-                           sync=self.s.nats_sync(), preexec_fn=lifeline.preexec())
+                           sync=self.s.nats_sync(), preexec_fn=lifeline.preexec(),
+                           auth=natsauth.config_block(natsauth.ensure(self.s.home)))
         self.children["nats"] = proc
         self.started["nats"] = time.monotonic()
         return proc
@@ -196,15 +222,20 @@ class Supervisor:
         if not uri.startswith("sqlite:"):  # a server (or `none`) needs no preparing
             return None
         code = "import sys; from sentinels.adapters.mlflow_tracker import MlflowTracker; MlflowTracker(sys.argv[1]).warm()"
-        return subprocess.Popen([sys.executable, "-c", code, uri], env=self.env(),
+        return subprocess.Popen([sys.executable, "-c", code, uri], env=self.env("reader"),
                                 stdout=open(self.logs / "mlflow-init.log", "ab"), stderr=subprocess.STDOUT)
 
     async def _ensure_streams(self) -> None:
         from ..adapters import jetstream
 
-        nc = await jetstream.connect(self.s.nats_url)
+        from functions.alert.service import JetStreamSentLog
+
+        nc = await jetstream.connect(self.s.nats_url, "sentinels-up",
+                                     login=jetstream.credentials(str(natsauth.credentials_file(self.s.home, "admin"))))
         try:
-            await jetstream.ensure(nc.jetstream())
+            js = nc.jetstream()
+            await jetstream.ensure(js)
+            await JetStreamSentLog.open(js)  # the alert function may only write into it
         finally:
             await nc.close()
 
