@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 
 from sentinels import clock, wiring
 from sentinels.domain import events
-from sentinels.http import error_response, read_event
+from sentinels.http import error_response, misrouted, read_event
 from sentinels import expected_secrets
 from sentinels.settings import Settings
 
@@ -49,6 +49,9 @@ SERVICE = wiring.Lazy(SETTINGS, "sentinels-on-job-event", build)
 
 @functions_framework.aio.http
 async def on_job_event(request):
+    wrong = misrouted(request)
+    if wrong is not None:
+        return wrong
     if request.method == "GET":
         return JSONResponse({"ok": True, "function": "on_job_event"})
     try:

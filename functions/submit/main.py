@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from sentinels import clock, wiring
 from sentinels.domain import events
 from sentinels.domain.errors import InvalidSpec
-from sentinels.http import error_response, read_event
+from sentinels.http import error_response, misrouted, read_event
 from sentinels import expected_secrets
 from sentinels.settings import Settings
 
@@ -41,6 +41,9 @@ SERVICE = wiring.Lazy(SETTINGS, "sentinels-submit", build)
 
 @functions_framework.aio.http
 async def submit(request):
+    wrong = misrouted(request)
+    if wrong is not None:
+        return wrong
     if request.method == "GET":
         jetstream = await wiring.jetstream_health(SERVICE)
         return JSONResponse({"ok": jetstream == "ok", "function": "submit", "single_user": IDENTITIES.single_user,

@@ -215,12 +215,11 @@ class Kubelet:
         launch = self._launch(state, job_dir, pod["attempt"], pod["gpus"])
         try:
             started, info = self.runtime.start(launch)
-        except OSError as e:  # the runner itself could not start (no python, no fork): a failed attempt
-            now = self.now()
-            pod.update(started=now, finished=now, phase="Failed", exit_code=None,
-                       message=f"could not start: {e.strerror or e}")
+        except (OSError, ValueError) as e:  # the runner could not start (no fork, a NUL byte): a failed attempt
+            now, why = self.now(), getattr(e, "strerror", None) or e
+            pod.update(started=now, finished=now, phase="Failed", exit_code=None, message=f"could not start: {why}")
             self._emit_pod(state, kind)
-            self._finish(state, objects.BACKOFF_REASON, f"could not start the process: {e.strerror or e}")
+            self._finish(state, objects.BACKOFF_REASON, f"could not start the process: {why}")
             return
         link = job_dir / "log.tmp"
         link.unlink(missing_ok=True)
