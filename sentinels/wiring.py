@@ -6,6 +6,7 @@ one place.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 from .adapters import jetstream
 from .ports import Board, EventSink, History, JobQueue, JobStore, SentLog
@@ -114,7 +115,10 @@ async def jetstream_health(lazy: "Lazy", timeout: float = 0.4) -> str:
 
     try:
         await asyncio.wait_for(lazy.get(), timeout)
-        await asyncio.wait_for(lazy.stores.js.account_info(), timeout)
+        js: Any = lazy.stores.js if lazy.stores is not None else None
+        if js is None:
+            return "unavailable (not connected)"
+        await asyncio.wait_for(js.account_info(), timeout)
         return "ok"
     except Exception as e:  # anything in the way of JetStream makes the function unhealthy
         return f"unavailable ({getattr(e, 'message', None) or type(e).__name__})"

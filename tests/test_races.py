@@ -17,7 +17,7 @@ from sentinels import clock, logfiles
 from sentinels.domain import events, states
 from sentinels.embedded import machine
 from sentinels.embedded.kubelet import Kubelet
-from sentinels.sinks import MemorySink
+from sentinels.adapters.memory import MemorySink
 from tests.test_alert_function import function, put  # noqa: F401 (fixture)
 from tests.test_alert_notify import record
 from tests.test_lifecycle import ADMIN, UPDATE, World, fixture, labelled
@@ -110,8 +110,9 @@ async def test_five_concurrent_deliveries_send_one_slack_message(function, fake,
 
 
 async def test_a_claim_left_by_a_crashed_delivery_is_taken_over_later(js):
-    from functions.alert.service import CLAIM_SECONDS, JetStreamSentLog
+    from sentinels.adapters.jetstream import JetStreamSentLog
 
+    CLAIM_SECONDS = JetStreamSentLog.CLAIM_SECONDS
     clock = [1000.0]
     sent = await JetStreamSentLog.open(js)
     sent.now = lambda: clock[0]
@@ -160,7 +161,7 @@ async def test_a_submit_retried_after_the_dedupe_window_records_queued_once(js):
     from sentinels.adapters import jetstream
     from sentinels.domain.priority import PriorityConfig
     from sentinels.domain.spec import Limits
-    from sentinels.sinks import MemorySink
+    from sentinels.adapters.memory import MemorySink
 
     for name in (jetstream.HISTORY_STREAM, jetstream.QUEUE_STREAM):  # a short window, so the test can outwait it
         info = await js.stream_info(name)

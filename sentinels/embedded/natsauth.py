@@ -113,7 +113,7 @@ def config_block(passwords: dict[str, str]) -> str:
     """The `authorization { users = [...] }` block of nats.conf."""
     rows = []
     for user in USERS:
-        entry = {"user": user, "password": passwords[user]}
+        entry: dict[str, object] = {"user": user, "password": passwords[user]}
         perms = permissions(user)
         if perms is not None:
             entry["permissions"] = perms

@@ -228,14 +228,12 @@ class Supervisor:
     async def _ensure_streams(self) -> None:
         from ..adapters import jetstream
 
-        from functions.alert.service import JetStreamSentLog
-
         nc = await jetstream.connect(self.s.nats_url, "sentinels-up",
                                      login=jetstream.credentials(str(natsauth.credentials_file(self.s.home, "admin"))))
         try:
             js = nc.jetstream()
             await jetstream.ensure(js)
-            await JetStreamSentLog.open(js)  # the alert function may only write into it
+            await jetstream.JetStreamSentLog.open(js)  # the alert function may only write into it
         finally:
             await nc.close()
 
