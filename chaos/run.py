@@ -163,8 +163,10 @@ async def states_of(env, ids) -> dict[str, str | None]:
 
 async def run(n: int, every: float, bound: float) -> int:
     home = Path(tempfile.mkdtemp(prefix="sentinels-chaos-"))
+    os.chmod(home, 0o755)  # as root, jobs run as `nobody`: it must reach its job directories
     markers = home / "markers"
     markers.mkdir()
+    os.chmod(markers, 0o777)
     (home / "config.yaml").write_text(yaml.safe_dump({
         "local": {"cpu": 8, "memory": "8Gi", "slots": 24, "stop_grace": "2s"},
         "lifecycle": {"reconcile_seconds": 3}, "events": {"max_backoff": "2s"}}))

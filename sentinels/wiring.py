@@ -109,12 +109,13 @@ class Lazy:
             return self.service
 
 
-async def jetstream_health(lazy: "Lazy", timeout: float = 0.4) -> str:
-    """"ok" when this function can reach JetStream now, else a few words why not (health checks)."""
+async def jetstream_health(lazy: "Lazy", timeout: float = 2.0) -> str:
+    """"ok" when this function can reach JetStream now, else a few words why not (health checks).
+    A connection still being made is not cancelled by a health check that gives up on it."""
     import asyncio
 
     try:
-        await asyncio.wait_for(lazy.get(), timeout)
+        await asyncio.wait_for(asyncio.shield(lazy.get()), timeout)
         js: Any = lazy.stores.js if lazy.stores is not None else None
         if js is None:
             return "unavailable (not connected)"

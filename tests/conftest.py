@@ -48,6 +48,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         else:
             item.add_marker(pytest.mark.fast)
+# As root, `sentinels up` runs jobs as `nobody`, who cannot reach this checkout's Python
+# under /root: the tests run jobs as the test user (tests/test_job_isolation.py covers nobody).
+os.environ.setdefault("SENTINELS_RUN_AS", "")
 
 
 @pytest.fixture

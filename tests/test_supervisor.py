@@ -75,7 +75,7 @@ def test_nats_killed_is_restarted_and_health_says_so_meanwhile(up):
     assert wait_for(lambda: named_children(proc.pid).get("nats") not in (None, nats))
     assert wait_for(lambda: health(env["SENTINELS_URL"])[0] == 200, 60)
     job = cli(env, "submit", "python:3.11", "--cpu", "0.1", "--", "true").stdout.strip()
-    assert wait_for(lambda: json.loads(cli(env, "status", job, "-o", "json").stdout)["state"] == "SUCCEEDED", 60)
+    assert wait_for(lambda: json.loads(cli(env, "status", job, "-o", "json").stdout)["state"] == "SUCCEEDED", 180)
 
 
 def test_health_is_503_while_jetstream_is_down(up):

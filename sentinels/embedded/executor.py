@@ -122,7 +122,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s executor %(levelname)s %(message)s")
     try:
         settings = Settings.load()
-        capacity = machine.capacity(settings.local())
+        capacity = machine.capacity(settings.local(), settings.home / "jobs")
         runtime = runtimes.select(runtimes.RuntimeConfig.from_dict(settings.local(), settings.env))
         lock = _lock(settings)
         asyncio.run(_main(settings, capacity, runtime))

@@ -99,6 +99,16 @@ def _check_launch(record, extra_env) -> tuple[dict, dict]:
     return record, extra_env
 
 
+def give_to(path: Path, user: Optional[str]) -> None:
+    """Let the unprivileged job user write its own directory (nothing else of the job's)."""
+    if not user:
+        return
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
 class Kubelet:
     def __init__(self, jobs_dir: Path, capacity: Capacity, sink, *, now: Callable[[], str] = clock.now_iso,
                  wall: Callable[[], float] = time.time, runtime: Optional[Runtime] = None):
@@ -192,12 +202,14 @@ class Kubelet:
         env = {k: str(v) for k, v in (spec.get("env") or {}).items()}
         env.update(state["extra_env"])
         env["SENTINELS_JOB_ID"] = state["job"]
+        if self.cap.run_as:  # not the stack user's home: nothing of the platform's is found there
+            env.update(HOME=str(job_dir / "work"), USER=self.cap.run_as)
         if self.cap.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))  # "" hides every GPU from CPU jobs
         return Launch(job_id=state["job"], generation=state["generation"], attempt=attempt, spec=spec, env=env,
                       host_env={k: os.environ[k] for k in BASIC_ENV if k in os.environ}, gpus=gpus,
                       job_dir=job_dir, log=job_dir / f"attempt-{attempt}.log",
-                      result=job_dir / f"attempt-{attempt}.exit")
+                      result=job_dir / f"attempt-{attempt}.exit", run_as=self.cap.run_as, log_max=self.cap.log_max)
 
     def _start_attempt(self, state: dict, gpus: list[int]) -> None:
         """Start the next attempt (a new pod) of a live run and record it."""
@@ -248,6 +260,7 @@ class Kubelet:
         job_dir = self._job_dir(job_id)
         for sub in ("work", "outputs"):
             (job_dir / sub).mkdir(parents=True, exist_ok=True)
+            give_to(job_dir / sub, self.cap.run_as)
         write_atomic(job_dir / "job.yaml", yaml.safe_dump(spec, sort_keys=False))
         now = self.now()
         timeout = spec.get("timeout_seconds")

@@ -91,7 +91,7 @@ def running_pid(settings: Settings) -> int | None:
     return pid if pid_alive(pid) else None
 
 
-def healthy(url: str, timeout: float = 0.5) -> bool:
+def healthy(url: str, timeout: float = 3.0) -> bool:
     try:
         with urllib.request.urlopen(url + "/", timeout=timeout) as r:
             return r.status == 200
@@ -108,6 +108,7 @@ def local_runtime(settings: Settings):
 
 def check_config(settings: Settings) -> list[str]:
     """Parse every server-side section and file now; raise ConfigError on the first bad one."""
+    from ..auth import hash_at_rest
     from ..adapters import slack
 
     settings.validate()
@@ -115,13 +116,21 @@ def check_config(settings: Settings) -> list[str]:
     if settings.backend() == "local":
         from . import machine
 
-        machine.capacity(settings.local())
+        machine.capacity(settings.local(), settings.home / "jobs")
         notes.append(f"runtime: {local_runtime(settings).describe()}")
     from .router import retry_settings
 
     retry_settings(settings)
     notify = settings.notify()
     ids = settings.identities()
+    try:
+        hashed = hash_at_rest(settings.tokens_file())
+    except OSError as e:
+        notes.append(f"tokens file {settings.tokens_file()}: could not replace its plaintext tokens by hashes "
+                     f"({e.strerror}); keep it readable by the stack's user only")
+    else:
+        if hashed:
+            notes.append(f"tokens file {settings.tokens_file()}: {hashed} plaintext token(s) replaced by their SHA-256")
     if ids.single_user:
         notes.append(f"single-user mode: no tokens file configured, every request acts as {ids.local['user']} (admin)")
     notifier = slack.start(settings.slack_env(), notify.default_channel, strict=True)  # invalid_auth: a clear error now
