@@ -43,6 +43,8 @@ def show(settings, job_id: str, follow: bool, tail: int | None, build: bool = Fa
     checked = 0.0
     while True:
         if path.exists():
+            if path.stat().st_size < offset:  # the log rotated (local.log_max): its new part
+                offset = 0
             with open(path, "rb") as f:
                 f.seek(offset)
                 chunk = f.read()

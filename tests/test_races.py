@@ -177,3 +177,25 @@ async def test_a_submit_retried_after_the_dedupe_window_records_queued_once(js):
     assert (status, again, same["id"]) == (201, 200, rec["id"])
     assert [e["to"] for e in await history.of(rec["id"])] == ["QUEUED"]
     assert await jetstream.JetStreamQueue(js).counts() == {"normal": 1}
+
+
+async def test_a_job_log_rotates_at_its_size_cap(tmp_path):
+    cap = machine.capacity({"cpu": 8, "memory": "8Gi", "stop_grace": 1, "log_max": "4Ki"})
+    kubelet = Kubelet(tmp_path / "jobs", cap, MemorySink())
+    kubelet.recover()
+    script = "import sys\nfor i in range(2000): print(f'line {i:05d}', flush=i % 100 == 0)"
+    try:
+        kubelet.launch(make_record("llllllllll", [sys.executable, "-c", script]), {})
+        deadline = time.monotonic() + 30
+        while kubelet.active():
+            assert time.monotonic() < deadline
+            kubelet.poll()
+            await asyncio.sleep(0.02)
+        job_dir = tmp_path / "jobs" / "llllllllll"
+        current, older = job_dir / "attempt-1.log", job_dir / "attempt-1.log.1"
+        assert current.stat().st_size <= 4096 + 200 and older.stat().st_size <= 4096 + 200
+        assert kubelet.logs("llllllllll", 1) == ["line 01999"]  # the newest part holds the end
+        assert "log reached its size cap" in current.read_text()
+        assert kubelet.runs["llllllllll"]["outcome"] == "Complete"
+    finally:
+        kill_leftovers(tmp_path)

@@ -19,6 +19,7 @@ import pytest
 
 from sentinels.embedded import natsd, supervisor
 from sentinels.settings import Settings
+from tests.test_alert_e2e import wait_for
 from tests.test_cli_e2e import cli
 from tests.test_up_lifecycle import children_of, start_foreground
 
@@ -31,15 +32,6 @@ def health(url):
         return e.code, json.loads(e.read())
     except OSError:
         return None, {}
-
-
-def wait_for(check, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def named_children(pid):
@@ -72,7 +64,7 @@ def test_nats_killed_is_restarted_and_health_says_so_meanwhile(up):
     assert health(env["SENTINELS_URL"])[1]["jetstream"] == "ok"
     os.kill(nats, signal.SIGKILL)
     # while it is down, health is not "ok"; then the supervisor brings it back
-    assert wait_for(lambda: named_children(proc.pid).get("nats") not in (None, nats))
+    assert wait_for(lambda: named_children(proc.pid).get("nats") not in (None, nats), 60)
     assert wait_for(lambda: health(env["SENTINELS_URL"])[0] == 200, 60)
     job = cli(env, "submit", "python:3.11", "--cpu", "0.1", "--", "true").stdout.strip()
     assert wait_for(lambda: json.loads(cli(env, "status", job, "-o", "json").stdout)["state"] == "SUCCEEDED", 180)

@@ -1,9 +1,9 @@
 """What this machine offers to local jobs: CPU, memory, GPUs, job slots.
 
 The `local:` block of the configuration sets them (`cpu`, `memory`, `gpu`, `slots`,
-`labels`, `stop_grace`, and `run_as`: the user jobs run as when the stack runs as root,
-`nobody` by default; the runtime keys are read by `runtimes.py`); what it leaves out is
-detected from the machine (cpu count,
+`labels`, `stop_grace`, `log_max`: the size at which a job's log rotates, and `run_as`:
+the user jobs run as when the stack runs as root, `nobody` by default; the runtime keys
+are read by `runtimes.py`); what it leaves out is detected from the machine (cpu count,
 /proc/meminfo, `nvidia-smi`). A bad block stops the executor at start with a clear message.
 """
 
@@ -18,7 +18,8 @@ from ..domain import duration, quantity
 from ..domain.errors import ConfigError, InvalidSpec
 from . import runtimes
 
-KEYS = ("cpu", "memory", "gpu", "slots", "labels", "stop_grace", "run_as") + runtimes.KEYS
+KEYS = ("cpu", "memory", "gpu", "slots", "labels", "stop_grace", "run_as", "log_max") + runtimes.KEYS
+DEFAULT_LOG_MAX = 256 * 2**20  # bytes per part of a job's log; one older part is kept
 DEFAULT_JOB_USER = "nobody"  # jobs of a stack started as root run as this user
 DEFAULT_STOP_GRACE = 10.0
 
@@ -32,6 +33,7 @@ class Capacity:
     labels: dict = field(default_factory=dict)
     stop_grace: float = DEFAULT_STOP_GRACE
     run_as: Optional[str] = None  # the user jobs run as; None: the executor's own
+    log_max: int = DEFAULT_LOG_MAX  # a job's log rotates at this size
 
 
 def memory_total(meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -87,10 +89,14 @@ def capacity(config: Optional[dict], jobs_dir: Optional[Path] = None) -> Capacit
             raise InvalidSpec("local.labels: expected a mapping of label names to strings")
         grace = float(duration.seconds(raw["stop_grace"], "local.stop_grace")) if raw.get("stop_grace") is not None \
             else DEFAULT_STOP_GRACE
+        log_max = quantity.memory_bytes(raw["log_max"], "local.log_max") if raw.get("log_max") is not None \
+            else DEFAULT_LOG_MAX
+        if log_max < 4096:
+            raise InvalidSpec(f"local.log_max: at least 4Ki, got {raw.get('log_max')!r}")
     except InvalidSpec as e:
         raise ConfigError(f"configuration: {e.message}") from None
     return Capacity(cpu_millis=cpu, memory_bytes=memory, gpus=gpus, slots=slots, labels=dict(labels), stop_grace=grace,
-                    run_as=job_user(raw.get("run_as"), reach=jobs_dir))
+                    run_as=job_user(raw.get("run_as"), reach=jobs_dir), log_max=log_max)
 
 
 def job_user(configured, env=os.environ, euid: Optional[int] = None, reach: Optional[Path] = None) -> Optional[str]:

@@ -59,10 +59,12 @@ def alive(pid: int, started: Optional[int]) -> bool:
         return True
 
 
-def spawn(command: list[str], *, env: dict, cwd: Path, log: Path, result: Path, run_as: Optional[str] = None) -> Started:
-    """Start `command` under the runner in a new session; stdout and stderr go to `log`.
-    With `run_as`, the command runs as that user (the runner stays with the executor's)."""
-    who = ["--as", run_as] if run_as else []
+def spawn(command: list[str], *, env: dict, cwd: Path, log: Path, result: Path, run_as: Optional[str] = None,
+          log_max: Optional[int] = None) -> Started:
+    """Start `command` under the runner in a new session; stdout and stderr go to `log`
+    (rotated at `log_max` bytes by the runner). With `run_as`, the command runs as that
+    user (the runner stays with the executor's)."""
+    who = (["--as", run_as] if run_as else []) + (["--log", str(log), str(int(log_max))] if log_max else [])
     with open(log, "ab", buffering=0) as out:
         popen = subprocess.Popen([sys.executable, "-I", str(RUNNER), str(result), *who, "--", *command],
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
