@@ -176,9 +176,10 @@ def main(argv: list[str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)  # a handler, not SIG_IGN: the child must not inherit "ignore"
-    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if log_path else {}
+    how: dict = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if log_path else {}
     try:
-        child = subprocess.Popen(command, **piped, **(_drop_to(run_as) if run_as else {}))
+        how.update(_drop_to(run_as) if run_as else {})
+        child = subprocess.Popen(command, **how)
     except (OSError, KeyError) as e:
         why = getattr(e, "strerror", None) or f"no user {run_as!r}"
         print(f"sentinels: cannot run {command[0]!r}: {why}", file=sys.stderr, flush=True)
