@@ -259,6 +259,7 @@ class MemoryCluster:
 
         out = {}
         for job_id in job_ids:
+            info: dict[str, object]
             if job_id in self.running:
                 record, info = self.running[job_id], {"active": 1, "ready": 1}
             elif job_id in self.ended:
