@@ -59,12 +59,11 @@ def post_event(settings, event_type: str, data: dict, retries: int = 3) -> dict:
 def nats_login(settings, user: str = "reader") -> dict:
     """The NATS credentials the CLI uses: SENTINELS_NATS_CREDENTIALS, else the embedded
     default's `reader` (or `admin`, for replaying dead letters) from SENTINELS_HOME."""
-    import os
     from pathlib import Path
 
     from sentinels.adapters import jetstream
 
-    path = os.environ.get(jetstream.CREDENTIALS_ENV) or str(Path(settings.home) / "secrets" / f"nats-{user}.json")
+    path = settings.env.get(jetstream.CREDENTIALS_ENV) or str(Path(settings.home) / "secrets" / f"nats-{user}.json")
     return jetstream.credentials(path) if Path(path).exists() else {}
 
 

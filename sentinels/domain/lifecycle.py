@@ -50,8 +50,8 @@ class LifecycleConfig:
                                                                    base.image_pull_grace_seconds)))
             reconcile = float(raw.get("reconcile_seconds", cls.reconcile_seconds))
         except (TypeError, ValueError):
-            raise ConfigError("lifecycle: max_attempts, image_pull_grace_seconds and reconcile_seconds "
-                              "must be numbers") from None
+            raise ConfigError("lifecycle: max_attempts and image_pull_grace_seconds must be numbers "
+                              "(and reconcile_seconds)") from None
         root = raw.get("outputs_root")
         if root is not None and not isinstance(root, str):
             raise ConfigError(f"lifecycle: outputs_root must be a path, not {root!r}")
