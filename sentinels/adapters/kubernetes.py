@@ -332,16 +332,38 @@ class KubernetesCluster:
                     out[job_id] = {"apiVersion": "batch/v1", "kind": "Job", **job}
         return out
 
-    async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
-        """The output of the job's newest pod (empty when it has none or has not started)."""
+    async def _newest_pod(self, record: dict) -> Optional[dict]:
         name = record.get("k8s_job") or km.job_name(record["id"], int(record.get("attempts") or 1))
         core = self._api("CoreV1Api")
         pods = await self._list(f"listing pods of {name}", core.list_namespaced_pod, self.cfg.namespace,
                                 label_selector=f"{km.JOB_NAME_LABEL}={name}")
         pods = [p for p in pods if _labelled(p, km.JOB_NAME_LABEL, name)]
         if not pods:
+            return None
+        return max(pods, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "",
+                                        int((p.get("metadata") or {}).get("resourceVersion") or 0)
+                                        if str((p.get("metadata") or {}).get("resourceVersion") or "").isdigit() else 0))
+
+    async def last_end(self, record: dict) -> Optional[dict]:
+        """How the job's newest pod failed ({"reason", "exit_code"}), or None.
+
+        A Job's own verdict (BackoffLimitExceeded) does not say why its last pod failed, and
+        the pod's event may come after the Job's: this reads it from the pod itself.
+        """
+        from ..domain import events, observe
+
+        pod = await self._newest_pod(record)
+        seen = observe.observe(events.APISERVER_UPDATE, pod) if pod else None
+        if seen is None or seen.what != observe.FAILED:
+            return None
+        return {"reason": seen.reason, "exit_code": seen.exit_code}
+
+    async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
+        """The output of the job's newest pod (empty when it has none or has not started)."""
+        core = self._api("CoreV1Api")
+        newest = await self._newest_pod(record)
+        if newest is None:
             return []
-        newest = max(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
         pod_name = newest["metadata"]["name"]
         kwargs = {"container": km.CONTAINER, **self._opts()}
         if tail:

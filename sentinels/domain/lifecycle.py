@@ -17,6 +17,7 @@ from .names import job_name
 
 REQUEUE, STOP, LOGS, CAPACITY = "requeue", "stop", "logs", "capacity"
 ENQUEUE = "enqueue"  # a built job joins the queue (in submission order, not at the front)
+BACKOFF_LIMIT = "BackoffLimitExceeded"  # a Job's verdict that names no cause: the last pod has it
 
 
 @dataclass(frozen=True)
