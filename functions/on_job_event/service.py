@@ -136,7 +136,11 @@ class LifecycleService:
         done = await self.jobs.mutate(record["id"], decide)
         if done is None:
             if seq is not None:
-                await self.queue.remove(seq)
+                # Two observations of one disruption (the Node's deletion, its pod failed by PodGC)
+                # enqueue the same deduplicated entry: if the other one won with it, it stays.
+                current = await self.jobs.get(record["id"])
+                if current is None or current[0].get("queue_seq") != seq:
+                    await self.queue.remove(seq)
             return "raced"
         before, after = done
         await self._effects(before, after, step_data if step.to else None)

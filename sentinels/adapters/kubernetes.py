@@ -178,10 +178,16 @@ def _json(resp) -> dict:
 class KubernetesCluster:
     """Runs jobs as Kubernetes Jobs in `cfg.namespace`; implements `sentinels.ports.Cluster`."""
 
-    def __init__(self, cfg: km.KubeConfig, client=None, builds: BuildConfig = BuildConfig()):
+    def __init__(self, cfg: km.KubeConfig, client=None, builds: BuildConfig = BuildConfig(), informer: bool = True):
         self.cfg = cfg
         self.builds = builds
         self._client = client  # an ApiClient; built from cfg on first use when None
+        self._use_informer = informer  # keep nodes and live pods by watch (see kube_informer)
+        self._informer = None
+
+    def __del__(self):
+        if getattr(self, "_informer", None) is not None:
+            self._informer.close()
 
     # plumbing ---------------------------------------------------------------------
     def _api(self, kind: str):
@@ -234,7 +240,18 @@ class KubernetesCluster:
 
     # the port -----------------------------------------------------------------------
     async def nodes(self) -> list[Node]:
+        """Free capacity per node: from the watch-fed cache, else (not synced yet, watch
+        failing) by listing nodes and live pods."""
         core = self._api("CoreV1Api")
+        if self._use_informer:
+            if self._informer is None:
+                from .kube_informer import Informer
+
+                self._informer = Informer(core, lambda o: node_from_object(o, {}, {}), pod_requests, LIVE_PODS,
+                                          self.cfg.request_timeout)
+            cached = self._informer.snapshot()
+            if cached is not None:
+                return cached
         raw_nodes, pods = await asyncio.gather(
             self._list("listing nodes", core.list_node),
             self._list("listing pods", core.list_pod_for_all_namespaces, field_selector=LIVE_PODS))

@@ -213,6 +213,16 @@ class ApiServer(kmock.KubernetesScaffold):
         for listener in list(self.listeners):
             listener(resource, kind, obj, old)
 
+    async def __aexit__(self, *exc) -> None:
+        self.end_watches()  # open watch streams would hold the server's shutdown
+        await asyncio.sleep(0)
+        await super().__aexit__(*exc)
+
+    def end_watches(self) -> None:
+        """End every open watch (as an API server restart or a load balancer would)."""
+        for _, _, queue in self.watchers:
+            queue.put_nowait(None)
+
     def subscribe(self, listener: Callable) -> None:
         self.listeners.append(listener)
 
@@ -463,13 +473,18 @@ class ApiServer(kmock.KubernetesScaffold):
                 if left <= 0:
                     break
                 try:
-                    _, kind, obj = await asyncio.wait_for(queue.get(), min(left, 5.0))
+                    item = await asyncio.wait_for(queue.get(), min(left, 5.0))
                 except asyncio.TimeoutError:
                     continue
-                chunk = [json.dumps({"type": kind, "object": obj})]
+                if item is None:
+                    break
+                chunk = [json.dumps({"type": item[1], "object": item[2]})]
                 while not queue.empty() and len(chunk) < 500:
-                    _, kind, obj = queue.get_nowait()
-                    chunk.append(json.dumps({"type": kind, "object": obj}))
+                    item = queue.get_nowait()
+                    if item is None:
+                        deadline = 0
+                        break
+                    chunk.append(json.dumps({"type": item[1], "object": item[2]}))
                 self.watch_events += len(chunk)
                 await response.write(("\n".join(chunk) + "\n").encode())
         except (ConnectionResetError, asyncio.CancelledError):

@@ -153,6 +153,7 @@ class SimStack:
         if self.sim is not None and self.sim.task is not None:
             self.sim.task.cancel()
         if getattr(self, "server", None) is not None:
+            self.api.end_watches()
             await self.server.__aexit__(None, None, None)
         if self.api is not None:
             await self.api.__aexit__(None, None, None)
