@@ -80,7 +80,12 @@ class SimStack:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "config.yaml").write_text(yaml.safe_dump(cfg))
         try:
-            self._up()
+            try:
+                self._up()
+            except RuntimeError as e:  # the supervisor gives its children 30 s: a loaded machine may need more
+                if "did not start" not in str(e):
+                    raise
+                self._up()
         except Exception:
             self.__exit__(None, None, None)
             raise
