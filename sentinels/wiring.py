@@ -72,7 +72,9 @@ def warm(tracker, settings: Settings | None = None) -> None:
     import threading
 
     if settings is not None and settings.backend() == "kubernetes":
-        import kubernetes.client  # noqa: F401
+        from .adapters.kubernetes import preload
+
+        preload()
 
     def go():
         try:

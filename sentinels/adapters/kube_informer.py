@@ -93,7 +93,7 @@ class Informer:
         if kind == "nodes":
             parsed = self.node_of(obj) if change != "DELETED" else None
             if parsed is None:
-                self.nodes.pop(meta.get("name"), None)
+                self.nodes.pop(str(meta.get("name")), None)
             else:
                 self.nodes[parsed.name] = parsed
         else:
@@ -115,7 +115,8 @@ class Informer:
         return self.core.list_pod_for_all_namespaces(field_selector=self.live_selector, **kw, **opts)
 
     def _list(self, kind: str) -> str:
-        items, token, rv = [], None, ""
+        items: list[dict] = []
+        token, rv = None, ""
         while True:
             page = json.loads(self._call(kind, limit=500, _continue=token).data or b"{}")
             items.extend(page.get("items") or [])

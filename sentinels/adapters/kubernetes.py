@@ -140,6 +140,11 @@ def _labelled(obj: Mapping, key: str, value: Optional[str] = None) -> bool:
 
 # --- the API client ------------------------------------------------------------------
 
+def preload() -> None:
+    """Import the client now (see `wiring.warm`: never at the same time as MLflow in a thread)."""
+    import kubernetes.client  # noqa: F401
+
+
 def api_client(cfg: km.KubeConfig):
     """An ApiClient: explicit host, else an explicit kubeconfig, else in-cluster, else ~/.kube/config."""
     from kubernetes import client, config
