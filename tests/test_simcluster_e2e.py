@@ -39,7 +39,7 @@ def sim(tmp_path_factory):
             yield stack
 
 
-def wait_for(pred, timeout=30.0):
+def wait_for(pred, timeout=90.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = pred()
@@ -90,13 +90,13 @@ def test_image_pull_failure_fails_after_the_grace(sim):
     job = sim.submit(spec("general", {"pull_failure": True}))
     waiting = sim.wait(job, ("SCHEDULED", "RUNNING"), where=lambda r: "image pull failed" in r["reason"])
     assert "fails after 3s" in waiting["reason"]
-    record = sim.wait(job, "FAILED", timeout=60)
+    record = sim.wait(job, "FAILED", timeout=120)
     assert record["reason"].startswith("image pull failed: ") and "ghcr.io/acme/train:1.4" in record["reason"]
     assert wait_for(lambda: not sim.jobs_in_cluster(job)), "the failed Job is deleted"
 
 
 def test_deadline(sim):
-    record = sim.wait(sim.submit(spec("general", {"duration": 60}, timeout="2s")), "FAILED", timeout=60)
+    record = sim.wait(sim.submit(spec("general", {"duration": 60}, timeout="2s")), "FAILED", timeout=120)
     assert record["reason"] == "deadline exceeded (activeDeadlineSeconds)"
 
 
@@ -115,7 +115,7 @@ def test_evicted_pod_is_requeued_and_runs_elsewhere(sim):
     sim.wait(job, "RUNNING")
     first = _pod_node(sim, job)
     sim.cluster(lambda c: c.drain(first))  # cordon + eviction with a DisruptionTarget condition
-    record = sim.wait(job, "SUCCEEDED", timeout=60)
+    record = sim.wait(job, "SUCCEEDED", timeout=120)
     assert record["attempts"] == 2
     assert _pod_node(sim, job) != first
     steps = [(h["to"], h.get("reason", "")) for h in sim.history(job)]
@@ -128,7 +128,7 @@ def test_node_deleted_while_running_requeues(sim):
     sim.wait(job, "RUNNING")
     lost = _pod_node(sim, job)
     sim.cluster(lambda c: c.delete_node(lost))
-    record = sim.wait(job, "SUCCEEDED", timeout=60)
+    record = sim.wait(job, "SUCCEEDED", timeout=120)
     assert record["attempts"] == 2 and _pod_node(sim, job) != lost
     requeues = [h.get("reason", "") for h in sim.history(job) if h["to"] == "QUEUED"][1:]
     # whichever came first: the Node's deletion or its pod failed by PodGC (DisruptionTarget)
@@ -142,7 +142,7 @@ def test_node_added_starts_a_job_that_could_never_fit(sim):
     sim.cluster(lambda c: c.add_node(NodeShape("grow-gpu", cpu="16", memory="64Gi", gpu=4, labels={"pool": "grow"},
                                                taints=({"key": "nvidia.com/gpu", "value": "present",
                                                         "effect": "NoSchedule"},))))
-    record = sim.wait(job, "SUCCEEDED", timeout=60)
+    record = sim.wait(job, "SUCCEEDED", timeout=120)
     assert record["node"] == "grow-gpu"
 
 
@@ -155,16 +155,19 @@ def test_cordoned_node_is_not_used(sim):
     record = sim.record(job)
     assert record["state"] == "QUEUED" and not sim.jobs_in_cluster(job), record
     sim.cluster(lambda c: c.cordon("cordon-0", on=False))
-    assert sim.wait(job, "SUCCEEDED", timeout=60)["node"] == "cordon-0"
+    assert sim.wait(job, "SUCCEEDED", timeout=120)["node"] == "cordon-0"
 
 
 def test_a_lost_create_response_gives_409_and_one_job(sim):
     conflicts = sim.api.conflicts
     sim.api.fail(60, 500, lambda r: r.method == "POST" and r.url.path.endswith("/jobs"), after=True, times=1)
     job = sim.submit(spec("general"))
-    sim.wait(job, "SUCCEEDED", timeout=60)
-    assert sim.api.conflicts > conflicts  # the retry found the Job already there
+    sim.wait(job, "SUCCEEDED", timeout=120)
     assert sim.api.created_jobs[(f"sentinels-{job}", "1")] == 1
+    # either the next pass created it again (409: already there, nothing to do) or the
+    # timer's reconcile found it running first and repaired the record
+    repaired = any("record repaired" in h.get("reason", "") for h in sim.history(job))
+    assert sim.api.conflicts > conflicts or repaired
 
 
 def test_api_errors_and_timeouts_for_a_while_lose_and_double_nothing(sim):

@@ -176,7 +176,7 @@ class SimStack:
         got = self.run(self.jobs.get(job_id))
         return got[0] if got else None
 
-    def wait(self, job_id: str, state, timeout: float = 60, where: Optional[Callable[[dict], bool]] = None) -> dict:
+    def wait(self, job_id: str, state, timeout: float = 120, where: Optional[Callable[[dict], bool]] = None) -> dict:
         """Wait until the job's record is in `state` (a name or a tuple) and `where(record)` holds."""
         states = (state,) if isinstance(state, str) else tuple(state)
         deadline = time.monotonic() + timeout
