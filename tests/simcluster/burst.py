@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     home = Path(tempfile.mkdtemp(prefix="sentinels-k8s-e2e-"))
     with SimStack(home, cluster_nodes(args.nodes), config={"kubernetes": {"ttl_seconds_after_finished": 30}}) as sim:
         result = burst(sim, job_specs(args.jobs), args.timeout)
-    print(result.line(), flush=True)
+        print(result.line(), flush=True)
     ok = result.lost == 0 and result.duplicated == 0 and result.succeeded == result.submitted
     if not ok:
         print(f"kubernetes e2e: FAILED ({result.failed} failed; logs in {home / 'logs'})", file=sys.stderr)

@@ -138,6 +138,12 @@ class SimStack:
                 stdout=open(self.home / "source.log", "ab"), stderr=subprocess.STDOUT)
 
     def __exit__(self, *exc) -> None:
+        if getattr(self, "source", None) is not None:  # before NATS goes: it would retry its sends
+            try:
+                self.run(self.source.stop(), timeout=30)
+            except Exception:
+                pass
+            self.source = None
         if getattr(self, "env", None):
             subprocess.run([sys.executable, "-m", "cli.main", "down"], env=self.env, capture_output=True,
                            timeout=60, cwd=ROOT)
@@ -154,7 +160,10 @@ class SimStack:
         if getattr(self, "source", None) is not None:
             await self.source.stop()
         if getattr(self, "nc", None) is not None:
-            await self.nc.close()
+            try:
+                await self.nc.close()
+            except Exception:  # NATS already stopped with the stack
+                pass
         if self.sim is not None and self.sim.task is not None:
             self.sim.task.cancel()
         if getattr(self, "server", None) is not None:
