@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import math
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from ..domain import quantity
 from ..domain.build import BuildConfig
@@ -188,11 +188,12 @@ class KubernetesCluster:
         self.builds = builds
         self._client = client  # an ApiClient; built from cfg on first use when None
         self._use_informer = informer  # keep nodes and live pods by watch (see kube_informer)
-        self._informer = None
+        self._informer: Optional[Any] = None  # kube_informer.Informer, started by the first nodes()
 
     def __del__(self):
-        if getattr(self, "_informer", None) is not None:
-            self._informer.close()
+        informer = getattr(self, "_informer", None)
+        if informer is not None:
+            informer.close()
 
     # plumbing ---------------------------------------------------------------------
     def _api(self, kind: str):
