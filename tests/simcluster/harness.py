@@ -123,7 +123,9 @@ class SimStack:
         self.sim.start()
 
     async def _start_source(self) -> None:
-        self.nc = await jetstream.connect(self.env["SENTINELS_NATS_URL"], "simcluster", reconnect=True)
+        admin = self.home / "secrets" / "nats-admin.json"  # the stack's NATS requires credentials
+        login = jetstream.credentials(str(admin)) if admin.exists() else {}
+        self.nc = await jetstream.connect(self.env["SENTINELS_NATS_URL"], "simcluster", reconnect=True, login=login)
         self.js = self.nc.jetstream(timeout=5)
         await jetstream.ensure(self.js)
         self.jobs = await jetstream.JetStreamJobs.open(self.js)
@@ -135,7 +137,8 @@ class SimStack:
             self.source_proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.simcluster.source", "--api", self.api_url, "--nats",
                  self.env["SENTINELS_NATS_URL"], "--namespace", NAMESPACE], cwd=ROOT,
-                stdout=open(self.home / "source.log", "ab"), stderr=subprocess.STDOUT)
+                stdout=open(self.home / "source.log", "ab"), stderr=subprocess.STDOUT,
+                env={**os.environ, jetstream.CREDENTIALS_ENV: str(admin)} if admin.exists() else None)
 
     def __exit__(self, *exc) -> None:
         if getattr(self, "source", None) is not None:  # before NATS goes: it would retry its sends
