@@ -14,6 +14,8 @@ from .client import CliError
 def load_file(path: str) -> dict:
     import yaml
 
+    from sentinels import yamlfile
+
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -22,16 +24,14 @@ def load_file(path: str) -> dict:
     if size > MAX_SPEC_BYTES:
         raise CliError(f"--config {path}: {size} bytes is over the {MAX_SPEC_BYTES // 1024} KiB limit for a job spec")
     try:
-        text = p.read_text()
-        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text)):  # before anything is expanded
+        text = p.read_bytes()
+        raw = yamlfile.parse(text, f"--config {path}")  # aliases share objects here: nothing is expanded yet
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text)):
             raise CliError(f"--config {path}: YAML aliases (*name) are not allowed in a job spec; write the values out")
-        raw = yaml.safe_load(text)
-    except UnicodeDecodeError:
-        raise CliError(f"--config {path}: not a text file") from None
-    except yaml.constructor.ConstructorError as e:
-        raise CliError(f"--config {path}: YAML tags that construct objects are not allowed ({e.problem})") from None
-    except yaml.YAMLError as e:
-        raise CliError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise CliError(f"--config {path}: cannot read ({e.strerror})") from None
+    except yamlfile.YamlError as e:
+        raise CliError(e.message) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

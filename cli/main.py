@@ -245,6 +245,8 @@ def ls(
 def queue(limit: int = typer.Option(50, "--limit", "-n", help="how many to show"), output: str = Output):
     """The next jobs to run, in order: position, class, wait time, resources."""
     fmt = _fmt(output)
+    if limit < 1:
+        raise CliError(f"-n {limit}: how many jobs to show must be at least 1", 2)
     settings = _settings()
     from sentinels.domain import states
 
@@ -412,7 +414,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
             raise typer.Exit(supervisor.run_foreground(settings))
         pid = supervisor.start_background(settings)
     except ConfigError as e:
-        raise CliError(f"sentinels up: {e.message}") from None
+        raise CliError(f"up: {e.message}") from None
     ui = supervisor.running_info(settings).get("mlflow_ui")
     print(f"sentinels up (pid {pid}): submit at {settings.url}, JetStream at {settings.nats_url}, data in {settings.home}"
           + (f", MLflow UI at {ui}" if ui else ""))

@@ -30,7 +30,9 @@ class Identities:
         return self.by_hash is None
 
     @classmethod
-    def load(cls, path: Path | None, local_user: str | None = None) -> "Identities":
+    def load(cls, path: Path | None, local_user: str | None = None, roles=None) -> "Identities":
+        """`roles`: the roles the priority configuration knows; any other role is refused
+        (a typo of `admin` would otherwise silently get the default class's cap)."""
         if path is None:
             return cls(None, local_user)
         from .settings import _load_yaml_file
@@ -46,7 +48,12 @@ class Identities:
             digest = u.get("token_sha256") or (_sha(str(u["token"])) if u.get("token") else None)
             if not digest:
                 raise ConfigError(f"tokens file {path}: users[{i}] ({u['user']}) needs token or token_sha256")
-            by_hash[str(digest).lower()] = {"user": u["user"], "team": u.get("team"), "role": u.get("role", ROLES_DEFAULT)}
+            role = u.get("role", ROLES_DEFAULT)
+            known = set(roles or ()) | {"admin", ROLES_DEFAULT}
+            if not isinstance(role, str) or (roles is not None and role not in known):
+                raise ConfigError(f"tokens file {path}: users[{i}] ({u['user']}): unknown role {role!r} "
+                                  f"(known: {', '.join(sorted(known))})")
+            by_hash[str(digest).lower()] = {"user": u["user"], "team": u.get("team"), "role": role}
         return cls(by_hash)
 
     def identify(self, authorization: str | None) -> dict:

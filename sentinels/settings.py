@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 from urllib.parse import urlparse
 
 from .domain import quantity, duration
-from .domain.errors import ConfigError
+from .domain.errors import ConfigError, InvalidSpec
 from .domain.spec import Limits
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -25,7 +25,7 @@ CONFIG_KEYS = {"url", "nats_url", "token", "priorities", "tokens_file", "limits"
 
 
 def _load_yaml_file(path: Path, what: str, max_bytes: int = 1 << 20):
-    import yaml
+    from . import yamlfile
 
     try:
         text = path.read_bytes()
@@ -34,9 +34,9 @@ def _load_yaml_file(path: Path, what: str, max_bytes: int = 1 << 20):
     if len(text) > max_bytes:
         raise ConfigError(f"{what} {path}: larger than {max_bytes} bytes")
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        return yamlfile.parse(text, f"{what} {path}")
+    except yamlfile.YamlError as e:
+        raise ConfigError(e.message) from None
 
 
 T = TypeVar("T")
@@ -131,7 +131,8 @@ class Settings:
         """Who may do what: the tokens file, or single-user mode as `user` (default: the login)."""
         from .auth import Identities
 
-        return self._once("identities", lambda: Identities.load(self.tokens_file(), self.file.get("user")))
+        return self._once("identities", lambda: Identities.load(self.tokens_file(), self.file.get("user"),
+                                                                self.priorities().roles))
 
     def user(self) -> Optional[str]:
         """Who the CLI acts as when it needs a name (`ls` shows this user's jobs)."""

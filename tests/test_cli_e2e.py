@@ -155,6 +155,11 @@ def test_cancel_a_running_job_stops_its_process(env):
     ("colour: blue\n", "unknown key(s) colour"),
     ("limits: {cpu: lots}\n", "bad limits"),
     ("local: {slots: 0}\n", "local.slots"),
+    ("scheduler: {tick: 0}\n", "scheduler.tick: must be a number of seconds more than 0"),
+    ("scheduler: {tick: -5}\n", "scheduler.tick"),
+    ("backend: local\nnats_sync: 1s\nbackend: kubernetes\n", "line 3, column 1: not valid YAML: duplicate key 'backend'"),
+    ("notify:\n  on: [failed]\n  on: [succeeded]\n", "line 3, column 3: not valid YAML: duplicate key 'on'"),
+    ("scheduler: {tick: 10\nlimits: {}\n", "line 2, column 7: not valid YAML"),
 ])
 def test_up_refuses_a_bad_configuration_at_start(tmp_path, config, words):
     (tmp_path / "config.yaml").write_text(config)
@@ -169,6 +174,9 @@ def test_up_refuses_a_bad_configuration_at_start(tmp_path, config, words):
     ("users: [{team: vision, token: abc}]\n", "needs a user name"),
     ("users: [{user: alice}]\n", "needs token or token_sha256"),
     ("!!python/object/apply:os.system ['true']\n", "not valid YAML"),
+    ("users: [{user: bob, role: amdin, token: abc}]\n", "users[0] (bob): unknown role 'amdin'"),
+    ("users:\n  - {user: bob, token: abc}\n  - {user: eve, token: abc, token: def}\n",
+     "line 3, column 29: not valid YAML: duplicate key 'token'"),
 ])
 def test_up_refuses_a_bad_tokens_file(tmp_path, tokens, words):
     (tmp_path / "tokens.yaml").write_text(tokens)
@@ -177,3 +185,20 @@ def test_up_refuses_a_bad_tokens_file(tmp_path, tokens, words):
            "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}"}
     r = cli(env, "up", "-d", check=False, timeout=120)
     assert r.returncode != 0 and "tokens file" in r.stderr and words in r.stderr, r.stderr
+    assert r.stderr.startswith("sentinels: up: tokens file") and r.stderr.count("sentinels") == 1, r.stderr
+
+
+def test_bad_counts_are_refused_before_anything_is_asked(tmp_path):
+    env = {**os.environ, "SENTINELS_HOME": str(tmp_path), "SENTINELS_URL": f"http://127.0.0.1:{free_block()}",
+           "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}"}
+    for n in ("0", "-3"):
+        r = cli(env, "queue", "-n", n, check=False)
+        assert r.returncode == 2 and "must be at least 1" in r.stderr and "sentinels up" not in r.stderr, r.stderr
+
+
+def test_up_refuses_a_bad_tick_in_the_environment(tmp_path):
+    env = {**os.environ, "SENTINELS_HOME": str(tmp_path), "SENTINELS_URL": f"http://127.0.0.1:{free_block()}",
+           "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "0"}
+    r = cli(env, "up", "-d", check=False, timeout=120)
+    assert r.returncode != 0 and "SENTINELS_TICK" in r.stderr, r.stderr
+    assert not (tmp_path / "run" / "up.pid").exists()

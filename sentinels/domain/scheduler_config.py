@@ -21,7 +21,7 @@ class SchedulerConfig:
     orphan_grace_seconds: int = 30  # a queue entry without a record is dropped after this
     reason_window: int = 500  # waiting jobs whose reason is kept up to date
     concurrency: int = 32  # placements applied at once
-    tick_seconds: float = 10.0  # the embedded timer: one reconcile + pass trigger this often
+    tick_seconds: float = 10.0  # timer events of the embedded default (SENTINELS_TICK wins)
 
     @classmethod
     def from_dict(cls, raw: dict) -> "SchedulerConfig":
@@ -40,19 +40,22 @@ class SchedulerConfig:
                 orphan_grace_seconds=duration.seconds(raw["orphan_grace"], "scheduler.orphan_grace") if "orphan_grace" in raw else base.orphan_grace_seconds,
                 reason_window=int(raw.get("reason_window", base.reason_window)),
                 concurrency=int(raw.get("concurrency", base.concurrency)),
-                tick_seconds=_tick(raw["tick"]) if "tick" in raw else base.tick_seconds,
+                tick_seconds=tick(raw["tick"]) if "tick" in raw else base.tick_seconds,
             )
         except (InvalidSpec, TypeError, ValueError) as e:
             raise ConfigError(f"scheduler: {getattr(e, 'message', e)}") from None
         if min(out.window, out.reason_window, out.concurrency) < 1:
             raise ConfigError("scheduler: window, reason_window and concurrency must be at least 1")
-        if out.tick_seconds <= 0:
-            raise ConfigError("scheduler: tick must be more than 0 seconds")
         return out
 
 
-def _tick(value) -> float:
-    """Seconds between timer events: a number (fractions allowed) or a duration such as 1m."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return float(duration.seconds(value, "scheduler.tick"))
+def tick(value, what: str = "scheduler.tick") -> float:
+    """Seconds between timer events: a number or a duration (10, 0.5, 30s), more than 0."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return float(duration.seconds(value, what))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidSpec(f"{what}: must be a number of seconds more than 0, got {value!r}", what)
+    return float(value)

@@ -37,12 +37,16 @@ def _iso_seconds(text: str) -> float:
 
 
 def load(directory: Path | None = None) -> list[Trigger]:
-    import yaml
+    from sentinels import yamlfile
 
     directory = directory or knative_dir()
     out = []
     for path in sorted(directory.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
+        try:
+            docs = yamlfile.parse_all(path.read_bytes(), path.name)
+        except yamlfile.YamlError as e:
+            raise ConfigError(e.message) from None
+        for doc in docs:
             if not isinstance(doc, dict) or doc.get("kind") != "Trigger":
                 continue
             spec = doc.get("spec") or {}
