@@ -147,6 +147,7 @@ class Settings:
             raise ConfigError("configuration: limits must be a mapping (cpu, memory, gpu, timeout, retries)")
         env_roots = self.env.get("SENTINELS_DATA_ROOTS")
         roots = env_roots.split(":") if env_roots else self.file.get("data_roots") or ["/datasets", str(self.home / "data")]
+        local = self.backend() == "local"
         try:
             base = Limits()
             return Limits(
@@ -156,6 +157,7 @@ class Settings:
                 timeout_seconds=duration.seconds(raw["timeout"], "limits.timeout") if "timeout" in raw else base.timeout_seconds,
                 retries=int(raw.get("retries", base.retries)),
                 data_roots=tuple(str(r).rstrip("/") or "/" for r in roots),
+                command_required=local,
             )
         except Exception as e:  # a bad limits block is a start-up error, never a first-use one
             raise ConfigError(f"configuration: bad limits ({getattr(e, 'message', e)})") from None

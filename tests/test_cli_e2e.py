@@ -202,3 +202,9 @@ def test_up_refuses_a_bad_tick_in_the_environment(tmp_path):
     r = cli(env, "up", "-d", check=False, timeout=120)
     assert r.returncode != 0 and "SENTINELS_TICK" in r.stderr, r.stderr
     assert not (tmp_path / "run" / "up.pid").exists()
+
+
+def test_a_job_without_command_is_refused_for_the_local_runtime(env):
+    r = cli(env, "submit", "python:3.11", check=False)
+    assert r.returncode != 0 and "command: required here" in r.stderr and "-- python train.py" in r.stderr, r.stderr
+    assert r.stdout == ""
