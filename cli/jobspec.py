@@ -39,13 +39,23 @@ def load_file(path: str) -> dict:
     return raw
 
 
-def pairs(items: list[str], flag: str) -> dict:
+def typed(text: str):
+    """A --param value keeps its type: 0.5, 40, 1e-3, true, [64, 32] as JSON reads them, else the text."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def pairs(items: list[str], flag: str, convert=str) -> dict:
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CliError(f"{flag} {item!r}: expected KEY=VALUE")
-        out[key] = value
+        out[key] = convert(value)
     return out
 
 
@@ -84,8 +94,8 @@ def build(image: str | None, config: str | None, command: list[str], **flags) ->
             res[key] = flags[key]
     if res:
         spec["resources"] = res
-    for key, flag in (("env", "--env"), ("params", "--param")):
-        extra = pairs(flags.get(key) or [], flag)
+    for key, flag, convert in (("env", "--env", str), ("params", "--param", typed)):
+        extra = pairs(flags.get(key) or [], flag, convert)
         if extra:
             base = spec.get(key) or {}
             spec[key] = {**base, **extra} if isinstance(base, dict) else base

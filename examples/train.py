@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 
 DEFAULTS = {"lr": 0.5, "epochs": 40, "n": 2000, "features": 5, "seed": 7}
-TYPES = {"lr": float, "epochs": int, "n": int, "features": int, "seed": int}
+TYPES = {"lr": (int, float), "epochs": int, "n": int, "features": int, "seed": int}  # what each must already be
 
 
 def load_params(path: str | None) -> dict:
-    """DEFAULTS overridden by `params:` in the job spec YAML; a bad value stops with a message."""
+    """DEFAULTS overridden by `params:` in the job's configuration; a bad value stops with a message.
+
+    sentinels hands the configuration over as the user wrote it, so numbers arrive as
+    numbers: nothing is cast here, a value of the wrong type is refused."""
     params = dict(DEFAULTS)
     if not path:
         return params
@@ -42,10 +45,9 @@ def load_params(path: str | None) -> dict:
     for key, value in given.items():
         if key not in TYPES:
             continue  # other params are the experiment's business, still logged by the platform
-        try:
-            params[key] = TYPES[key](value)
-        except (TypeError, ValueError):
-            sys.exit(f"train.py: params.{key} must be a {TYPES[key].__name__}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, TYPES[key]):
+            sys.exit(f"train.py: params.{key} must be a {'float' if key == 'lr' else 'whole number'}, got {value!r}")
+        params[key] = value
     if params["lr"] <= 0 or params["epochs"] < 1 or params["n"] < 10 or params["features"] < 1:
         sys.exit("train.py: need lr > 0, epochs >= 1, n >= 10, features >= 1")
     return params

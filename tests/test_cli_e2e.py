@@ -44,7 +44,7 @@ def test_submit_runs_to_the_end_with_status_logs_and_history(env):
     job_id = r.stdout.strip()
     assert "SUCCEEDED" in r.stderr
     status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
-    assert status["state"] == "SUCCEEDED" and status["spec"]["params"] == {"lr": "0.1"}
+    assert status["state"] == "SUCCEEDED" and status["spec"]["params"] == {"lr": 0.1}
     for _ in range(50):  # MLflow is brought up to date after the transition, not before it
         if status.get("mlflow", {}).get("synced_state") == "SUCCEEDED":
             break
@@ -208,3 +208,35 @@ def test_a_job_without_command_is_refused_for_the_local_runtime(env):
     r = cli(env, "submit", "python:3.11", check=False)
     assert r.returncode != 0 and "command: required here" in r.stderr and "-- python train.py" in r.stderr, r.stderr
     assert r.stdout == ""
+
+
+def test_the_job_sees_its_configuration_as_written_and_mlflow_the_same_values(env, tmp_path):
+    """Numbers stay numbers and nesting is kept from the YAML to the job (examples/train.py
+    does not cast) and to MLflow; SENTINELS_CONFIG is not the internal record."""
+    from pathlib import Path
+
+    from sentinels import yamlfile
+
+    train = Path(__file__).resolve().parents[1] / "examples" / "train.py"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("name: typed\nimage: python:3.11\nresources: {cpu: 1, memory: 512Mi}\n"
+                   "params: {lr: 0.25, epochs: 3, n: 200, seed: 1, opt: {name: sgd, betas: [0.9, 0.99]}}\n"
+                   "notify: {on: [failed]}\n")
+    r = cli(env, "submit", "python:3.11", "--config", str(cfg), "--param", "features=4", "--wait", "--",
+            sys.executable, str(train), timeout=180)
+    job_id = r.stdout.strip()
+    assert "SUCCEEDED" in r.stderr, r.stderr
+    job_dir = Path(env["SENTINELS_HOME"]) / "jobs" / job_id
+    seen = yamlfile.parse((job_dir / "job.yaml").read_text(), "job.yaml")
+    assert seen["params"] == {"lr": 0.25, "epochs": 3, "n": 200, "seed": 1, "features": 4,
+                              "opt": {"name": "sgd", "betas": [0.9, 0.99]}}
+    assert seen["resources"] == {"cpu": "1", "memory": "512Mi", "gpu": 0} and seen["notify"] == {"on": ["failed"]}
+    assert seen["name"] == "typed" and seen["priority"] == "normal" and "cpu_millis" not in str(seen)
+    model = json.loads((job_dir / "outputs" / "model.json").read_text())
+    assert model["params"]["lr"] == 0.25 and model["params"]["epochs"] == 3 and len(model["weights"]) == 4
+    status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
+    from mlflow.tracking import MlflowClient
+
+    params = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(status["mlflow_run_id"]).data.params
+    assert params["lr"] == "0.25" and params["opt.name"] == "sgd" and params["opt.betas"] == "[0.9, 0.99]"
+    assert params["features"] == "4"

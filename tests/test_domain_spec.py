@@ -22,7 +22,7 @@ def test_full_spec_normalises():
     assert spec["resources"] == {"cpu": "500m", "memory": "16Gi", "gpu": 1, "cpu_millis": 500,
                                  "memory_bytes": 16 * 2**30}
     assert spec["args"] == ["--lr", "0.01"] and spec["env"] == {"EPOCHS": "10"}
-    assert spec["timeout_seconds"] == 7200 and spec["params"] == {"lr": "0.01", "batch": "256"}
+    assert spec["timeout_seconds"] == 7200 and spec["params"] == {"lr": 0.01, "batch": 256}
 
 
 def test_defaults():
@@ -85,7 +85,9 @@ def test_good_images(image):
     ({**BASE, "notify": {"channel": "#a", "on": ["exploded"]}}, "notify.on", "expected a list"),
     ({**BASE, "notify": {"webhook": "http://x"}}, "notify", "unknown key"),
     ({**BASE, "priority": 3}, "priority", "class name"),
-    ({**BASE, "params": {"lr": {"a": 1}}}, "params", "scalar"),
+    ({**BASE, "params": {"lr": float("nan")}}, "params", "params.lr: nan is not a finite number"),
+    ({**BASE, "params": {"opt": {1: "a"}}}, "params", "params.opt: key 1 must be a non-empty string"),
+    ({**BASE, "params": {"x": {"y": b"z"}}}, "params", "params.x.y: expected a number, string"),
     ({**BASE, "hostNetwork": True}, "hostNetwork", "unknown field"),
     ({**BASE, "volumes": [{"hostPath": {"path": "/"}}]}, "volumes", "unknown field"),
     ("just a string", None, "mapping"),

@@ -13,7 +13,7 @@ from sentinels.domain import build, events, job, runtime, states
 from sentinels.domain.errors import Conflict as Refused, Forbidden, InvalidSpec, NotFound
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.sharing import Sharing
-from sentinels.domain.spec import Limits, validate
+from sentinels.domain.spec import Limits, job_config, validate
 from sentinels.ports import Conflict, EventSink, History, JobQueue, JobStore
 from sentinels.transitions import announce
 
@@ -49,6 +49,7 @@ class SubmitService:
         record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now,
                                 queue_seq=seq)
         self._runtime_fields(record)
+        record["config"] = job_config(raw, spec)
         # The record, its history entry and the queued event go out together: the latter two
         # carry deterministic ids, so a retry repeats nothing, and an event that beats its
         # record is harmless (the scheduler waits for records; see orphan_grace).

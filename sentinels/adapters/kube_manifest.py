@@ -17,7 +17,7 @@ from ..domain.job import base_labels, is_job_id
 from ..domain.names import (ATTEMPT_ANNOTATION, CONTAINER, JOB_ID_LABEL, JOB_NAME_LABEL, MANAGED_BY,  # noqa: F401
                             MANAGED_BY_LABEL, is_job_name, job_name)
 from ..domain.placement import GPU_TAINT
-from ..domain.spec import DNS1123_LABEL, ENV_NAME, label_value
+from ..domain.spec import DNS1123_LABEL, ENV_NAME, config_of, label_value
 
 CONFIG_KEY = "job.yaml"
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -201,7 +201,7 @@ def config_map(record: dict, cfg: KubeConfig) -> dict:
         "kind": "ConfigMap",
         "metadata": {"name": record["k8s_job"], "namespace": cfg.namespace, "labels": base_labels(record)},
         "immutable": True,
-        "data": {CONFIG_KEY: yaml.safe_dump(record["spec"], sort_keys=False, allow_unicode=True)},
+        "data": {CONFIG_KEY: yaml.safe_dump(config_of(record), sort_keys=False, allow_unicode=True)},
     }
 
 

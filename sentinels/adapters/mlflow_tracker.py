@@ -20,6 +20,7 @@ from typing import Any, Optional
 from ..domain import runtime
 from ..domain.errors import InvalidSpec, SentinelsError, Unavailable
 from ..domain.job import is_job_id
+from ..domain.spec import flat_params
 from ..domain.states import SCHEDULED
 from ..domain.tracking import apply_synced, epoch_ms, pending_ops, run_id_of
 
@@ -188,7 +189,7 @@ class MlflowTracker:
             if runs[0].info.run_id != created.info.run_id:  # lost a race: keep the older run only
                 client.delete_run(created.info.run_id)
         run = runs[0]
-        self._log_missing_params(run, spec.get("params") or {})
+        self._log_missing_params(run, flat_params(spec.get("params") or {}))
         return {"run_id": run.info.run_id, "experiment_id": exp_id, "url": self.run_url(exp_id, run.info.run_id)}
 
     @_guarded("mark")

@@ -5,6 +5,9 @@
 privilege (hostPath, hostNetwork, service-account tokens).
 """
 
+import copy
+import json
+import math
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -222,6 +225,75 @@ def _outputs(value) -> str:
         raise InvalidSpec(f"outputs: {value!r} is a system directory; choose a directory of its own such as /outputs",
                           "outputs")
     return path
+def _check_value(value, where: str, depth: int = 0) -> None:
+    """JSON data only (what YAML and JSON both carry), at most 8 levels deep."""
+    if depth > 8:
+        raise InvalidSpec(f"{where}: nested more than 8 levels deep", "params")
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidSpec(f"{where}: {value!r} is not a finite number", "params")
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_value(item, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str) or not k:
+                raise InvalidSpec(f"{where}: key {k!r} must be a non-empty string", "params")
+            _check_value(item, f"{where}.{k}", depth + 1)
+        return
+    raise InvalidSpec(f"{where}: expected a number, string, boolean, list or mapping, got {type(value).__name__}", "params")
+
+
+def _params(value) -> dict:
+    """Hyper-parameters keep their types and nesting; MLflow gets them flattened (`flat_params`)."""
+    if not isinstance(value, dict):
+        raise InvalidSpec(f"params: expected a mapping, got {type(value).__name__}", "params")
+    _check_value(value, "params")
+    too_long = [k for k, v in flat_params(value).items() if len(k) > 250 or len(v) > 6000]
+    if too_long:
+        raise InvalidSpec(f"params.{too_long[0]}: name or value too long for MLflow", "params")
+    return copy.deepcopy(value)
+
+
+def param_text(value) -> str:
+    """One param value as MLflow stores it (a string): 0.5 -> "0.5", true -> "true", [1, 2] -> "[1, 2]"."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return json.dumps(value, sort_keys=False)
+
+
+def flat_params(params: dict, prefix: str = "") -> dict[str, str]:
+    """Nested params as MLflow's flat string params: {opt: {lr: 0.1}} -> {"opt.lr": "0.1"}."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flat_params(value, name + "."))
+        else:
+            out[name] = param_text(value)
+    return out
+
+
+def job_config(raw: dict, spec: dict) -> dict:
+    """What the job reads at SENTINELS_CONFIG: its configuration as the user wrote it (numbers
+    stay numbers, nesting kept, keys in their order), with the values sentinels resolved filled
+    in: name, priority, experiment, resources (as quantities) and outputs."""
+    out = copy.deepcopy(raw)
+    res = spec["resources"]
+    out.update(name=spec["name"], priority=spec["priority"], experiment=spec["experiment"],
+               resources={"cpu": res["cpu"], "memory": res["memory"], "gpu": res["gpu"]}, outputs=spec["outputs"])
+    return out
+
+
+def config_of(record: dict) -> dict:
+    """The file a job gets at SENTINELS_CONFIG (records from before `config` existed: the spec)."""
+    return record.get("config") or record["spec"]
 
 
 def validate(raw, limits: Limits = Limits()) -> dict:
@@ -264,11 +336,7 @@ def validate(raw, limits: Limits = Limits()) -> dict:
     if len(experiment) > 250 or not experiment.strip():
         raise InvalidSpec("experiment: must be 1 to 250 characters", "experiment")
     out["experiment"] = experiment
-    params = _scalar_map(_mapping_or_empty(raw, "params"), "params")
-    too_long = [k for k, v in params.items() if len(k) > 250 or len(v) > 6000]
-    if too_long:
-        raise InvalidSpec(f"params.{too_long[0]}: name or value too long for MLflow", "params")
-    out["params"] = params
+    out["params"] = _params(_mapping_or_empty(raw, "params"))
     out["data"] = _path(raw["data"], "data", limits.data_roots) if raw.get("data") is not None else None
     out["outputs"] = _outputs(raw["outputs"]) if raw.get("outputs") is not None else limits.default_outputs
     if raw.get("timeout") is not None:

@@ -30,7 +30,7 @@ from ..domain import local_objects as objects
 from ..domain.errors import Conflict, InvalidSpec, NotFound
 from ..domain.job import is_job_id
 from ..domain.placement import Node
-from ..domain.spec import DNS1123_LABEL, ENV_NAME
+from ..domain.spec import DNS1123_LABEL, ENV_NAME, config_of
 from . import processes, run_state
 from .machine import Capacity
 from .runtimes import Launch, ProcessRuntime, Runtime
@@ -261,7 +261,7 @@ class Kubelet:
         for sub in ("work", "outputs"):
             (job_dir / sub).mkdir(parents=True, exist_ok=True)
             give_to(job_dir / sub, self.cap.run_as)
-        write_atomic(job_dir / "job.yaml", yaml.safe_dump(spec, sort_keys=False))
+        write_atomic(job_dir / "job.yaml", yaml.safe_dump(config_of(record), sort_keys=False))
         now = self.now()
         timeout = spec.get("timeout_seconds")
         state = {"job": job_id, "record": record, "extra_env": extra_env, "generation": generation, "created": now,
