@@ -23,15 +23,28 @@ def _record(settings, job_id):
     return got[0]
 
 
-def show(settings, job_id: str, follow: bool, tail: int | None, build: bool = False) -> int:
+def show(settings, job_id: str, follow: bool, tail: int | None, build: bool = False,
+         attempt: int | None = None) -> int:
     if not jobmod.is_job_id(job_id):
         raise CliError(f"{job_id!r} is not a job id", 2)
+    if attempt is not None and attempt < 1:
+        raise CliError(f"--attempt {attempt}: attempts count from 1", 2)
     record = _record(settings, job_id)
     if build and not record.get("build"):
         raise CliError(f"job {job_id} was not built from a Dockerfile: it has no build log")
     if settings.backend() == "kubernetes":
+        if attempt is not None:
+            raise CliError("--attempt is not there yet on Kubernetes: `sentinels logs` shows the newest pod", 2)
         return _pod_logs(settings, dict(record, k8s_job=record["build_job"]) if build else record, tail)
-    path = settings.home / "jobs" / job_id / ("build.log" if build else "log")
+    job_dir = settings.home / "jobs" / job_id
+    path = job_dir / ("build.log" if build else "log")  # log: the last attempt (a link to attempt-<n>.log)
+    if attempt is not None and not build:
+        path = job_dir / f"attempt-{attempt}.log"
+        if not path.exists():
+            made = sorted(int(p.stem.split("-")[1]) for p in job_dir.glob("attempt-*.log"))
+            raise CliError(f"job {job_id} has no attempt {attempt}" +
+                           (f" (attempts: {', '.join(map(str, made))})" if made else " (it has not run)"))
+        follow = follow and path.resolve() == (job_dir / "log").resolve()
     if not path.exists() and not follow:
         raise CliError(f"no {'build output' if build else 'output'} yet: job {job_id} is {record['state']}" +
                        (" (it has not started)" if record["state"] in (states.QUEUED, states.BUILDING) and not build

@@ -193,7 +193,7 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
         ("image id", record.get("image_id")),
         ("command", " ".join(spec.get("command", []) + spec.get("args", []))),
         ("resources", _res(spec)),
-        ("attempts", record.get("attempts", 0)),
+        ("attempts", states.runs_made(record)),
         ("submitted", f"{record['submitted_at']} ({_ago(record['submitted_at'])} ago)"),
         *[(s.lower(), t) for s, t in ts.items() if s != states.QUEUED],
         ("kubernetes job", record.get("k8s_job") if record["state"] != states.QUEUED else None),
@@ -234,7 +234,7 @@ def ls(
             and (r["state"] == state.upper() if state else (all_ or r["state"] not in states.TERMINAL))]
     rows.sort(key=lambda r: r["submitted_at"])
     view = [{"id": r["id"], "name": r["name"], "state": r["state"], "priority": r["priority"], "owner": r["owner"],
-             "age": _ago(r["submitted_at"]), "attempts": r.get("attempts", 0), "reason": r.get("reason", "")}
+             "age": _ago(r["submitted_at"]), "attempts": states.runs_made(r), "reason": r.get("reason", "")}
             for r in rows]
     emit(rows if fmt != "table" else view, fmt,
          [("ID", "id"), ("NAME", "name"), ("STATE", "state"), ("PRIORITY", "priority"), ("OWNER", "owner"),
@@ -340,7 +340,8 @@ def history(job_id: str = typer.Argument(...), output: str = Output):
     rows = Reader(settings).run(lambda js, jobs, q, h: h.of(job_id))
     if not rows:
         raise CliError(f"no history for job {job_id}")
-    emit(rows, fmt, [("AT", "at"), ("FROM", "from"), ("TO", "to"), ("ATTEMPTS", "attempts"), ("REASON", "reason")])
+    emit(rows, fmt, [("AT", "at"), ("FROM", "from"), ("TO", "to"), ("ATTEMPT", "attempts"), ("EXIT", "exit_code"),
+                     ("REASON", "reason")])
 
 
 @app.command("events")
@@ -389,12 +390,13 @@ def events_cmd(dead: bool = typer.Option(False, "--dead", help="list the events 
 @app.command()
 def logs(job_id: str = typer.Argument(...), follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends"),
          tail: Optional[int] = typer.Option(None, "--tail", "-n", help="only the last N lines"),
-         build: bool = typer.Option(False, "--build", help="the log of the image build (Dockerfile submits)")):
+         build: bool = typer.Option(False, "--build", help="the log of the image build (Dockerfile submits)"),
+         attempt: Optional[int] = typer.Option(None, "--attempt", help="this attempt's output (1, 2, ...; default: the last)")):
     """The job's output (local log file in the embedded default, pod logs on Kubernetes)."""
     settings = _settings()
     from .logs import show
 
-    raise typer.Exit(show(settings, job_id, follow, tail, build=build))
+    raise typer.Exit(show(settings, job_id, follow, tail, build=build, attempt=attempt))
 
 
 @app.command()

@@ -240,3 +240,30 @@ def test_the_job_sees_its_configuration_as_written_and_mlflow_the_same_values(en
     params = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(status["mlflow_run_id"]).data.params
     assert params["lr"] == "0.25" and params["opt.name"] == "sgd" and params["opt.betas"] == "[0.9, 0.99]"
     assert params["features"] == "4"
+
+
+def test_a_timeout_says_it_timed_out(env):
+    r = cli(env, "submit", "python:3.11", "--timeout", "3s", "--wait", "--", sys.executable, "-c",
+            "import time; time.sleep(120)", check=False, timeout=180)
+    job_id = r.stdout.strip()
+    assert r.returncode == 1 and "FAILED" in r.stderr, r.stderr
+    status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
+    assert status["reason"] == "timed out: deadline of 3s exceeded", status["reason"]
+
+
+def test_retries_show_every_attempt_with_its_exit_code_and_its_output(env):
+    script = ("import os, sys; n = len(os.listdir('.')) + 1; open(f'run{n}', 'w').close(); "
+              "print(f'this is run {n}', flush=True); sys.exit(2 + n)")
+    r = cli(env, "submit", "python:3.11", "--retries", "1", "--wait", "--", sys.executable, "-c", script,
+            check=False, timeout=180)
+    job_id = r.stdout.strip()
+    assert r.returncode == 1, r.stderr
+    status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
+    assert status["reason"] == "exit code 4 (attempt 2 of 2)", status["reason"]
+    assert "attempts: 2" in cli(env, "status", job_id).stdout.replace("  ", " ").replace("  ", " ")
+    history = json.loads(cli(env, "history", job_id, "-o", "json").stdout)
+    assert [(h["attempts"], h["exit_code"]) for h in history if "exit_code" in h] == [(1, 3), (2, 4)]
+    assert cli(env, "logs", job_id).stdout.strip() == "this is run 2"
+    assert cli(env, "logs", job_id, "--attempt", "1").stdout.strip() == "this is run 1"
+    missing = cli(env, "logs", job_id, "--attempt", "3", check=False)
+    assert missing.returncode == 1 and "no attempt 3 (attempts: 1, 2)" in missing.stderr

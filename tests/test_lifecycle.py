@@ -55,12 +55,12 @@ class World:
                                      SchedulerConfig(), clock.now_iso)
         self.life = LifecycleService(self.jobs, self.queue, self.history, self.sink, self.cluster, clock.now_iso,
                                      lifecycle.Policy(max_attempts=3, image_pull_grace_seconds=300))
-        self.retries, self.n = retries, 0
+        self.retries, self.n, self.timeout = retries, 0, None
 
     async def running_job(self, cpu=4):
         self.n += 1
         spec = {"image": "python:3.11", "command": ["true"], "name": f"j{self.n}", "retries": self.retries,
-                "resources": {"cpu": cpu, "memory": "1Gi"}}
+                "resources": {"cpu": cpu, "memory": "1Gi"}, **({"timeout": self.timeout} if self.timeout else {})}
         _, rec = await self.submitter.submit({"spec": spec}, ADMIN, "t", f"e{self.n}")
         await self.sched.trigger()
         rec = await self.get(rec["id"])
@@ -130,7 +130,46 @@ async def test_deadline_exceeded_job():
     obj["status"]["conditions"] = [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
                                     "message": "Job was active longer than specified deadline"}]
     await w.life.handle(UPDATE, obj)
-    assert (await w.get(rec["id"]))["reason"] == "deadline exceeded (activeDeadlineSeconds)"
+    assert (await w.get(rec["id"]))["reason"] == "timed out: deadline exceeded (activeDeadlineSeconds)"
+
+
+def failed_pod(rec, code, uid):
+    pod = labelled(fixture("pod-failed-exitcode.yaml"), rec)
+    pod["metadata"]["uid"] = uid
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = code
+    return pod
+
+
+async def test_a_timeout_reads_as_timed_out_with_its_deadline_not_as_exit_code_143():
+    w = World(retries=2)
+    w.timeout = "5s"
+    rec = await w.running_job()
+    pod = failed_pod(rec, 143, "p-deadline")
+    pod["status"].update(reason="DeadlineExceeded", message="Pod was active on the node longer than the specified deadline")
+    assert await w.life.handle(UPDATE, pod) == "failed"  # a deadline is never retried
+    done = await w.get(rec["id"])
+    assert done["reason"] == "timed out: deadline of 5s exceeded" and done["exit_code"] == 143
+
+
+async def test_every_retry_is_in_history_with_its_exit_code_and_the_end_names_the_last():
+    w = World(retries=1)
+    rec = await w.running_job()
+    assert await w.life.handle(UPDATE, failed_pod(rec, 3, "p-run-1")) == "noted"
+    assert await w.life.handle(UPDATE, failed_pod(rec, 3, "p-run-1")) == "redelivered"  # recorded once
+    mid = await w.get(rec["id"])
+    assert mid["state"] == "RUNNING" and "attempt 1 failed (exit code 3)" in mid["reason"]
+    job = labelled(fixture("job-failed-backofflimit.yaml"), rec)
+    job["status"]["failed"] = 2
+    job["status"]["conditions"][0]["lastTransitionTime"] = clock.now_iso()
+    with pytest.raises(RetryLater):  # the verdict before the last run's end: wait for that end
+        await w.life.handle(UPDATE, job)
+    assert await w.life.handle(UPDATE, failed_pod(rec, 4, "p-run-2")) == "failed"
+    done = await w.get(rec["id"])
+    assert done["reason"] == "exit code 4 (attempt 2 of 2)" and done["exit_code"] == 4
+    history = await w.history.of(rec["id"])
+    runs = [(h["attempts"], h.get("exit_code")) for h in history if h.get("exit_code") is not None]
+    assert runs == [(1, 3), (2, 4)]
+    assert await w.life.handle(UPDATE, job) == "stale"
 
 
 async def test_same_event_three_times_moves_once_and_stale_events_never_move_back():

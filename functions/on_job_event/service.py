@@ -29,6 +29,7 @@ PASSED_THROUGH = "running (its start was seen after its end)"
 RACE_RETRIES = 10
 EARLY = (observe.RUNNING, observe.SUCCEEDED, observe.FAILED)  # observations that need a SCHEDULED record
 RECONCILE_GRACE = 60.0  # seconds a SCHEDULED/RUNNING record may have no Job before it counts as deleted
+VERDICT_WAIT_SECONDS = 20.0
 
 
 class RetryLater(Exception):
@@ -88,6 +89,13 @@ class LifecycleService:
             # keep the event; the reconcile on the timer repairs it if it never lands
             raise RetryLater(f"job {obs.job_id} {obs.what} but is not recorded as scheduled yet")
         now = parse_iso(self.clock())
+        if (obs.kind == "Job" and obs.what == observe.FAILED and not obs.deadline and record["state"] in states.ACTIVE
+                and obs.failed_pods is not None and len(lifecycle.runs_of(record)) < obs.failed_pods
+                <= int(record["spec"].get("retries") or 0) + 1 and obs.since is not None
+                and now - obs.since < VERDICT_WAIT_SECONDS):
+            # the Job's verdict came before its last pod's end, which names the exit code: wait
+            # for it a little (the router redelivers), then take the verdict as it is
+            raise RetryLater(f"job {obs.job_id}: its Job failed before the end of its last run was recorded")
         sched = record.get("timestamps", {}).get(states.SCHEDULED)
         step = lifecycle.decide(record, obs, now, self.policy, parse_iso(sched) if sched else None)
         if step is None:
@@ -143,6 +151,10 @@ class LifecycleService:
                     await self.queue.remove(seq)
             return "raced"
         before, after = done
+        if step.to is None and lifecycle.HISTORY in step.effects:  # one run of several ended
+            run = after["runs"][-1]
+            entry = dict(states.history_entry(before, after), attempts=run["run"], exit_code=run.get("exit_code"))
+            await self.history.append(entry, msg_id=f"{after['id']}:run:{run['generation']}:{run['run']}")
         await self._effects(before, after, step_data if step.to else None)
         return after["state"].lower() if step.to else "noted"
 

@@ -10,12 +10,13 @@ None, so a late event never moves a job backwards.
 from dataclasses import dataclass, field
 from typing import Optional
 
+from . import duration
 from . import observe as ob
 from . import states
 from .errors import ConfigError
 from .names import job_name
 
-REQUEUE, STOP, LOGS, CAPACITY = "requeue", "stop", "logs", "capacity"
+REQUEUE, STOP, LOGS, CAPACITY, HISTORY = "requeue", "stop", "logs", "capacity", "history"
 ENQUEUE = "enqueue"  # a built job joins the queue (in submission order, not at the front)
 BACKOFF_LIMIT = "BackoffLimitExceeded"  # a Job's verdict that names no cause: the last pod has it
 
@@ -137,12 +138,29 @@ def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Polic
     if what == ob.FAILED:
         if state not in states.ACTIVE:
             return None
-        if obs.kind == "Pod":  # one attempt failed; the Job says when retries are spent
-            retries = record["spec"].get("retries", 0)
-            if retries > 0:
-                return Step(None, f"attempt failed ({obs.reason}); Kubernetes retries it", (),
-                            {"exit_code": obs.exit_code})
         code = {"exit_code": obs.exit_code} if obs.exit_code is not None else {}
+        if obs.deadline:
+            return Step(states.FAILED, timed_out(record), (LOGS, CAPACITY), code,
+                        ran if obs.exit_code is not None else None)
+        retries = record["spec"].get("retries", 0)
+        if obs.kind == "Pod":  # one run ended; the last one allowed ends the job
+            mine = runs_of(record)
+            if any(r.get("pod") == obs.uid for r in mine):
+                return None  # this run's end is recorded already
+            n = len(mine) + 1
+            run = {"run": n, "generation": record.get("attempts", 1), "exit_code": obs.exit_code,
+                   "reason": obs.reason, "pod": obs.uid}
+            changes = {**code, "runs": list(record.get("runs") or []) + [run]}
+            if n <= retries:
+                return Step(None, f"attempt {n} failed ({obs.reason}); retried ({n} of {retries} "
+                                  f"retr{'y' if retries == 1 else 'ies'} used)", (HISTORY,), changes)
+            reason = obs.reason if n == 1 else f"{obs.reason} (attempt {n} of {n})"
+            return Step(states.FAILED, reason, (LOGS, CAPACITY), changes, ran if obs.exit_code is not None else None)
+        mine = runs_of(record)
+        if mine and obs.reason == "BackoffLimitExceeded":
+            last = mine[-1]
+            reason = last["reason"] if len(mine) == 1 else f"{last['reason']} (attempt {len(mine)} of {len(mine)})"
+            return Step(states.FAILED, reason, (LOGS, CAPACITY), code)
         return Step(states.FAILED, obs.reason, (LOGS, CAPACITY), code, ran if obs.exit_code is not None else None)
     if what == ob.DISRUPTED:
         return requeue_or_fail(record, obs.reason, policy, False) if state in states.ACTIVE else None
@@ -159,6 +177,19 @@ def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Polic
             return Step(states.FAILED, obs.reason, (STOP, LOGS, CAPACITY))
         return Step(None, f"{obs.reason} (fails after {int(policy.image_pull_grace_seconds)}s)")
     return None
+
+
+def runs_of(record: dict) -> list[dict]:
+    """The ended runs (pods) of the job's current attempt, oldest first."""
+    gen = record.get("attempts", 1)
+    return [r for r in record.get("runs") or [] if r.get("generation") == gen]
+
+
+def timed_out(record: dict) -> str:
+    seconds = (record.get("spec") or {}).get("timeout_seconds")
+    if seconds:
+        return f"timed out: deadline of {duration.human(seconds)} exceeded"
+    return "timed out: deadline exceeded (activeDeadlineSeconds)"
 
 
 def jobs_on_lost_node(records: list[dict], node: str) -> list[dict]:

@@ -16,6 +16,7 @@ machine. Pure: the executor passes every time, counter and exit code in `info`.
   terminated_reason  (default Completed / Error from the exit code);  message
   waiting_reason, waiting_message  a Pending pod's trouble (ErrImagePull, ImagePullBackOff, ...)
   container_id  "podman://<id>" for a container (default process://<pid>)
+  pod_reason, pod_message  the pod's own status.reason / message (DeadlineExceeded)
 """
 
 import hashlib
@@ -37,6 +38,7 @@ _EVENT_TYPES = {"add": APISERVER_ADD, "update": APISERVER_UPDATE, "delete": APIS
 COMPLETE_REASON, COMPLETE_MESSAGE = "CompletionsReached", "Reached expected number of succeeded pods"
 BACKOFF_REASON, BACKOFF_MESSAGE = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
 DEADLINE_REASON, DEADLINE_MESSAGE = "DeadlineExceeded", "Job was active longer than specified deadline"
+POD_DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 # ... and the ones only the local executor writes (no Kubernetes equivalent)
 STOPPED_REASON, STOPPED_MESSAGE = "Stopped", "stopped"
 LOST_REASON, LOST_MESSAGE = "ExecutorLost", "lost while the executor was down"
@@ -229,6 +231,7 @@ def pod_object(record: dict, attempt: int, info: dict) -> dict:
     if container_id:
         cstatus["containerID"] = container_id
     status = {"phase": phase, "conditions": _pod_conditions(phase, created, started, finished),
+              **({"reason": info["pod_reason"], "message": info.get("pod_message") or ""} if info.get("pod_reason") else {}),
               "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}], "qosClass": "Guaranteed" if container["resources"] else "BestEffort",
               "containerStatuses": [cstatus]}
     if started or created:

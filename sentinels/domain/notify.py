@@ -14,7 +14,7 @@ from . import duration, times
 from .capacity_watch import CapacityConfig
 from .errors import ConfigError
 from .spec import NOTIFY_STATES
-from .states import CANCELLED, FAILED, SUCCEEDED
+from .states import CANCELLED, FAILED, SUCCEEDED, runs_made
 
 CHANNEL = re.compile(r"^#?[A-Za-z0-9._-]{1,80}$")
 KEYS = ("default_channel", "capacity_channel", "teams", "experiments", "mute_success",
@@ -144,7 +144,7 @@ def job_message(record: dict, now_iso: str, cfg: NotifyConfig = NotifyConfig()) 
         ("Job", f"`{job_id}` {esc(name)}"),
         ("Owner", esc(owner) + (f" ({esc(team)})" if team else "")),
         ("State", state + (f" (exit code {exit_code})" if exit_code not in (None, "") else "")),
-        ("Attempts", str(record.get("attempts") or 0)),
+        ("Attempts", str(runs_made(record))),
         ("Duration", duration.human(took) if took is not None else "never ran"),
         ("Time in queue", duration.human(waited) if waited is not None else "unknown"),
     ]

@@ -12,6 +12,7 @@ spent); a Pod's "failed" is one attempt's failure with its exit code.
 """
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Mapping, Optional
 
 from .events import APISERVER_ADD, APISERVER_DELETE, APISERVER_UPDATE
@@ -62,6 +63,9 @@ class Observation:
     build: bool = False  # the object builds the job's image (label sentinels.io/component: build)
     image: Optional[str] = None  # build Jobs: the image made
     image_id: Optional[str] = None  # build Jobs: its id or digest
+    deadline: bool = False  # the job's deadline (activeDeadlineSeconds) ended it
+    failed_pods: Optional[int] = None  # Jobs: status.failed, how many of its pods failed
+    since: Optional[float] = None  # Jobs: when the verdict was reached (condition lastTransitionTime), epoch s
 
 
 def _meta(obj: Mapping) -> Mapping:
@@ -101,6 +105,15 @@ def _words(*parts) -> str:
 
 # --- Jobs --------------------------------------------------------------------------
 
+def _epoch(iso) -> Optional[float]:
+    if not isinstance(iso, str):
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def _job_failure(cond: Mapping) -> str:
     reason, message = cond.get("reason"), cond.get("message")
     if reason == "DeadlineExceeded":
@@ -115,7 +128,10 @@ def _job(event_type: str, obj: Mapping, base: dict) -> Optional[Observation]:
     deleted = event_type == APISERVER_DELETE
     failed, complete = _true(conds, "Failed"), _true(conds, "Complete")
     if failed:
-        return Observation(what=FAILED, reason=_job_failure(failed), deleted=deleted, **base)
+        count = (obj.get("status") or {}).get("failed")
+        return Observation(what=FAILED, reason=_job_failure(failed), deleted=deleted,
+                           deadline=failed.get("reason") == "DeadlineExceeded", since=_epoch(failed.get("lastTransitionTime")),
+                           failed_pods=count if isinstance(count, int) and not isinstance(count, bool) else None, **base)
     if complete:
         return Observation(what=SUCCEEDED, reason="completed", deleted=deleted, **base)
     if deleted:
@@ -203,7 +219,8 @@ def _pod(event_type: str, obj: Mapping, base: dict) -> Optional[Observation]:
         return Observation(what=SUCCEEDED, reason="completed", exit_code=0 if code is None else code, **base)
     if phase == "Failed":
         if status.get("reason") == "DeadlineExceeded":
-            return Observation(what=FAILED, reason="deadline exceeded (activeDeadlineSeconds)", exit_code=code, **base)
+            return Observation(what=FAILED, reason="deadline exceeded (activeDeadlineSeconds)", exit_code=code,
+                               deadline=True, **base)
         reason = _exit_reason(ended) if ended else _words("failed", status.get("reason"), status.get("message"))
         return Observation(what=FAILED, reason=reason, exit_code=code, **base)
     if phase == "Running":

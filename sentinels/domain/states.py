@@ -50,12 +50,24 @@ def transition(record: dict, to: str, *, now: str, reason: str = "", **changes) 
     return new
 
 
+def runs_made(record: dict) -> int:
+    """How many times the job ran, its retries included: what people call its attempts.
+
+    `attempts` counts the runs the infrastructure cut short (each a new Kubernetes Job);
+    `runs` lists every ended run (pod) of the job, retries of its own failures included.
+    """
+    return max(int(record.get("attempts") or 0), len(record.get("runs") or []))
+
+
 def history_entry(before: dict | None, after: dict) -> dict:
-    return {
+    entry = {
         "job": after["id"],
         "from": before["state"] if before else None,
         "to": after["state"],
         "reason": after.get("reason", ""),
-        "attempts": after.get("attempts", 0),
+        "attempts": runs_made(after),
         "at": after["updated_at"],
     }
+    if after["state"] in (SUCCEEDED, FAILED) and after.get("exit_code") is not None:
+        entry["exit_code"] = after["exit_code"]
+    return entry

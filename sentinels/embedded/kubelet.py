@@ -309,6 +309,8 @@ class Kubelet:
         pod.update(finished=finished or self.now(), exit_code=code, started=pod.get("started") or pod["created"],
                    phase="Succeeded" if code == 0 and not stopping else "Failed", waiting_reason=None,
                    terminated_reason=end.reason, message=end.message or pod.get("message"))
+        if stopping and stopping["reason"] == objects.DEADLINE_REASON:  # as the kubelet marks it
+            pod.update(pod_reason=objects.DEADLINE_REASON, pod_message=objects.POD_DEADLINE_MESSAGE)
         self._emit_pod(state, "update")
         if pod["phase"] == "Succeeded":
             state["succeeded"] = 1
