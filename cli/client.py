@@ -97,10 +97,10 @@ class Reader:
             raise CliError(e.message) from None
 
 
-async def waiting_reasons(js) -> dict:
-    """Why each waiting job waits, as the scheduler's last pass saw it."""
+async def waiting_doc(js) -> dict:
+    """Why each waiting job waits, as the scheduler's last pass saw it (see states.reason_now)."""
     from sentinels.adapters.jetstream import JetStreamBoard
     from sentinels.domain.names import WAITING_KEY
 
     doc = await (await JetStreamBoard.open(js)).get(WAITING_KEY)
-    return (doc or {}).get("reasons") or {}
+    return doc or {}

@@ -161,9 +161,9 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
             return None
         record = got[0]
         if record["state"] == states.QUEUED:
-            from .client import waiting_reasons
+            from .client import waiting_doc
 
-            record["reason"] = (await waiting_reasons(js)).get(job_id, record["reason"])
+            record["reason"] = states.reason_now(record, await waiting_doc(js))
             prio = settings.priorities()
             record["position"] = await queue.position(prio.ordered(), record["priority"], record["queue_seq"],
                                                         record.get("queue_front", False))
@@ -196,7 +196,8 @@ def status(job_id: str = typer.Argument(...), output: str = Output):
         ("attempts", states.runs_made(record)),
         ("submitted", f"{record['submitted_at']} ({_ago(record['submitted_at'])} ago)"),
         *[(s.lower(), t) for s, t in ts.items() if s != states.QUEUED],
-        ("kubernetes job", record.get("k8s_job") if record["state"] != states.QUEUED else None),
+        ("kubernetes job", record.get("k8s_job") if record["state"] != states.QUEUED and settings.backend() == "kubernetes"
+         else None),
         ("mlflow run", record.get("mlflow_run_id")),
         ("mlflow ui", _mlflow_ui(settings)),
         *[(label.lower(), url) for label, url in links],
@@ -227,14 +228,19 @@ def ls(
 
     if state and state.upper() not in states.STATES:
         raise CliError(f"--state {state!r}: choose one of {', '.join(states.STATES)}", 2)
-    records = Reader(settings).run(lambda js, jobs, q, h: jobs.all())
+    async def look(js, jobs, q, h):
+        from .client import waiting_doc
+
+        return await jobs.all(), await waiting_doc(js)
+
+    records, waiting = Reader(settings).run(look)
     owner = None if all_users else (user or _me(settings))
     rows = [r for r in records
             if (owner is None or r["owner"] == owner)
             and (r["state"] == state.upper() if state else (all_ or r["state"] not in states.TERMINAL))]
     rows.sort(key=lambda r: r["submitted_at"])
     view = [{"id": r["id"], "name": r["name"], "state": r["state"], "priority": r["priority"], "owner": r["owner"],
-             "age": _ago(r["submitted_at"]), "attempts": states.runs_made(r), "reason": r.get("reason", "")}
+             "age": _ago(r["submitted_at"]), "attempts": states.runs_made(r), "reason": states.reason_now(r, waiting)}
             for r in rows]
     emit(rows if fmt != "table" else view, fmt,
          [("ID", "id"), ("NAME", "name"), ("STATE", "state"), ("PRIORITY", "priority"), ("OWNER", "owner"),
@@ -258,11 +264,13 @@ def queue(limit: int = typer.Option(50, "--limit", "-n", help="how many to show"
     async def look(js, jobs, q, history):
         import asyncio
 
-        from .client import waiting_reasons
+        from sentinels.domain import states
+
+        from .client import waiting_doc
 
         heads = await q.heads(prio.ordered(), limit)
         counts = await q.counts()
-        reasons = await waiting_reasons(js)
+        waiting = await waiting_doc(js)
         got = await asyncio.gather(*(jobs.get(e["id"]) for _, e in heads))
         rows = []
         for (seq, entry), rec in zip(heads, got):
@@ -271,7 +279,7 @@ def queue(limit: int = typer.Option(50, "--limit", "-n", help="how many to show"
                 continue  # being scheduled/cancelled right now, or a stale copy
             rows.append({"position": len(rows) + 1, "id": entry["id"], "name": record["name"], "class": entry["class"],
                          "owner": record["owner"], "wait": _ago(entry["submitted"]), "resources": _res(record["spec"]),
-                         "reason": reasons.get(entry["id"], record.get("reason", ""))})
+                         "reason": states.reason_now(record, waiting)})
         return rows, counts
 
     rows, counts = Reader(settings).run(look)

@@ -96,3 +96,29 @@ def test_config():
     for bad in ({"after": "-1"}, {"threshold": 0}, {"threshold": True}, {"later": 1}, []):
         with pytest.raises(ConfigError):
             cw.CapacityConfig.from_dict(bad)
+
+
+GI = 2**30
+
+
+def _pass(heads, nodes, **kw):
+    from sentinels.domain.placement import place
+
+    decision = place(heads, nodes, **kw)
+    return cw.pass_observation(decision, nodes, heads)
+
+
+def test_the_alert_names_the_resource_that_blocks_and_never_fits_opens_no_episode():
+    from sentinels.domain.placement import Node, Waiting
+
+    slots_full = [Node("local", 8000, 32 * GI, 0, 7000, 30 * GI, 0, free_pods=0)]
+    obs = _pass([Waiting("a", "c", 10, 1, 1000, GI, 0)], slots_full)
+    assert obs["waiting_for_room"] == 1 and obs["by_resource"]["slots"] == 1 and obs["by_resource"]["cpu"] == 0
+    _, out = cw.step(cw.step(None, obs, 0)[0], obs, 700)
+    assert "1 job waits for job slots" in out[0]["data"]["summary"] and "CPU" not in out[0]["data"]["summary"]
+
+    roomy = [Node("local", 8000, 32 * GI, 0, 8000, 32 * GI, 0)]
+    never = _pass([Waiting("huge", "c", 10, 1, 64000, GI, 0)], roomy)
+    assert never["waiting_for_room"] == 0
+    state, out = cw.step(None, never, 0)
+    assert cw.step(state, never, 10_000)[1] == []  # hours later: still no "cluster full"

@@ -3,6 +3,7 @@ NATS JetStream, the four functions, the router and the local executor, all real.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -260,10 +261,28 @@ def test_retries_show_every_attempt_with_its_exit_code_and_its_output(env):
     assert r.returncode == 1, r.stderr
     status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
     assert status["reason"] == "exit code 4 (attempt 2 of 2)", status["reason"]
-    assert "attempts: 2" in cli(env, "status", job_id).stdout.replace("  ", " ").replace("  ", " ")
+    assert re.search(r"^attempts:\s+2$", cli(env, "status", job_id).stdout, re.M)
     history = json.loads(cli(env, "history", job_id, "-o", "json").stdout)
     assert [(h["attempts"], h["exit_code"]) for h in history if "exit_code" in h] == [(1, 3), (2, 4)]
     assert cli(env, "logs", job_id).stdout.strip() == "this is run 2"
     assert cli(env, "logs", job_id, "--attempt", "1").stdout.strip() == "this is run 1"
     missing = cli(env, "logs", job_id, "--attempt", "3", check=False)
     assert missing.returncode == 1 and "no attempt 3 (attempts: 1, 2)" in missing.stderr
+
+
+def test_ls_queue_and_status_give_the_same_reason_and_local_status_has_no_kubernetes_line(env):
+    r = cli(env, "submit", "python:3.11", "--cpu", "60", "--name", "too-big", "--", "true")
+    job_id = r.stdout.strip()
+    deadline = time.monotonic() + 60
+    while True:  # the scheduler's next pass (tick 1 s) records why it waits
+        status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
+        if "can never fit" in status["reason"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "can never fit as the cluster is now: needs 60 CPU" in status["reason"], status["reason"]
+    rows = [x for x in json.loads(cli(env, "queue", "-o", "json").stdout)["jobs"] if x["id"] == job_id]
+    assert rows[0]["reason"] == status["reason"]
+    line = [x for x in cli(env, "ls").stdout.splitlines() if x.startswith(job_id)][0]
+    assert line.endswith(status["reason"]) and "waiting for the scheduler" not in line
+    assert "kubernetes job" not in cli(env, "status", job_id).stdout
+    cli(env, "cancel", job_id)

@@ -1,6 +1,7 @@
 """Placement: order, fit on one node, selectors, taints, node health, strategies, reasons."""
 
-from sentinels.domain.placement import BEST_EFFORT, STRICT, Node, Waiting, place
+from sentinels.domain.placement import (BEST_EFFORT, BY_ORDER, NEVER_FITS, NO_ROOM, RESERVED, STRICT, Node, Wait,
+                                        Waiting, place)
 
 GI = 2**30
 
@@ -55,7 +56,8 @@ def test_starvation_guard_reserves_the_nodes_the_head_can_use():
     d = place(heads, nodes, BEST_EFFORT, starvation_seconds=1800)
     # job2/job3 may not take room on "big" (the only node job1 fits); "small" is fine
     assert ("job2", "small") in d.placements and all(n != "big" for _, n in d.placements)
-    assert "held for a job that has waited longer" in d.reasons["job3"]
+    assert d.reasons["job3"] == "nodes held for job job1, which has waited longer (60 min)"  # names it
+    assert d.waits["job3"].code == RESERVED and d.waits["job1"].code == NO_ROOM
     young = place([job(1, cpu=6, waited=10), job(2, cpu=2), job(3, cpu=1)], nodes, BEST_EFFORT, 1800)
     assert ("job3", "big") in young.placements or ("job2", "big") in young.placements
 
@@ -100,3 +102,19 @@ def test_job_slots_limit_how_many_start_on_a_node():
     d = place([job(1), job(2), job(3)], [slots])
     assert [p[0] for p in d.placements] == ["job1", "job2"]
     assert d.reasons["job3"] == "every job slot is busy (node pod capacity / local slots)"
+
+
+def test_each_waiting_job_gets_a_code_the_short_resource_and_the_text():
+    d = place([job(1, gpu=4), job(2, cpu=6), job(3, cpu=1, node_selector={"zone": "x"})],
+              [node("a", cpu=8, free_cpu=4, gpu=2)])
+    assert d.waits["job1"] == Wait(NEVER_FITS, "gpu", "can never fit as the cluster is now: needs 4 GPUs on one "
+                                                      "node; the largest node has 2 GPUs")
+    assert d.waits["job2"] == Wait(NO_ROOM, "cpu", "needs 6 CPU on one node; the largest free is 4 CPU")
+    assert d.waits["job3"].code == NEVER_FITS and d.waits["job3"].resource == "node_selector"
+    strict = place([job(1, cpu=6), job(2, cpu=1)], [node("a", cpu=8, free_cpu=4)], STRICT)
+    assert strict.waits["job2"].code == BY_ORDER and strict.by_order == {"job2"}
+
+
+def test_busy_slots_are_named_as_slots_not_cpu():
+    d = place([job(1)], [node("a", cpu=8, free_pods=0)])
+    assert d.waits["job1"] == Wait(NO_ROOM, "slots", "every job slot is busy (node pod capacity / local slots)")

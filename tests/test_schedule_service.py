@@ -1,6 +1,7 @@
 """The schedule function's pass over in-memory ports: order, races, faults, repair."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -81,15 +82,59 @@ async def test_concurrent_passes_and_duplicate_events_start_each_job_once():
     assert await w.queue.counts() == {}
 
 
-async def test_api_5xx_marks_nothing_and_the_next_pass_retries():
-    w = World([node("a")])
+def later(seconds):
+    from datetime import datetime, timezone
+
+    return lambda: datetime.fromtimestamp(time.time() + seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+async def test_api_5xx_marks_nothing_and_the_job_is_retried_after_its_back_off():
+    w = World([node("a", cpu=1)])
     j = await w.submit()
     w.cluster.fail_launch = True
     assert (await w.sched.trigger())["placed"] == 0
     assert (await w.state(j))["state"] == "QUEUED" and await w.queue.counts() == {"normal": 1}
+    assert await w.reason(j) == "launch refused: cluster API answered 503 (try 1; next in 2s)"
+    other = await w.submit()
     w.cluster.fail_launch = False
+    assert (await w.sched.trigger())["placed"] == 1 and w.cluster.launches == [other]  # its room went to another
+    w.cluster.finish(other)
+    w.sched.clock = later(3)
     assert (await w.sched.trigger())["placed"] == 1
     assert (await w.state(j))["state"] == "SCHEDULED"
+
+
+async def test_a_launch_refused_for_good_fails_the_job_with_the_clusters_message():
+    from sentinels.domain.errors import LaunchRefused
+
+    w = World([node("a", cpu=1)])
+    j = await w.submit()
+    w.cluster.fail_launch = LaunchRefused('admission webhook "policy.example" denied the request: no latest tags')
+    await w.sched.trigger()
+    rec = await w.state(j)
+    assert rec["state"] == "FAILED"
+    assert rec["reason"] == 'launch refused: admission webhook "policy.example" denied the request: no latest tags'
+    assert await w.queue.counts() == {} and [e["to"] for e in await w.history.of(j)] == ["QUEUED", "FAILED"]
+    assert [e["type"] for e in w.sink.events][-1] == "io.sentinels.job.failed"
+    w.cluster.fail_launch = False
+    nxt = await w.submit()
+    await w.sched.trigger()
+    assert (await w.state(nxt))["state"] == "SCHEDULED"  # the room was not kept
+
+
+async def test_a_quota_refusal_backs_off_per_job_with_code_quota():
+    from sentinels.domain.errors import QuotaExceeded
+
+    w = World([node("a", cpu=4)])
+    j = await w.submit()
+    w.cluster.fail_launch = QuotaExceeded('Kubernetes refused creating Job: exceeded quota: compute, requested: '
+                                          'requests.cpu=1, used: requests.cpu=8, limited: requests.cpu=8')
+    await w.sched.trigger()
+    doc = await w.sched.board.get("waiting")
+    assert doc["codes"][j] == ["quota", None] and "exceeded quota: compute" in doc["reasons"][j]
+    w.sched.clock = later(3)
+    await w.sched.trigger()
+    assert "(try 2; next in 4s)" in (await w.reason(j))
 
 
 async def test_crash_between_launch_and_record_is_repaired():

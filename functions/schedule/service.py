@@ -15,7 +15,7 @@ from typing import Awaitable, Callable, Optional
 
 from sentinels.domain import events, fairshare, placement, preemption, quota, sharing, states
 from sentinels.domain.times import parse as parse_iso
-from sentinels.domain.errors import SentinelsError
+from sentinels.domain.errors import InvalidSpec, LaunchRefused, QuotaExceeded, SentinelsError
 from sentinels.domain.names import WAITING_KEY
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.scheduler_config import SchedulerConfig
@@ -55,6 +55,7 @@ class ScheduleService:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _dirty: bool = False
     _reasons: dict = field(default_factory=dict)
+    _refused: dict = field(default_factory=dict)  # job id -> (retry at, count, placement.Wait): per-job back-off
     last: dict = field(default_factory=dict)
 
     async def trigger(self) -> dict | None:
@@ -87,8 +88,10 @@ class ScheduleService:
             fair = self.holdings.cfg.fair_share
             waiting = fairshare.order(waiting, lambda w: fair.key(w.team, w.owner), snap.usage)
         quotas = self.holdings.cfg.quotas if self.holdings is not None else None
-        decision = placement.place(waiting, nodes, self.cfg.strategy, self.cfg.starvation_seconds,
+        backing_off = {j: r[2] for j, r in self._refused.items() if r[0] > now and j in by_id}
+        decision = placement.place([w for w in waiting if w.id not in backing_off], nodes, self.cfg.strategy, self.cfg.starvation_seconds,
                                    quotas=quotas or None, held=snap.held if snap else None)
+        decision.waits.update(backing_off)  # a refused launch holds no room while it backs off
         if snap is not None and running is not None:
             await self._preempt(decision, waiting, nodes, snap, running)
         t2 = time.perf_counter()
@@ -99,7 +102,11 @@ class ScheduleService:
                 return await self._start(*by_id[job_id], node, now)
 
         started = await asyncio.gather(*(start(j, n) for j, n in decision.placements))
-        await self._record_reasons(decision.reasons)
+        for (job_id, _), ok in zip(decision.placements, started):
+            refused = self._refused.get(job_id)
+            if refused and refused[0] > now:  # refused in this very pass: say so, not "placed"
+                decision.waits[job_id] = refused[2]
+        await self._record_reasons(decision.waits)
         t3 = time.perf_counter()
         if self.after_pass:
             await self.after_pass(decision, nodes, waiting, now)
@@ -121,9 +128,14 @@ class ScheduleService:
         try:
             env = self.env_for_run(record, run) if self.env_for_run else {}
             await self.cluster.launch(dict(record, node=node), env)
-        except SentinelsError as e:
-            log.warning("job %s: launch failed, stays queued: %s", job_id, e.message)
+        except (InvalidSpec, LaunchRefused) as e:  # for good: the job fails with the cluster's words
+            self._refused.pop(job_id, None)
+            await self._fail_refused(seq, record, revision, e.message)
             return False
+        except SentinelsError as e:  # for now: this job backs off; its room goes to others meanwhile
+            self._back_off(job_id, now, e)
+            return False
+        self._refused.pop(job_id, None)
         extra: dict = {"node": node}
         if run:
             extra.update(mlflow_run_id=run.get("run_id"), mlflow=run, links={**record.get("links", {}), "mlflow": run.get("url")})
@@ -175,7 +187,8 @@ class ScheduleService:
                 continue
             if w.id in stopping:
                 n = len(stopping[w.id])
-                decision.reasons[w.id] = f"waiting for {n} preempted job{'s' if n != 1 else ''} to stop ({', '.join(stopping[w.id])})"
+                decision.waits[w.id] = placement.Wait(placement.NO_ROOM, None, f"waiting for {n} preempted job{'s' if n != 1 else ''} "
+                                                      f"to stop ({', '.join(stopping[w.id])})")
                 continue
             need = quota.demand(w.cpu_millis, w.memory_bytes, w.gpu)
             may = w.klass in cfg.preemption.classes
@@ -194,7 +207,7 @@ class ScheduleService:
             if plan is None:
                 continue
             taken.update(v.id for v in plan.victims)
-            decision.reasons[w.id] = plan.reason()
+            decision.waits[w.id] = placement.Wait(placement.NO_ROOM, None, plan.reason())
             for victim in plan.victims:
                 await self._mark_preempted(victim.id, w)
 
@@ -214,6 +227,30 @@ class ScheduleService:
         await self.sink.emit(events.envelope(events.JOB_PREEMPT_REQUESTED, SOURCE, f"{victim_id}:preempt:{after.get('attempts', 1)}",
                                              {"job": victim_id, "by": by.id, "class": by.klass, "owner": by.owner},
                                              after["updated_at"], subject=victim_id))
+
+    def _back_off(self, job_id: str, now: float, e: SentinelsError) -> None:
+        count = (self._refused.get(job_id) or (0, 0, None))[1] + 1
+        delay = min(self.cfg.launch_backoff_max_seconds, 2.0 * 2 ** (count - 1))
+        code = placement.QUOTA if isinstance(e, QuotaExceeded) else placement.LAUNCH_REFUSED
+        text = f"launch refused: {e.message} (try {count}; next in {delay:g}s)"
+        self._refused[job_id] = (now + delay, count, placement.Wait(code, None, text))
+        log.warning("job %s: %s", job_id, text)
+
+    async def _fail_refused(self, seq: int, record: dict, revision: int, message: str) -> None:
+        reason = f"launch refused: {message}"
+        log.warning("job %s: %s; the job fails", record["id"], reason)
+
+        def decide(r):
+            if r["state"] != states.QUEUED or r.get("queue_seq") != seq:
+                return None
+            return states.transition(r, states.FAILED, now=self.clock(), reason=reason)
+
+        done = await self._cas(record, revision, decide)
+        if done is None:
+            return
+        await self.queue.remove(seq)
+        before, after = done
+        await announce(self.history, self.sink, SOURCE, before, after, events.JOB_FAILED)
 
     async def _cas(self, record: dict, revision: int, decide) -> tuple[dict, dict] | None:
         """Compare-and-set from the revision already read; re-read only if someone wrote meanwhile."""
@@ -236,17 +273,20 @@ class ScheduleService:
             log.warning("job %s: MLflow run not created now (%s); will catch up", record["id"], type(e).__name__)
             return None
 
-    async def _record_reasons(self, reasons: dict) -> None:
+    async def _record_reasons(self, waits: dict) -> None:
         """Publish why each waiting job waits, as one document per pass (only when it changed).
 
-        One write per pass instead of one per waiting job: `sentinels status` and
-        `sentinels queue` read it next to the record.
+        One write per pass instead of one per waiting job: `sentinels status`, `ls` and
+        `queue` read it next to the record (`domain.reasons`): the text and the code with
+        the resource that is short.
         """
         if self.board is None:
             return
-        snapshot = dict(list(reasons.items())[: self.cfg.reason_window])
+        snapshot = dict(list(waits.items())[: self.cfg.reason_window])
         if snapshot != self._reasons:
-            await self.board.put(WAITING_KEY, {"at": self.clock(), "reasons": snapshot})
+            await self.board.put(WAITING_KEY, {"at": self.clock(),
+                                               "reasons": {j: w.text for j, w in snapshot.items()},
+                                               "codes": {j: [w.code, w.resource] for j, w in snapshot.items()}})
             self._reasons = snapshot
 
     async def start_build(self, job_id: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from ..domain import quantity
 from ..domain.build import BuildConfig
-from ..domain.errors import ConfigError, InvalidSpec, Unavailable
+from ..domain.errors import ConfigError, InvalidSpec, LaunchRefused, QuotaExceeded, Unavailable
 from ..domain.job import is_job_id
 from ..domain.placement import GPU_TAINT, Node
 from . import build_manifest
@@ -220,6 +220,10 @@ class KubernetesCluster:
                 message = _status_message(e)
                 if e.status in (400, 422):
                     raise InvalidSpec(f"Kubernetes rejected {what}: {message}") from None
+                if e.status == 403 and "exceeded quota" in message:
+                    raise QuotaExceeded(f"Kubernetes refused {what}: {message}") from None
+                if e.status == 403 and "admission webhook" in message:
+                    raise LaunchRefused(f"Kubernetes refused {what}: {message}") from None
                 raise Unavailable(f"Kubernetes API error {e.status} while {what}: {message}") from None
             except (HTTPError, OSError) as e:
                 host = getattr(getattr(self._client, "configuration", None), "host", "the API server")

@@ -214,7 +214,7 @@ class MemoryCluster:
         self.launches: list[str] = []
         self.stops: list[str] = []
         self.builds: list[str] = []  # job ids whose build was started
-        self.fail_launch = False
+        self.fail_launch: bool | Exception = False  # True: a 503; an error: raised as it is
         self.ends: dict[str, dict] = {}  # job id -> how its newest pod failed (last_end)
 
     async def nodes(self):
@@ -231,6 +231,8 @@ class MemoryCluster:
     async def launch(self, record, extra_env):
         from ..domain.errors import Unavailable
 
+        if isinstance(self.fail_launch, Exception):
+            raise self.fail_launch
         if self.fail_launch:
             raise Unavailable("cluster API answered 503")
         done = self.ended.get(record["id"])

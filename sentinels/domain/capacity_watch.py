@@ -9,13 +9,13 @@ episode and never once per pass. Pure: the caller passes the time.
 
 from dataclasses import dataclass
 
-from . import duration, quantity, times
+from . import duration, placement, quantity, times
 from .errors import ConfigError, InvalidSpec
 from .events import CAPACITY_EXHAUSTED, CAPACITY_RECOVERED
 
 RESOURCES = ("gpu", "cpu", "memory")
 ROOM = "room"
-LABEL = {"gpu": "GPUs", "cpu": "CPU cores", "memory": "memory"}
+LABEL = {"gpu": "GPUs", "cpu": "CPU cores", "memory": "memory", "slots": "job slots"}
 SOURCE = "sentinels/schedule"
 
 
@@ -173,9 +173,10 @@ def _int(value) -> int:
 def pass_observation(decision, nodes: list, waiting: list) -> dict:
     """What one scheduling pass saw, in the shape `step()` takes.
 
-    Jobs held back by order (StrictFIFO) wait for priority, not room, and do not count.
-    A waiting job is short of the first resource (GPU, CPU, memory) it needs more of than
-    any live node has free after the pass's own placements.
+    Only jobs placement says wait for room count (codes NO_ROOM, RESERVED): a job held back
+    by order waits for priority, one that can never fit waits for a bigger node, a refused
+    launch for the cluster's consent; none of them makes the cluster full. Each counts
+    under the resource placement found short (GPU, CPU, memory or job slots).
     """
     live = [n for n in nodes if n.ready and n.schedulable]
     free = {n.name: [n.free_gpu, n.free_cpu_millis, n.free_memory_bytes] for n in live}
@@ -188,15 +189,14 @@ def pass_observation(decision, nodes: list, waiting: list) -> dict:
             free[node][2] -= w.memory_bytes
     totals = [sum(n.gpu for n in live), sum(n.cpu_millis for n in live), sum(n.memory_bytes for n in live)]
     left = [sum(max(0, f[i]) for f in free.values()) for i in range(3)]
-    most = [max((f[i] for f in free.values()), default=0) for i in range(3)]
-    room = [by_id[j] for j in decision.reasons if j in by_id and j not in decision.by_order]
+    room = [(by_id[j], wait) for j, wait in decision.waits.items()
+            if j in by_id and wait.code in placement.WAITING_FOR_ROOM]
     by_resource = dict.fromkeys(RESOURCES, 0)
     largest = dict.fromkeys(RESOURCES, 0)
-    for w in room:
-        need = (w.gpu, w.cpu_millis, w.memory_bytes)
-        short = next((r for r, n, m in zip(RESOURCES, need, most) if n > m), "cpu")
-        by_resource[short] += 1
-        for r, n in zip(RESOURCES, need):
+    for w, wait in room:
+        if wait.resource is not None:
+            by_resource[wait.resource] = by_resource.get(wait.resource, 0) + 1
+        for r, n in zip(RESOURCES, (w.gpu, w.cpu_millis, w.memory_bytes)):
             largest[r] = max(largest[r], n)
     return {"waiting_for_room": len(room), "by_resource": by_resource, "largest_request": largest,
             "allocated": {r: (totals[i] - left[i], totals[i]) for i, r in enumerate(RESOURCES)}}

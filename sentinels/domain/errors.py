@@ -60,3 +60,13 @@ class SendFailed(SentinelsError):
 
 class Unavailable(SentinelsError):
     status = 503
+
+
+class QuotaExceeded(Unavailable):
+    """A quota (Kubernetes ResourceQuota) refused a launch: try again when room frees up."""
+
+
+class LaunchRefused(SentinelsError):
+    """The cluster refused a launch for good (an admission webhook, a 400/422): the job fails."""
+
+    status = 422

@@ -33,7 +33,7 @@ STATE_BUCKET = "sentinels_state"  # small shared documents (the Board)
 ALERTS_BUCKET = "sentinels_alerts"  # (event, channel) pairs already sent to Slack
 ALERTS_TTL = 7 * 86400.0  # redeliveries come within minutes; a week is plenty
 
-WAITING_KEY = "waiting"  # Board: {"at": iso, "reasons": {job id: why it waits}}
+WAITING_KEY = "waiting"  # Board: {"at": iso, "reasons": {job id: text}, "codes": {job id: [code, resource]}}
 CAPACITY_KEY = "capacity"  # Board: the capacity watch's episode state
 MLFLOW_OWED_KEY = "mlflow_owed"  # Board: {"jobs": [ids whose MLflow run is behind]}
 USAGE_KEY = "usage"  # Board: the fair-share ledger {"usage": {key: [usage, at]}, "marks": {job id: charged until}}

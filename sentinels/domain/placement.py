@@ -15,6 +15,15 @@ from . import quota
 from .quantity import format_cpu, format_memory
 
 BEST_EFFORT, STRICT = "BestEffortFIFO", "StrictFIFO"
+# why a job still waits, as a code every reader (CLI, capacity watch, status) uses as it is
+NO_ROOM = "no_room"            # it fits the cluster, not the free room now: waiting for room
+NEVER_FITS = "never_fits"      # no node as the cluster is now could ever take it
+BY_ORDER = "held_by_order"     # StrictFIFO: jobs ahead must start first
+RESERVED = "reserved"          # the room it could use is held for a job that has waited longer
+LAUNCH_REFUSED = "launch_refused"  # the cluster refused its launch; tried again later
+QUOTA = "quota"                # a quota refused its launch; tried again later
+CODES = (NO_ROOM, NEVER_FITS, BY_ORDER, RESERVED, LAUNCH_REFUSED, QUOTA)
+WAITING_FOR_ROOM = (NO_ROOM, RESERVED)  # what counts towards "the cluster is full"
 STRATEGIES = (BEST_EFFORT, STRICT)
 GPU_TAINT = "nvidia.com/gpu"  # GPU jobs tolerate it (the manifest adds the toleration)
 
@@ -55,14 +64,44 @@ class Waiting:
     front: bool = False  # requeued: ahead of its class
 
 
+@dataclass(frozen=True)
+class Wait:
+    """Why one job still waits: a code from CODES, the resource that is short (gpu, cpu,
+    memory, slots; None when no single one is), and the sentence people read."""
+
+    code: str
+    resource: str | None
+    text: str
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "resource": self.resource, "text": self.text}
+
+
 @dataclass
 class Decision:
     placements: list = field(default_factory=list)  # [(job id, node name)]
-    reasons: dict = field(default_factory=dict)  # job id -> why it still waits
-    never_fits: set = field(default_factory=set)  # ids no node could ever take (as the cluster is now)
-    by_order: set = field(default_factory=set)  # ids that wait for jobs ahead (StrictFIFO), not for room
-    by_quota: set = field(default_factory=set)  # ids held back by their team's or user's quota, not by room
+    waits: dict = field(default_factory=dict)  # job id -> Wait
+
+    @property
+    def reasons(self) -> dict:
+        """job id -> the sentence."""
+        return {j: w.text for j, w in self.waits.items()}
+
+    def with_code(self, *codes: str) -> set:
+        return {j for j, w in self.waits.items() if w.code in codes}
+
+    @property
+    def never_fits(self) -> set:  # ids no node could ever take (as the cluster is now)
+        return self.with_code(NEVER_FITS)
+
+    @property
+    def by_order(self) -> set:  # ids that wait for jobs ahead (StrictFIFO), not for room
+        return self.with_code(BY_ORDER)
     borrowing: set = field(default_factory=set)  # placed ids that take their holder beyond its nominal quota
+
+    @property
+    def by_quota(self) -> set:  # ids held back by their team's or user's quota, not by room
+        return self.with_code(QUOTA)
 
 
 def _tolerates(job: Waiting, node: Node) -> bool:
@@ -83,39 +122,41 @@ def _selector_text(sel: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in sel.items())
 
 
-def _short_reason(job: Waiting, usable: list[Node], free: dict) -> str:
-    """Name the resource that is short on the best candidate node."""
+def _short_reason(job: Waiting, usable: list[Node], free: dict) -> tuple[str | None, str]:
+    """(resource, sentence): the resource that is short on the best candidate node."""
     checks = [
         ("gpu", job.gpu, lambda n: free[n.name][2], lambda v: f"{v} GPU{'s' if v != 1 else ''}"),
         ("cpu", job.cpu_millis, lambda n: free[n.name][0], lambda v: f"{format_cpu(v)} CPU"),
         ("memory", job.memory_bytes, lambda n: free[n.name][1], lambda v: f"{format_memory(v)} memory"),
     ]
-    for _, need, get, fmt in checks:
+    for resource, need, get, fmt in checks:
         if need and all(get(n) < need for n in usable):
             best = max(get(n) for n in usable)
-            return f"needs {fmt(need)} on one node; the largest free is {fmt(max(best, 0))}"
+            return resource, f"needs {fmt(need)} on one node; the largest free is {fmt(max(best, 0))}"
     if all(free[n.name][3] <= 0 for n in usable):
-        return "every job slot is busy (node pod capacity / local slots)"
-    return "no single node has room for all of cpu, memory and GPUs together right now"
+        return "slots", "every job slot is busy (node pod capacity / local slots)"
+    return None, "no single node has room for all of cpu, memory and GPUs together right now"
 
 
-def _never_reason(job: Waiting, nodes: list[Node]) -> str:
+def _never_reason(job: Waiting, nodes: list[Node]) -> tuple[str | None, str]:
     live = [n for n in nodes if n.ready and n.schedulable]
     if not live:
-        return "no Ready, schedulable node in the cluster"
+        return "nodes", "no Ready, schedulable node in the cluster"
     matching = [n for n in live if all(n.labels.get(k) == v for k, v in job.node_selector.items())]
     if not matching:
-        return f"no node matches {_selector_text(job.node_selector)}"
+        return "node_selector", f"no node matches {_selector_text(job.node_selector)}"
     tolerated = [n for n in matching if _tolerates(job, n)]
     if not tolerated:
-        return "every matching node has a taint this job does not tolerate"
-    for need, get, fmt in ((job.gpu, lambda n: n.gpu, lambda v: f"{v} GPU{'s' if v != 1 else ''}"),
-                           (job.cpu_millis, lambda n: n.cpu_millis, lambda v: f"{format_cpu(v)} CPU"),
-                           (job.memory_bytes, lambda n: n.memory_bytes, lambda v: f"{format_memory(v)} memory")):
+        return "taints", "every matching node has a taint this job does not tolerate"
+    for resource, need, get, fmt in (
+            ("gpu", job.gpu, lambda n: n.gpu, lambda v: f"{v} GPU{'s' if v != 1 else ''}"),
+            ("cpu", job.cpu_millis, lambda n: n.cpu_millis, lambda v: f"{format_cpu(v)} CPU"),
+            ("memory", job.memory_bytes, lambda n: n.memory_bytes, lambda v: f"{format_memory(v)} memory")):
         largest = max(get(n) for n in tolerated)
         if need > largest:
-            return f"can never fit as the cluster is now: needs {fmt(need)} on one node; the largest node has {fmt(largest)}"
-    return "can never fit as the cluster is now: no node is large enough for all of it"
+            return resource, (f"can never fit as the cluster is now: needs {fmt(need)} on one node; "
+                              f"the largest node has {fmt(largest)}")
+    return None, "can never fit as the cluster is now: no node is large enough for all of it"
 
 
 def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
@@ -139,7 +180,8 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
     gpu_first, cpu_first = gpu_nodes + cpu_nodes, cpu_nodes + gpu_nodes  # keep GPU nodes for GPU jobs
     failed_shapes: dict[tuple, set[tuple]] = {}  # selector -> distinct shapes that found no room this pass
     reserved: set[str] = set()
-    why: dict[tuple, tuple[str, set]] = {}
+    held_for: Waiting | None = None  # the starving job the reserved nodes are held for
+    why: dict[tuple, tuple[str | None, str, set]] = {}
     waiting_ahead = 0
     held = {k: dict(v) for k, v in (held or {}).items()}
     order, second_round = list(heads), set()
@@ -148,8 +190,7 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
         if quotas:
             verdict = quota.check(quotas, job.team, job.owner, need, held)
             if not verdict.ok:
-                decision.reasons[job.id] = verdict.reason
-                (decision.never_fits if verdict.never else decision.by_quota).add(job.id)
+                decision.waits[job.id] = Wait(NEVER_FITS if verdict.never else QUOTA, "quota", verdict.reason)
                 continue
             if verdict.borrows and job.id not in second_round:
                 second_round.add(job.id)
@@ -158,8 +199,8 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
         sel_key = tuple(sorted(job.node_selector.items()))
         shape = (job.cpu_millis, job.memory_bytes, job.gpu)
         if strategy == STRICT and waiting_ahead:
-            decision.reasons[job.id] = f"{waiting_ahead} job{'s' if waiting_ahead > 1 else ''} ahead must start first (StrictFIFO)"
-            decision.by_order.add(job.id)
+            decision.waits[job.id] = Wait(BY_ORDER, None, f"{waiting_ahead} job{'s' if waiting_ahead > 1 else ''} "
+                                                          "ahead must start first (StrictFIFO)")
             waiting_ahead += 1
             continue
         node = None
@@ -190,17 +231,28 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
         if cached is None:  # one O(nodes) look per distinct request shape and selector
             candidates = [n for n in nodes if usable(job, n)]
             possible = [n for n in candidates if _fits_total(job, n)]
-            reason = _short_reason(job, possible, free) if possible else _never_reason(job, nodes)
-            cached = why[(sel_key, shape)] = (reason, {n.name for n in possible})
-        reason, possible_names = cached
+            resource, reason = _short_reason(job, possible, free) if possible else _never_reason(job, nodes)
+            cached = why[(sel_key, shape)] = (resource, reason, {n.name for n in possible})
+        resource, reason, possible_names = cached
         if not possible_names:
-            decision.reasons[job.id] = reason
-            decision.never_fits.add(job.id)
+            decision.waits[job.id] = Wait(NEVER_FITS, resource, reason)
             continue  # it cannot block anyone: nothing could ever start it as things are
-        if reserved & possible_names:
-            reason += "; nodes held for a job that has waited longer"
-        decision.reasons[job.id] = reason
+        code = NO_ROOM
+        if held_for is not None and reserved & possible_names:
+            held_text = (f"nodes held for job {held_for.id}, which has waited longer "
+                         f"({int(held_for.waited_seconds // 60)} min)")
+            if _fits_now(job, [n for n in nodes if n.name in reserved & possible_names], free):
+                code, resource, reason = RESERVED, resource, held_text  # the room is there, but held
+            else:
+                reason += "; " + held_text
+        decision.waits[job.id] = Wait(code, resource, reason)
         if waiting_ahead == 0 and job.waited_seconds >= starvation_seconds and strategy == BEST_EFFORT:
             reserved |= possible_names
+            held_for = job
         waiting_ahead += 1
     return decision
+
+
+def _fits_now(job: Waiting, candidates: list[Node], free: dict) -> bool:
+    return any(free[n.name][3] > 0 and free[n.name][2] >= job.gpu and free[n.name][0] >= job.cpu_millis
+               and free[n.name][1] >= job.memory_bytes and usable(job, n) for n in candidates)

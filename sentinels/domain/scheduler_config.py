@@ -21,6 +21,7 @@ class SchedulerConfig:
     orphan_grace_seconds: int = 30  # a queue entry without a record is dropped after this
     reason_window: int = 500  # waiting jobs whose reason is kept up to date
     concurrency: int = 32  # placements applied at once
+    launch_backoff_max_seconds: float = 300.0  # a job whose launch the cluster refused waits at most this long
     tick_seconds: float = 10.0  # timer events of the embedded default (SENTINELS_TICK wins)
 
     @classmethod

@@ -15,7 +15,7 @@ ACTIVE = frozenset({SCHEDULED, RUNNING})
 
 ALLOWED = {
     BUILDING: {QUEUED, FAILED, CANCELLED},
-    QUEUED: {SCHEDULED, CANCELLED},
+    QUEUED: {SCHEDULED, CANCELLED, FAILED},  # FAILED: the cluster refused its launch for good
     SCHEDULED: {RUNNING, QUEUED, CANCELLED, FAILED, SUCCEEDED},
     RUNNING: {SUCCEEDED, FAILED, QUEUED, CANCELLED},
     SUCCEEDED: set(), FAILED: set(), CANCELLED: set(),
@@ -48,6 +48,18 @@ def transition(record: dict, to: str, *, now: str, reason: str = "", **changes) 
     if to == QUEUED and state in ACTIVE:
         new["attempts"] = record.get("attempts", 1) + 1
     return new
+
+
+def reason_now(record: dict, waiting: dict | None) -> str:
+    """The one answer to "why is it in this state" for every reader (status, ls, queue).
+
+    A QUEUED job's reason is the last scheduling pass's (`waiting`, the document the
+    scheduler writes to the board: {"reasons": {id: text}, "codes": {id: [code, resource]}});
+    any other job's is its record's.
+    """
+    if record.get("state") == QUEUED:
+        return ((waiting or {}).get("reasons") or {}).get(record.get("id")) or record.get("reason") or ""
+    return record.get("reason") or ""
 
 
 def runs_made(record: dict) -> int:
