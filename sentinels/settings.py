@@ -147,7 +147,8 @@ class Settings:
             raise ConfigError("configuration: limits must be a mapping (cpu, memory, gpu, timeout, retries)")
         env_roots = self.env.get("SENTINELS_DATA_ROOTS")
         roots = env_roots.split(":") if env_roots else self.file.get("data_roots") or ["/datasets", str(self.home / "data")]
-        local = self.backend() == "local"
+        # the process runtime (what `up` resolved, else the default) has no image entrypoint
+        local = self.backend() == "local" and self.runtime() in (None, "process")
         try:
             base = Limits()
             return Limits(

@@ -81,7 +81,7 @@ def test_retried_submit_returns_the_same_job(stack):
 
 @pytest.mark.parametrize("kind,data,token,status,words", [
     (SUBMIT, {"spec": {**SPEC, "bogus": 1}}, "alice", 400, "unknown field"),
-    (SUBMIT, {"spec": {"image": "python:3.11"}}, "alice", 400, "command: required here (the local runtime"),
+    (SUBMIT, {"spec": {"image": "python:3.11"}}, "alice", 400, "command: required here (the local process runtime"),
     (SUBMIT, {"spec": {**SPEC, "name": "Not_DNS"}}, "alice", 400, "DNS-1123"),
     (SUBMIT, {"spec": {**SPEC, "resources": {"memory": "10Zi"}}}, "alice", 400, "unknown unit"),
     (SUBMIT, {"spec": {**SPEC, "resources": {"gpu": 1.5}}}, "alice", 400, "whole number"),

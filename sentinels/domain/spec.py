@@ -47,7 +47,7 @@ class Limits:
     default_cpu_millis: int = 1000
     default_memory_bytes: int = 2**30
     default_outputs: str = "/outputs"
-    command_required: bool = False  # the local runtime runs processes: no image entrypoint to fall back on
+    command_required: bool = False  # the local process runtime: no image entrypoint to fall back on
 
 
 @dataclass
@@ -321,8 +321,8 @@ def validate(raw, limits: Limits = Limits()) -> dict:
     out["command"] = _str_list(raw["command"], "command") if raw.get("command") is not None else []
     out["args"] = _str_list(raw["args"], "args") if raw.get("args") is not None else []
     if limits.command_required and not out["command"]:
-        raise InvalidSpec("command: required here (the local runtime runs jobs as processes, with no image "
-                          "entrypoint to fall back on); give it after --, e.g. "
+        raise InvalidSpec("command: required here (the local process runtime runs the command on this machine, "
+                          "with no image entrypoint to fall back on); give it after --, e.g. "
                           "`sentinels submit IMAGE -- python train.py`", "command")
     env = _scalar_map(_mapping_or_empty(raw, "env"), "env", ENV_NAME.match, "an environment variable name")
     reserved = [k for k in env if k.startswith("SENTINELS_")]
