@@ -1,4 +1,4 @@
-"""`sentinels`: submit, inspect and cancel experiments (DESIGN §8).
+"""`sentinels`: submit, inspect and cancel experiments.
 
 Writes go as CloudEvents to the submit function; reads go to JetStream directly.
 Every command takes `-o table|json|yaml`; errors go to stderr with a non-zero exit.

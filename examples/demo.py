@@ -87,3 +87,10 @@ try:
 finally:
     sentinels("down", check=False)
 print(f"\n== demo finished in {time.monotonic() - t0:.0f} s; data kept in {HOME.relative_to(ROOT)}/")
+print(f"""
+== to look at what it did
+   export SENTINELS_HOME={HOME}
+   .venv/bin/sentinels up -d && .venv/bin/sentinels ls --all --all-users    # every job, finished ones too
+   .venv/bin/mlflow ui --backend-store-uri sqlite:///{HOME / 'mlflow' / 'mlflow.db'}   # the MLflow runs, then http://127.0.0.1:5000
+   ls {HOME / 'jobs'}/<id>/    # a job's attempt-<n>.log, outputs/ and job.yaml; components log to {HOME / 'logs'}/
+   .venv/bin/sentinels down""")

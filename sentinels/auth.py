@@ -1,4 +1,4 @@
-"""Bearer tokens to identities (user, team, role), from a tokens file (DESIGN §9).
+"""Bearer tokens to identities (user, team, role), from a tokens file.
 
 File format (YAML): `users: [{user, team, role, token | token_sha256}]`. With no file
 configured, the embedded default runs single-user: every caller is the local user as admin.

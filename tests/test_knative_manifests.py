@@ -21,7 +21,7 @@ FILES = ("broker.yaml", "triggers.yaml", "pingsource.yaml", "apiserversource.yam
          "configmap.yaml", "networkpolicies.yaml")
 CORE = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "NetworkPolicy"}
 SERVICES = {"sentinels-submit", "sentinels-schedule", "sentinels-on-job-event", "sentinels-alert"}
-ROUTES = {  # function -> event types (the routing table of DESIGN §6)
+ROUTES = {  # function -> event types (the routing table)
     "submit": ["io.sentinels.job.submit", "io.sentinels.job.cancel", "io.sentinels.job.reprioritize"],
     "schedule": ["io.sentinels.job.queued", "dev.knative.sources.ping", "io.sentinels.capacity.changed",
                  "io.sentinels.job.succeeded", "io.sentinels.job.failed", "io.sentinels.job.cancelled",

@@ -1,7 +1,7 @@
 """The Kubernetes objects of a job: strictly valid for Kubernetes 1.31, and a whitelist.
 
 Every generated Job and ConfigMap goes through kubernetes-validate (strict: unknown fields
-fail), then the tests check what DESIGN §7 asks for and that nothing from the spec can
+fail), then the tests check what Kubernetes Jobs need and that nothing from the spec can
 reach a privileged pod field.
 """
 

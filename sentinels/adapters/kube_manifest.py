@@ -1,4 +1,4 @@
-"""The Kubernetes objects for one job (DESIGN §7), built from its record without I/O.
+"""The Kubernetes objects for one job, built from its record without I/O.
 
 Kept apart from the API calls so the whitelist can be read and tested on its own: only
 the fields written here reach the pod. Nothing from the spec can ask for a hostPath,

@@ -1,4 +1,4 @@
-"""The `Cluster` port on Kubernetes, through the official client (DESIGN §7).
+"""The `Cluster` port on Kubernetes, through the official client.
 
 Jobs run as batch/v1 Jobs built by `kube_manifest`; free capacity is read from Nodes and
 non-terminal Pods. Every call is idempotent (409 on create and 404 on delete are

@@ -1,4 +1,4 @@
-"""CloudEvent type names (DESIGN §6) and the shape of the envelope, as plain data."""
+"""CloudEvent type names and the shape of the envelope, as plain data."""
 
 JOB_SUBMIT = "io.sentinels.job.submit"
 JOB_CANCEL = "io.sentinels.job.cancel"

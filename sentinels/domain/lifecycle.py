@@ -1,4 +1,4 @@
-"""What an observation means for a job record (DESIGN §4): pure, no I/O.
+"""What an observation means for a job record: pure, no I/O.
 
 `decide()` maps one Observation (from `observe.py`) and the job's current record to a
 `Step`: the state to move to (through the one guarded `states.transition`), the reason,

@@ -1,4 +1,4 @@
-"""What a Kubernetes change means for a job (DESIGN §4, §6): pure, no I/O.
+"""What a Kubernetes change means for a job: pure, no I/O.
 
 The ApiServerSource (Resource mode) and the local executor deliver whole Job, Pod and
 Node objects with `status`; `observe()` turns one of them into an `Observation` the

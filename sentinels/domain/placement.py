@@ -1,4 +1,4 @@
-"""Placement (DESIGN §7): which waiting jobs start now, on which node, and why the rest wait.
+"""Placement: which waiting jobs start now, on which node, and why the rest wait.
 
 Pure: the caller passes the queue heads (already in queue order), the free capacity per
 node and `now`. One pass accounts for what it already placed. Strategies:

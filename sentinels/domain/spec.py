@@ -1,4 +1,4 @@
-"""The job spec (DESIGN §3): a whitelist of fields, each validated with a message naming it.
+"""The job spec: a whitelist of fields, each validated with a message naming it.
 
 `validate(raw, limits)` turns untrusted YAML/JSON into a normalised dict or raises
 `InvalidSpec`. Nothing outside this whitelist can reach a pod, so no spec can ask for

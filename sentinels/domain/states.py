@@ -1,4 +1,4 @@
-"""The job state machine (DESIGN §4) and the one guarded transition function.
+"""The job state machine and the one guarded transition function.
 
 Terminal states never change; a transition that is not in the table is refused, so a
 late or duplicate event cannot move a job backwards.

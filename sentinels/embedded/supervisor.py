@@ -8,6 +8,7 @@ child gets SIGTERM from the kernel if the supervisor itself is killed (-9 includ
 """
 
 import asyncio
+import importlib.util
 import json
 import os
 import signal
@@ -182,7 +183,12 @@ class Supervisor:
         self.stopping = False
         self.runtime = local_runtime(settings).name if settings.backend() == "local" else None
         self.store_uri = settings.mlflow_uri()
-        self.mlflow_url = mlflow_server_url(settings)
+        self.mlflow_off = None  # why tracking is off, said once at start
+        if self.store_uri.startswith("sqlite:") and importlib.util.find_spec("sqlalchemy") is None:
+            self.mlflow_off = ("MLflow tracking is off: a local MLflow store needs the full mlflow package "
+                               "(pip install 'sentinels[mlflow]'), or set MLFLOW_TRACKING_URI to an MLflow server")
+            self.store_uri = "none"
+        self.mlflow_url = None if self.mlflow_off else mlflow_server_url(settings)
 
     def env(self, user: str = "admin") -> dict:
         """A child's environment: only what that child needs (`child_env`), with the NATS
@@ -271,6 +277,8 @@ class Supervisor:
                                                             "nats_url": self.s.nats_url, "mlflow_ui": self.mlflow_url}))
 
     def _start(self) -> None:
+        if self.mlflow_off:
+            print(f"sentinels: {self.mlflow_off}", file=sys.stderr, flush=True)
         init = self.init_mlflow()
         self.start_nats()
         asyncio.run(self._ensure_streams())

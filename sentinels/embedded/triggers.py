@@ -25,8 +25,9 @@ class Trigger:
 
 
 def knative_dir() -> Path:
-    """The manifests shipped with the code (`Settings.knative_dir()` may name others)."""
-    return Path(__file__).resolve().parents[2] / "knative"
+    """The manifests shipped with the code: `sentinels/knative` (a link to the repository's
+    knative/ folder, a copy in an installed wheel); `Settings.knative_dir()` may name others."""
+    return Path(__file__).resolve().parents[1] / "knative"
 
 
 def _iso_seconds(text: str) -> float:
