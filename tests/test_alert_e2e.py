@@ -19,7 +19,8 @@ from sentinels.embedded import natsd
 def slack_stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     (home / "config.yaml").write_text(yaml.safe_dump({"notify": {"capacity": {"after": "1s"}},
-                                                      "events": {"max_backoff": "1s"}}))
+                                                      "events": {"max_backoff": "1s"},
+                                                      "local": {"cpu": 4, "memory": "8Gi"}}))
     with FakeSlack() as fake:
         base = free_block()
         env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_URL": f"http://127.0.0.1:{base}",
@@ -58,12 +59,19 @@ def test_one_message_per_ending_and_per_episode(slack_stack):
     assert len(failed) == 1 and "failed" in failed[0]["text"]
     assert "the last words" in json.dumps(failed[0]["blocks"]) and "exit code 4" in json.dumps(failed[0]["blocks"])
 
-    huge = cli(env, "submit", "python:3.11", "--cpu", "60", "--name", "huge", "--", "true").stdout.strip()
-    assert wait_for(lambda: any("wait" in t and "CPU" in t for t in texts(fake)), timeout=40), texts(fake)
+    # a job that can never fit waits for a bigger machine, not for room: no "cluster full"
+    never = cli(env, "submit", "python:3.11", "--cpu", "60", "--name", "never", "--", "true").stdout.strip()
+    time.sleep(4)
+    assert len(fake.messages) == 2, texts(fake)
+    cli(env, "cancel", never)
+    sleep = ["--", sys.executable, "-c", "import time; time.sleep(600)"]
+    blocker = cli(env, "submit", "python:3.11", "--cpu", "4", "--name", "blocker", *sleep).stdout.strip()
+    huge = cli(env, "submit", "python:3.11", "--cpu", "4", "--name", "huge", "--", "true").stdout.strip()
+    assert wait_for(lambda: any("wait" in t and "CPU" in t for t in texts(fake)), timeout=60), texts(fake)
     time.sleep(3)  # several more passes: still one message for the episode
     exhausted = [t for t in texts(fake) if "CPU" in t and "wait" in t]
-    assert len(exhausted) == 1, texts(fake)
-    cli(env, "cancel", huge)
+    assert len(exhausted) == 1 and "1 job waits for CPU cores" in exhausted[0], texts(fake)
+    cli(env, "cancel", huge, blocker)
     assert wait_for(lambda: any("recovered" in t.lower() for t in texts(fake)), timeout=40), texts(fake)
     time.sleep(2)
     assert len([t for t in texts(fake) if "recovered" in t.lower()]) == 1
