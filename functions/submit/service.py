@@ -49,7 +49,7 @@ class SubmitService:
         record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now,
                                 queue_seq=seq)
         self._runtime_fields(record)
-        record["config"] = job_config(raw, spec)
+        record["config"] = job_config(raw if isinstance(raw, dict) else {}, spec)
         # The record, its history entry and the queued event go out together: the latter two
         # carry deterministic ids, so a retry repeats nothing, and an event that beats its
         # record is harmless (the scheduler waits for records; see orphan_grace).

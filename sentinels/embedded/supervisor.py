@@ -313,7 +313,7 @@ class Supervisor:
 
         pending = {name: self.s.function_port(serve.FUNCTIONS[name][2]) for name in serve.available()}
         host = urlparse(self.s.url).hostname or "127.0.0.1"
-        want_consumers = {t.name for t in triggers.load()}
+        want_consumers = {t.name for t in triggers.load(self.s.knative_dir())}
         executor = self.s.backend() == "local"
         nc = await jetstream.connect(self.s.nats_url, "sentinels-up",
                                      login=jetstream.credentials(str(natsauth.credentials_file(self.s.home, "admin"))))
