@@ -53,5 +53,5 @@ def test_up_refuses_a_named_engine_that_is_not_there_in_one_line(tmp_path):
                        timeout=120)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == \
-        "sentinels: sentinels up: local.runtime: docker does not answer (docker is not installed)"
+        "sentinels: up: local.runtime: docker does not answer (docker is not installed)"
     assert not (tmp_path / "run" / "up.pid").exists()

@@ -37,7 +37,7 @@ def test_sections_are_typed_and_parsed_once(tmp_path):
     ({"lifecycle": {"max_attempt": 5}}, "lifecycle: unknown key(s) max_attempt"),
     ({"lifecycle": {"max_attempts": "many"}}, "must be numbers"),
     ({"lifecycle": ["max_attempts"]}, "configuration: lifecycle must be a mapping"),
-    ({"scheduler": {"tick": 0}}, "scheduler: tick must be more than 0 seconds"),
+    ({"scheduler": {"tick": 0}}, "scheduler.tick: must be a number of seconds more than 0"),
     ({"scheduler": {"tick": "often"}}, "scheduler: scheduler.tick: 'often' is not a duration"),
     ({"scheduler": {"strategy": "Fastest"}}, "scheduler: strategy must be one of"),
     ({"backend": "kubernetes", "kubernetes": {"namespace": "Bad_Name"}}, "kubernetes"),

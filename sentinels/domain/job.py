@@ -46,6 +46,7 @@ class JobRecord(TypedDict, total=False):
     build_job: str  # the Job that builds its image
     build_started: bool  # the scheduler handed the build to a builder
     image_id: Optional[str]  # the built image's id or digest
+    config: dict[str, Any]  # what the job reads at SENTINELS_CONFIG (domain.spec.job_config)
     # schedule
     node: Optional[str]  # where it was placed
     mlflow: dict[str, Any]  # {run_id, experiment_id, url, synced_state} (domain.tracking)
@@ -59,6 +60,7 @@ class JobRecord(TypedDict, total=False):
     previous_job: Optional[str]  # the attempt's Job to stop when it was requeued
     log_tail: list[str]  # the last log lines of a failed job
     exit_code: Optional[int]
+    runs: list[dict[str, Any]]  # every ended run (pod), retries included: {run, generation, exit_code, reason, pod}
     preemptions: int  # times it was stopped for another job (not counted as attempts cut short)
 
 
