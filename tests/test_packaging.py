@@ -1,6 +1,5 @@
 """The wheel as `pip install .` builds it: the router's trigger table ships inside the
-package, Slack and the MLflow client are core dependencies, and the embedded default
-says in one line when the full MLflow (the local store) is absent."""
+package, Slack and the MLflow client are core dependencies."""
 
 import subprocess
 import sys
@@ -40,17 +39,3 @@ def test_slack_and_the_mlflow_client_are_core_dependencies(wheel):
     core = [r for r in requires if "extra ==" not in r]
     assert any(r.startswith("slack-sdk") for r in core) and any(r.startswith("mlflow-skinny") for r in core)
     assert any(r.startswith("mlflow>") and 'extra == "mlflow"' in r for r in requires)
-
-
-def test_without_the_full_mlflow_a_local_store_is_one_clear_line(tmp_path, monkeypatch):
-    import importlib.util
-
-    from sentinels.embedded import supervisor
-    from sentinels.settings import Settings
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sqlalchemy" else real(name, *a))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    sup = supervisor.Supervisor(Settings.load(env={"SENTINELS_HOME": str(tmp_path)}))
-    assert sup.mlflow_off.startswith("MLflow tracking is off: a local MLflow store needs the full mlflow package")
-    assert sup.env()["MLFLOW_TRACKING_URI"] == "none" and sup.mlflow_url is None and sup.init_mlflow() is None

@@ -8,16 +8,13 @@ child gets SIGTERM from the kernel if the supervisor itself is killed (-9 includ
 """
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
-import socket
 import time
 import urllib.request
-from urllib.parse import urlparse
 
 from ..domain.errors import ConfigError
 from ..settings import Settings
@@ -27,6 +24,7 @@ from . import lifeline, natsauth, natsd, serve
 PID_FILE = "up.pid"
 SERVICES = {"executor": "sentinels.embedded.executor", "router": "sentinels.embedded.router"}
 MLFLOW_PORT_OFFSET = 5  # the MLflow server listens on the submit port + 5
+START_SECONDS = 120  # for the functions to answer: minutes on a loaded machine, not seconds
 
 
 def mlflow_server_url(settings: Settings, env=None) -> str | None:
@@ -74,40 +72,6 @@ def child_env(name: str, env) -> dict:
     extra = EXTRA_ENV.get(name, ())
     return {k: v for k, v in env.items() if k not in NEVER and (
         k in BASE_ENV or k.startswith("SENTINELS_") or any(k.startswith(p) for p in extra))}
-
-
-START_TIMEOUT = float(os.environ.get("SENTINELS_START_TIMEOUT") or 240)  # a loaded machine starts slowly
-
-
-def _last_line(path) -> str:
-    try:
-        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1].strip()[:300] if lines else "no output"
-
-
-async def _consumers(js):
-    from ..domain.names import EVENTS_STREAM
-
-    try:
-        for info in await js.consumers_info(EVENTS_STREAM):
-            yield info.name
-    except Exception:  # the stream is being made: nothing yet
-        return
-
-
-def answers(url: str, timeout: float = 1.0) -> bool:
-    """The server at `url` answers HTTP (any status below 500): it is up."""
-    import urllib.error
-
-    try:
-        with urllib.request.urlopen(url + "/", timeout=timeout) as r:
-            return r.status < 500
-    except urllib.error.HTTPError as e:
-        return e.code < 500
-    except Exception:
-        return False
 
 
 def pid_alive(pid: int) -> bool:
@@ -183,12 +147,7 @@ class Supervisor:
         self.stopping = False
         self.runtime = local_runtime(settings).name if settings.backend() == "local" else None
         self.store_uri = settings.mlflow_uri()
-        self.mlflow_off = None  # why tracking is off, said once at start
-        if self.store_uri.startswith("sqlite:") and importlib.util.find_spec("sqlalchemy") is None:
-            self.mlflow_off = ("MLflow tracking is off: a local MLflow store needs the full mlflow package "
-                               "(pip install 'sentinels[mlflow]'), or set MLFLOW_TRACKING_URI to an MLflow server")
-            self.store_uri = "none"
-        self.mlflow_url = None if self.mlflow_off else mlflow_server_url(settings)
+        self.mlflow_url = mlflow_server_url(settings)
 
     def env(self, user: str = "admin") -> dict:
         """A child's environment: only what that child needs (`child_env`), with the NATS
@@ -229,56 +188,9 @@ class Supervisor:
         else:
             self.spawn(name)
 
-    def ports(self) -> list[tuple[str, str, int]]:
-        """(component, host, port) for everything `up` listens on."""
-        nats_host = urlparse(self.s.nats_url).hostname or "127.0.0.1"
-        host = urlparse(self.s.url).hostname or "127.0.0.1"
-        mlflow = [("mlflow", host, self.s.function_port(MLFLOW_PORT_OFFSET))] if self.mlflow_url else []
-        return [("nats", nats_host, self.s.nats_port())] + [
-            (name, host, self.s.function_port(serve.FUNCTIONS[name][2])) for name in serve.available()] + mlflow
-
-    def check_ports(self) -> None:
-        """A busy port stops `up` before anything starts (else a child dies, or joins another stack)."""
-        for component, host, port in self.ports():
-            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
-                try:
-                    sock.bind((host, port))
-                except OSError as e:
-                    raise ConfigError(f"port {port} on {host} ({component}) is not free ({e.strerror}); stop what "
-                                      "uses it or choose other ports with SENTINELS_URL / SENTINELS_NATS_URL") from None
-
-    def check_kubernetes(self) -> None:
-        """With the Kubernetes backend, its API must answer before `up` says it is up."""
-        from ..adapters.kube_manifest import KubeConfig
-        from ..adapters.kubernetes import KubernetesCluster
-        from ..domain.errors import SentinelsError
-
-        try:
-            asyncio.run(asyncio.wait_for(KubernetesCluster(KubeConfig.from_dict(self.s.section("kubernetes"))).nodes(),
-                                         START_TIMEOUT / 6))
-        except SentinelsError as e:
-            raise ConfigError(f"kubernetes: {e.message}") from None
-        except asyncio.TimeoutError:
-            raise ConfigError(f"kubernetes: the API did not answer within {START_TIMEOUT / 6:.0f} s") from None
-
     def start(self) -> None:
-        self.check_ports()
-        if self.s.backend() == "kubernetes":
-            self.check_kubernetes()
         for d in (self.s.home, self.logs, self.s.run_dir, self.s.home / "jobs"):
             d.mkdir(parents=True, exist_ok=True)
-        try:
-            self._start()
-        except BaseException:
-            self.stop()  # nothing is left running
-            raise
-        (self.s.run_dir / PID_FILE).write_text(json.dumps({"pid": os.getpid(), "url": self.s.url,
-                                                            "nats_url": self.s.nats_url, "mlflow_ui": self.mlflow_url}))
-
-    def _start(self) -> None:
-        if self.mlflow_off:
-            print(f"sentinels: {self.mlflow_off}", file=sys.stderr, flush=True)
         init = self.init_mlflow()
         self.start_nats()
         asyncio.run(self._ensure_streams())
@@ -292,61 +204,17 @@ class Supervisor:
         for name in serve.available():
             self.spawn(name)
         self.spawn("router")
-        asyncio.run(self._until_healthy())
+        deadline = time.monotonic() + START_SECONDS
+        while not healthy(self.s.url):
+            dead = [n for n, p in self.children.items() if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError(f"{', '.join(dead) or 'submit'} did not start; see {self.logs}")
+            time.sleep(0.05)
         if self.mlflow_url:  # started last, not awaited (it is slow to start): runs catch up once it answers
             self.spawn("mlflow")
-
-    def _died(self) -> None:
-        for name, proc in self.children.items():
-            if proc.poll() is not None:
-                raise ConfigError(f"{name} exited during start-up (code {proc.returncode}): "
-                                  f"{_last_line(self.logs / (name + '.log'))}")
-
-    async def _until_healthy(self) -> None:
-        """Return once every component answers its health check; raise naming the first that
-        died or did not answer in time: functions over HTTP, the executor over NATS request,
-        the router by its durable consumers."""
-        from ..adapters import jetstream
-        from ..adapters.local import LocalCluster
-        from ..domain.errors import SentinelsError
-        from . import triggers
-
-        pending = {name: self.s.function_port(serve.FUNCTIONS[name][2]) for name in serve.available()}
-        host = urlparse(self.s.url).hostname or "127.0.0.1"
-        want_consumers = {t.name for t in triggers.load(self.s.knative_dir())}
-        executor = self.s.backend() == "local"
-        nc = await jetstream.connect(self.s.nats_url, "sentinels-up",
-                                     login=jetstream.credentials(str(natsauth.credentials_file(self.s.home, "admin"))))
-        js = nc.jetstream()
-        deadline = time.monotonic() + START_TIMEOUT
-        try:
-            while True:
-                if self.stopping:
-                    raise ConfigError("interrupted during start-up")
-                self._died()
-                for name, port in list(pending.items()):
-                    if await asyncio.to_thread(answers, f"http://{host}:{port}"):
-                        del pending[name]
-                if executor:
-                    try:
-                        await LocalCluster(nc, timeout=2).nodes()
-                        executor = False
-                    except SentinelsError:
-                        pass
-                if want_consumers:
-                    names = set()
-                    async for info in _consumers(js):
-                        names.add(info)
-                    want_consumers -= names
-                if not (pending or executor or want_consumers):
-                    return
-                if time.monotonic() > deadline:
-                    waiting = sorted(pending) + (["executor"] if executor else []) + (["router"] if want_consumers else [])
-                    raise ConfigError(f"{', '.join(waiting)} did not answer within {START_TIMEOUT:.0f} s; "
-                                      f"see {self.logs}")
-                await asyncio.sleep(0.1)
-        finally:
-            await nc.close()
+        (self.s.run_dir / PID_FILE).write_text(json.dumps({"pid": os.getpid(), "url": self.s.url,
+                                                            "nats_url": self.s.nats_url, "mlflow_ui": self.mlflow_url}))
 
     def mlflow_command(self) -> list[str]:
         """`mlflow server` of the installed package on the local store, serving artifacts."""
@@ -454,7 +322,7 @@ if __name__ == "__main__":
     main()
 
 
-def start_background(settings: Settings, timeout: float = START_TIMEOUT + 60) -> int:
+def start_background(settings: Settings, timeout: float = 60) -> int:
     """Start the supervisor detached; return its pid once the submit function answers."""
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "logs").mkdir(exist_ok=True)
@@ -465,10 +333,9 @@ def start_background(settings: Settings, timeout: float = START_TIMEOUT + 60) ->
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:  # it said why on its last line: "sentinels up: <why>"
-            line = _last_line(log)
-            raise ConfigError(line.removeprefix("sentinels up: ") if line.startswith("sentinels up: ")
-                              else f"the embedded default did not start: {line} (see {log})")
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise ConfigError("the embedded default did not start:\n  " + "\n  ".join(tail))
         if running_pid(settings) == proc.pid and healthy(settings.url):
             return proc.pid
         time.sleep(0.05)
