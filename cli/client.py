@@ -1,17 +1,17 @@
-"""How the CLI talks to sentinels: writes as CloudEvents over HTTP, reads from JetStream.
+"""How the CLI talks to sentinels: the HTTP API only, through the standard library.
 
-Writes carry a fresh CloudEvent id that is reused on retry, so a retried submit can
-never create a second job. Every failure becomes a `CliError` with a message for people.
+Reads are `GET /v1/...`, writes are CloudEvents on `POST /`, all at SENTINELS_URL with
+the bearer token; nothing here imports NATS, Kubernetes or MLflow, so a command starts
+in a blink and works from any machine that reaches SENTINELS_URL. Writes carry a fresh
+CloudEvent id that is reused on retry, so a retried submit never creates a second job.
 """
 
-import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 import uuid
+from urllib.parse import urlencode
 
-from sentinels.domain.errors import SentinelsError
+from . import wire
 
 SOURCE = "sentinels/cli"
 
@@ -23,84 +23,119 @@ class CliError(Exception):
         self.code = code
 
 
-def post_event(settings, event_type: str, data: dict, retries: int = 3) -> dict:
-    """POST a binary-mode CloudEvent; retry transport errors and 503 with the same id."""
-    event_id = str(uuid.uuid4())
-    body = json.dumps(data).encode()
-    from sentinels.domain.events import binary_headers
+class Refused(CliError):
+    """The API answered with an error status (carried in `status`)."""
 
-    headers = binary_headers({"specversion": "1.0", "type": event_type, "source": SOURCE, "id": event_id})
-    if settings.token:
-        headers["authorization"] = f"Bearer {settings.token}"
-    last = None
-    for attempt in range(retries + 1):
-        req = urllib.request.Request(settings.url + "/", data=body, headers=headers, method="POST")
+    def __init__(self, message: str, status: int):
+        super().__init__(f"{message} (HTTP {status})")
+        self.status = status
+
+
+class Api:
+    def __init__(self, url: str, token: str | None = None):
+        self.url = url.rstrip("/")
+        self.token = token
+
+    def _headers(self, extra: dict | None = None) -> dict:
+        h = dict(extra or {})
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        return h
+
+    def unreachable(self, err) -> CliError:
+        reason = getattr(err, "reason", None) or err
+        return CliError(f"cannot reach sentinels at {self.url} ({reason}); start the embedded default with "
+                        "`sentinels up -d` or set SENTINELS_URL")
+
+    def _send(self, method: str, target: str, headers: dict, body: bytes | None = None,
+              timeout: float | None = 30):
+        """(status, body chunks iterator); plain http on a socket, https through urllib."""
+        if self.url.startswith("https://"):
+            return self._send_tls(method, target, headers, body, timeout)
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read() or b"{}")
+            resp = wire.request(self.url, method, target, headers, body, timeout)
+        except OSError as e:
+            raise self.unreachable(e) from None
+        return resp.status, resp
+
+    def _send_tls(self, method, target, headers, body, timeout):
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + target, data=body, headers=headers, method=method)
+        try:
+            resp = urllib.request.urlopen(req, timeout=timeout)
         except urllib.error.HTTPError as e:
-            try:
-                message = json.loads(e.read()).get("error") or e.reason
-            except ValueError:
-                message = e.reason
-            if e.code != 503 or attempt == retries:
-                raise CliError(f"{message} (HTTP {e.code})") from None
-            last = message
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-            reason = getattr(e, "reason", e)
-            last = f"cannot reach sentinels at {settings.url} ({reason}); start the embedded default with " \
-                   "`sentinels up -d` or set SENTINELS_URL"
-            if attempt == retries:
-                raise CliError(last) from None
-        time.sleep(0.2 * 2 ** attempt)
-    raise CliError(str(last))
+            return e.code, _Whole(e.read())
+        except (urllib.error.URLError, OSError) as e:
+            raise self.unreachable(e) from None
+        return resp.status, _Stream(resp)
 
-
-def nats_login(settings, user: str = "reader") -> dict:
-    """The NATS credentials the CLI uses: SENTINELS_NATS_CREDENTIALS, else the embedded
-    default's `reader` (or `admin`, for replaying dead letters) from SENTINELS_HOME."""
-    from pathlib import Path
-
-    from sentinels.adapters import jetstream
-
-    path = settings.env.get(jetstream.CREDENTIALS_ENV) or str(Path(settings.home) / "secrets" / f"nats-{user}.json")
-    return jetstream.credentials(path) if Path(path).exists() else {}
-
-
-class Reader:
-    """Access to the JetStream store for status, ls, queue, history: read-only as `reader`."""
-
-    def __init__(self, settings, user: str = "reader"):
-        self.settings = settings
-        self.user = user
-
-    def run(self, fn):
-        async def go():
-            from sentinels.adapters import jetstream
-
-            nc = await jetstream.connect(self.settings.nats_url, "sentinels-cli", timeout=1.5,
-                                         login=nats_login(self.settings, self.user))
-            try:
-                js = nc.jetstream(timeout=5)
-                try:
-                    jobs = await jetstream.JetStreamJobs.open(js)
-                except Exception:
-                    raise CliError(f"no sentinels store at {self.settings.nats_url} yet; has `sentinels up` run?") from None
-                self.js = js
-                return await fn(js, jobs, jetstream.JetStreamQueue(js, nc), jetstream.JetStreamHistory(js))
-            finally:
-                await nc.close()
-
+    @staticmethod
+    def _check(status: int, resp) -> None:
+        if status < 400:
+            return
+        raw = resp.read()
         try:
-            return asyncio.run(go())
-        except SentinelsError as e:
-            raise CliError(e.message) from None
+            message = json.loads(raw).get("error") or raw.decode(errors="replace")
+        except (ValueError, AttributeError):
+            message = raw.decode(errors="replace").strip() or "no reason given"
+        raise Refused(message, status)
+
+    def _target(self, path: str, params: dict) -> str:
+        query = {k: v for k, v in params.items() if v not in (None, False, "")}
+        return path + ("?" + urlencode(query) if query else "")
+
+    def get(self, path: str, **params) -> dict:
+        status, resp = self._send("GET", self._target(path, params), self._headers())
+        self._check(status, resp)
+        return json.loads(resp.read())
+
+    def lines(self, path: str, **params):
+        """The lines of a streamed answer as they arrive (history or logs followed)."""
+        status, resp = self._send("GET", self._target(path, params), self._headers(), timeout=None)
+        self._check(status, resp)
+        for raw in resp.lines():
+            yield raw.decode(errors="replace").rstrip("\r")
+
+    def post_event(self, event_type: str, data: dict, retries: int = 3) -> dict:
+        """POST a binary-mode CloudEvent; retry transport errors and 503 with the same id."""
+        body = json.dumps(data).encode()
+        headers = self._headers({"Content-Type": "application/json", "ce-specversion": "1.0", "ce-type": event_type,
+                                 "ce-source": SOURCE, "ce-id": str(uuid.uuid4())})
+        for attempt in range(retries + 1):
+            try:
+                status, resp = self._send("POST", "/", headers, body, timeout=120)
+                self._check(status, resp)
+                return json.loads(resp.read() or b"{}")
+            except Refused as e:
+                if e.status != 503 or attempt == retries:
+                    raise
+            except CliError:
+                if attempt == retries:
+                    raise
+            time.sleep(0.2 * 2 ** attempt)
+        raise CliError("unreachable")  # the loop always returns or raises
 
 
-async def waiting_doc(js) -> dict:
-    """Why each waiting job waits, as the scheduler's last pass saw it (see states.reason_now)."""
-    from sentinels.adapters.jetstream import JetStreamBoard
-    from sentinels.domain.names import WAITING_KEY
+class _Whole:
+    def __init__(self, data: bytes):
+        self.data = data
 
-    doc = await (await JetStreamBoard.open(js)).get(WAITING_KEY)
-    return doc or {}
+    def read(self) -> bytes:
+        return self.data
+
+    def lines(self):
+        yield from self.data.split(b"\n")
+
+
+class _Stream:
+    def __init__(self, resp):
+        self.resp = resp
+
+    def read(self) -> bytes:
+        return self.resp.read()
+
+    def lines(self):
+        for raw in self.resp:
+            yield raw.rstrip(b"\n")

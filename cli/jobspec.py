@@ -6,15 +6,13 @@ only refuse files that are too big, not YAML, or try to construct objects.
 
 from pathlib import Path
 
-from sentinels.domain.spec import MAX_SPEC_BYTES
-
 from .client import CliError
 
 
 def load_file(path: str) -> dict:
     import yaml
 
-    from sentinels import yamlfile
+    from sentinels.domain.spec import MAX_SPEC_BYTES
 
     p = Path(path)
     try:
@@ -24,14 +22,16 @@ def load_file(path: str) -> dict:
     if size > MAX_SPEC_BYTES:
         raise CliError(f"--config {path}: {size} bytes is over the {MAX_SPEC_BYTES // 1024} KiB limit for a job spec")
     try:
-        text = p.read_bytes()
-        raw = yamlfile.parse(text, f"--config {path}")  # aliases share objects here: nothing is expanded yet
-        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text)):
+        text = p.read_text()
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text)):  # before anything is expanded
             raise CliError(f"--config {path}: YAML aliases (*name) are not allowed in a job spec; write the values out")
-    except OSError as e:
-        raise CliError(f"--config {path}: cannot read ({e.strerror})") from None
-    except yamlfile.YamlError as e:
-        raise CliError(e.message) from None
+        raw = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise CliError(f"--config {path}: not a text file") from None
+    except yaml.constructor.ConstructorError as e:
+        raise CliError(f"--config {path}: YAML tags that construct objects are not allowed ({e.problem})") from None
+    except yaml.YAMLError as e:
+        raise CliError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -39,23 +39,13 @@ def load_file(path: str) -> dict:
     return raw
 
 
-def typed(text: str):
-    """A --param value keeps its type: 0.5, 40, 1e-3, true, [64, 32] as JSON reads them, else the text."""
-    import json
-
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def pairs(items: list[str], flag: str, convert=str) -> dict:
+def pairs(items: list[str], flag: str) -> dict:
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CliError(f"{flag} {item!r}: expected KEY=VALUE")
-        out[key] = convert(value)
+        out[key] = value
     return out
 
 
@@ -94,9 +84,31 @@ def build(image: str | None, config: str | None, command: list[str], **flags) ->
             res[key] = flags[key]
     if res:
         spec["resources"] = res
-    for key, flag, convert in (("env", "--env", str), ("params", "--param", typed)):
-        extra = pairs(flags.get(key) or [], flag, convert)
+    for key, flag in (("env", "--env"), ("params", "--param")):
+        extra = pairs(flags.get(key) or [], flag)
         if extra:
             base = spec.get(key) or {}
             spec[key] = {**base, **extra} if isinstance(base, dict) else base
     return spec
+
+
+def sweep_values(items: list[str]) -> dict:
+    """`--sweep lr=0.001,0.01` (repeatable) -> {"lr": [0.001, 0.01]}; numbers stay numbers."""
+    out: dict = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise CliError(f"--sweep {item!r}: expected NAME=V1,V2,...", 2)
+        if key in out:
+            raise CliError(f"--sweep {key}: given twice", 2)
+        out[key] = [_number(v.strip()) for v in values.split(",")]
+    return out
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
