@@ -31,6 +31,7 @@ class SubmitService:
     clock: Callable[[], str]
     runtime: str | None = None  # the embedded default's local runtime (process, podman, docker)
     sharing: Sharing = field(default_factory=Sharing)
+    sweep_max: int = 1000
 
     # --- submit ---------------------------------------------------------------------
     async def submit(self, data, who: dict, source: str, event_id: str) -> tuple[int, dict]:
