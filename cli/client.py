@@ -1,17 +1,17 @@
-"""How the CLI talks to sentinels: writes as CloudEvents over HTTP, reads from JetStream.
+"""How the CLI talks to sentinels: the HTTP API only, through the standard library.
 
-Writes carry a fresh CloudEvent id that is reused on retry, so a retried submit can
-never create a second job. Every failure becomes a `CliError` with a message for people.
+Reads are `GET /v1/...`, writes are CloudEvents on `POST /`, all at SENTINELS_URL with
+the bearer token; nothing here imports NATS, Kubernetes or MLflow, so a command starts
+in a blink and works from any machine that reaches SENTINELS_URL. Writes carry a fresh
+CloudEvent id that is reused on retry, so a retried submit never creates a second job.
 """
 
-import asyncio
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
-
-from sentinels.domain.errors import SentinelsError
 
 SOURCE = "sentinels/cli"
 
@@ -23,71 +23,66 @@ class CliError(Exception):
         self.code = code
 
 
-def post_event(settings, event_type: str, data: dict, retries: int = 3) -> dict:
-    """POST a binary-mode CloudEvent; retry transport errors and 503 with the same id."""
-    event_id = str(uuid.uuid4())
-    body = json.dumps(data).encode()
-    from sentinels.domain.events import binary_headers
+class Api:
+    def __init__(self, url: str, token: str | None = None):
+        self.url = url.rstrip("/")
+        self.token = token
 
-    headers = binary_headers({"specversion": "1.0", "type": event_type, "source": SOURCE, "id": event_id})
-    if settings.token:
-        headers["authorization"] = f"Bearer {settings.token}"
-    last = None
-    for attempt in range(retries + 1):
-        req = urllib.request.Request(settings.url + "/", data=body, headers=headers, method="POST")
+    def _headers(self, extra: dict | None = None) -> dict:
+        h = dict(extra or {})
+        if self.token:
+            h["authorization"] = f"Bearer {self.token}"
+        return h
+
+    def unreachable(self, err) -> CliError:
+        reason = getattr(err, "reason", err)
+        return CliError(f"cannot reach sentinels at {self.url} ({reason}); start the embedded default with "
+                        "`sentinels up -d` or set SENTINELS_URL")
+
+    @staticmethod
+    def refused(err: urllib.error.HTTPError) -> CliError:
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read() or b"{}")
+            message = json.loads(err.read()).get("error") or err.reason
+        except ValueError:
+            message = err.reason
+        return CliError(f"{message} (HTTP {err.code})")
+
+    def _open(self, path: str, params: dict | None = None, timeout: float | None = 30):
+        query = {k: v for k, v in (params or {}).items() if v not in (None, False, "")}
+        url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        req = urllib.request.Request(url, headers=self._headers())
+        try:
+            return urllib.request.urlopen(req, timeout=timeout)
         except urllib.error.HTTPError as e:
-            try:
-                message = json.loads(e.read()).get("error") or e.reason
-            except ValueError:
-                message = e.reason
-            if e.code != 503 or attempt == retries:
-                raise CliError(f"{message} (HTTP {e.code})") from None
-            last = message
+            raise self.refused(e) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-            reason = getattr(e, "reason", e)
-            last = f"cannot reach sentinels at {settings.url} ({reason}); start the embedded default with " \
-                   "`sentinels up -d` or set SENTINELS_URL"
-            if attempt == retries:
-                raise CliError(last) from None
-        time.sleep(0.2 * 2 ** attempt)
-    raise CliError(str(last))
+            raise self.unreachable(e) from None
 
+    def get(self, path: str, **params) -> dict:
+        with self._open(path, params) as resp:
+            return json.loads(resp.read())
 
-class Reader:
-    """Read-only access to the JetStream store for status, ls, queue, history."""
+    def lines(self, path: str, **params):
+        """The lines of a streamed answer as they arrive (history or logs followed)."""
+        with self._open(path, params, timeout=None) as resp:
+            for raw in resp:
+                yield raw.decode(errors="replace").rstrip("\n")
 
-    def __init__(self, settings):
-        self.settings = settings
-
-    def run(self, fn):
-        async def go():
-            from sentinels.adapters import jetstream
-
-            nc = await jetstream.connect(self.settings.nats_url, "sentinels-cli", timeout=1.5)
+    def post_event(self, event_type: str, data: dict, retries: int = 3) -> dict:
+        """POST a binary-mode CloudEvent; retry transport errors and 503 with the same id."""
+        body = json.dumps(data).encode()
+        headers = self._headers({"content-type": "application/json", "ce-specversion": "1.0", "ce-type": event_type,
+                                 "ce-source": SOURCE, "ce-id": str(uuid.uuid4())})
+        for attempt in range(retries + 1):
+            req = urllib.request.Request(self.url + "/", data=body, headers=headers, method="POST")
             try:
-                js = nc.jetstream(timeout=5)
-                try:
-                    jobs = await jetstream.JetStreamJobs.open(js)
-                except Exception:
-                    raise CliError(f"no sentinels store at {self.settings.nats_url} yet; has `sentinels up` run?") from None
-                self.js = js
-                return await fn(js, jobs, jetstream.JetStreamQueue(js, nc), jetstream.JetStreamHistory(js))
-            finally:
-                await nc.close()
-
-        try:
-            return asyncio.run(go())
-        except SentinelsError as e:
-            raise CliError(e.message) from None
-
-
-async def waiting_reasons(js) -> dict:
-    """Why each waiting job waits, as the scheduler's last pass saw it."""
-    from sentinels.adapters.jetstream import JetStreamBoard
-    from sentinels.domain.names import WAITING_KEY
-
-    doc = await (await JetStreamBoard.open(js)).get(WAITING_KEY)
-    return (doc or {}).get("reasons") or {}
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    return json.loads(resp.read() or b"{}")
+            except urllib.error.HTTPError as e:
+                if e.code != 503 or attempt == retries:
+                    raise self.refused(e) from None
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                if attempt == retries:
+                    raise self.unreachable(e) from None
+            time.sleep(0.2 * 2 ** attempt)
+        raise CliError("unreachable")  # the loop always returns or raises

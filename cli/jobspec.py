@@ -6,13 +6,13 @@ only refuse files that are too big, not YAML, or try to construct objects.
 
 from pathlib import Path
 
-from sentinels.domain.spec import MAX_SPEC_BYTES
-
 from .client import CliError
 
 
 def load_file(path: str) -> dict:
     import yaml
+
+    from sentinels.domain.spec import MAX_SPEC_BYTES
 
     p = Path(path)
     try:
@@ -87,3 +87,25 @@ def build(image: str | None, config: str | None, command: list[str], **flags) ->
             base = spec.get(key) or {}
             spec[key] = {**base, **extra} if isinstance(base, dict) else base
     return spec
+
+
+def sweep_values(items: list[str]) -> dict:
+    """`--sweep lr=0.001,0.01` (repeatable) -> {"lr": [0.001, 0.01]}; numbers stay numbers."""
+    out: dict = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise CliError(f"--sweep {item!r}: expected NAME=V1,V2,...", 2)
+        if key in out:
+            raise CliError(f"--sweep {key}: given twice", 2)
+        out[key] = [_number(v.strip()) for v in values.split(",")]
+    return out
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

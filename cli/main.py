@@ -1,360 +1,246 @@
-"""`sentinels`: submit, inspect and cancel experiments (DESIGN §8).
+"""`sentinels`: submit, inspect and cancel experiments.
 
-Writes go as CloudEvents to the submit function; reads go to JetStream directly.
-Every command takes `-o table|json|yaml`; errors go to stderr with a non-zero exit.
+Every command but `up`/`down` talks to the HTTP API at SENTINELS_URL (reads `GET /v1/...`,
+writes CloudEvents on `POST /`) through the standard library: argparse, urllib, json.
+Nothing heavy is imported for the common commands, so each starts in a blink (Typer
+alone took 0.2 s to import). Every listing takes `-o table|json|yaml`; errors go to
+stderr with a non-zero exit.
 """
 
+import argparse
 import sys
-from typing import List, Optional
 
-import typer
+from .client import Api, CliError
 
-from .client import CliError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="sentinels: a priority job queue for ML experiments.")
-Output = typer.Option("table", "--output", "-o", help="table, json or yaml")
+FORMATS = ("table", "json", "yaml")
+EVENTS = {"submit": "io.sentinels.job.submit", "cancel": "io.sentinels.job.cancel",
+          "priority": "io.sentinels.job.reprioritize"}
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 def _settings():
     from sentinels.domain.errors import ConfigError
     from sentinels.settings import Settings
 
-    if "aiohttp" not in sys.modules:  # nats only needs aiohttp for websockets; skip its 150 ms import
-        sys.modules["aiohttp"] = None
     try:
         return Settings.load()
     except ConfigError as e:
         raise CliError(e.message) from None
 
 
-def _fmt(output: str) -> str:
-    from .output import FORMATS
-
-    if output not in FORMATS:
-        raise CliError(f"-o {output!r}: choose one of {', '.join(FORMATS)}", 2)
-    return output
-
-
-def _me(settings) -> str:
-    import getpass
-    import os
-
-    return settings.user() or getpass.getuser()
+def _api() -> Api:
+    s = _settings()
+    return Api(s.url, s.token)
 
 
 def _ago(iso: str | None) -> str:
     if not iso:
         return ""
-    from sentinels.domain.times import parse as parse_iso
-    from sentinels.domain.duration import human
     import time
+
+    from sentinels.domain.duration import human
+    from sentinels.domain.times import parse as parse_iso
 
     return human(max(0.0, time.time() - parse_iso(iso)))
 
 
-def _res(spec: dict) -> str:
-    r = spec.get("resources", {})
-    gpu = f" gpu={r['gpu']}" if r.get("gpu") else ""
-    return f"cpu={r.get('cpu')} mem={r.get('memory')}{gpu}"
+def _res(res: dict) -> str:
+    gpu = f" gpu={res['gpu']}" if res.get("gpu") else ""
+    return f"cpu={res.get('cpu')} mem={res.get('memory')}{gpu}"
 
 
-@app.command()
-def submit(
-    image: Optional[str] = typer.Argument(None, help="container image, e.g. ghcr.io/acme/resnet:1.4 "
-                                                   "(none with --dockerfile)"),
-    command: Optional[List[str]] = typer.Argument(None, help="after --: the command and its arguments"),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="job spec YAML (flags override it)"),
-    name: Optional[str] = typer.Option(None, "--name", help="DNS-1123 name (default: from the image)"),
-    priority: Optional[str] = typer.Option(None, "--priority", "-p", help="priority class, e.g. high"),
-    cpu: Optional[str] = typer.Option(None, "--cpu", help="CPU request, e.g. 2 or 500m"),
-    memory: Optional[str] = typer.Option(None, "--memory", help="memory request, e.g. 16Gi"),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="number of GPUs"),
-    data: Optional[str] = typer.Option(None, "--data", help="data path under a data root, mounted read-only"),
-    env: Optional[List[str]] = typer.Option(None, "--env", "-e", help="KEY=VALUE, repeatable"),
-    param: Optional[List[str]] = typer.Option(None, "--param", help="k=v MLflow param, repeatable"),
-    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default: name)"),
-    timeout: Optional[str] = typer.Option(None, "--timeout", help="hard deadline, e.g. 2h"),
-    retries: Optional[int] = typer.Option(None, "--retries", help="re-runs after the job's own failure"),
-    wait: bool = typer.Option(False, "--wait", help="follow the job until it ends"),
-    dockerfile: Optional[str] = typer.Option(None, "--dockerfile", help="build the image from this Dockerfile "
-                                             "(path or http(s) URL); the job starts BUILDING"),
-    context: Optional[str] = typer.Option(None, "--context", help="build context (directory or tar URL; "
-                                          "default: the Dockerfile's directory)"),
-    output: str = Output,
-):
-    """Push an experiment to the queue and print its job id."""
-    from sentinels.domain import events
+def _emit(data, fmt, columns=None, rows=None):
+    from .output import emit
 
-    from . import client, jobspec
+    emit(data, fmt, columns, rows)
 
-    fmt = _fmt(output)
-    settings = _settings()
-    if dockerfile is None and context is not None:
+
+# --- commands ---------------------------------------------------------------------------
+def cmd_submit(a) -> int:
+    from . import jobspec
+
+    if a.dockerfile is None and a.context is not None:
         raise CliError("--context goes with --dockerfile", 2)
-    if dockerfile is not None and image is not None:  # everything after `--` is the command
-        command, image = [image, *(command or [])], None
-    if dockerfile is None and image is None:
+    if a.dockerfile is not None and a.image is not None:  # everything after `--` is the command
+        a.command, a.image = [a.image, *(a.command or [])], None
+    if a.dockerfile is None and a.image is None:
         raise CliError("give an IMAGE, or --dockerfile to build one", 2)
-    spec = jobspec.build(image, config, command or [], name=name, priority=priority, cpu=cpu, memory=memory,
-                         gpu=gpu, data=data, env=env, params=param, experiment=experiment, timeout=timeout,
-                         retries=retries)
-    body: dict = {"spec": spec}
-    if dockerfile is not None:
-        body["build"] = jobspec.build_source(dockerfile, context)
-    record = client.post_event(settings, events.JOB_SUBMIT, body)
-    if fmt == "table":
-        print(record["id"])
-    else:
-        from .output import emit
-
-        emit(record, fmt)
-    if record.get("runtime"):  # which runtime it gets; the process runtime says that the image is not used
-        print(f"sentinels: runtime {record['runtime']}" + (f": {record['runtime_note']}" if record.get("runtime_note")
-                                                             else ""), file=sys.stderr)
-    if wait:
-        raise typer.Exit(_follow(settings, record["id"], quiet=fmt != "table"))
-
-
-def _follow(settings, job_id: str, quiet: bool = False) -> int:
-    """Print state changes until the job ends (one connection); exit 0 only if it succeeded."""
-    import asyncio
-
-    from sentinels.domain import states
-
-    from .client import Reader
-
-    async def follow(js, jobs, queue, history):
-        last = None
-        while True:
-            got = await jobs.get(job_id)
-            record = got[0] if got else None
-            if record and record["state"] != last:
-                last = record["state"]
-                if not quiet:
-                    print(f"{job_id}: {last}" + (f" ({record['reason']})" if record.get("reason") else ""),
-                          file=sys.stderr)
-                if last in states.TERMINAL:
-                    return 0 if last == states.SUCCEEDED else 1
-            await asyncio.sleep(0.3)
-
-    return Reader(settings).run(follow)
+    spec = jobspec.build(a.image, a.config, a.command or [], name=a.name, priority=a.priority, cpu=a.cpu,
+                         memory=a.memory, gpu=a.gpu, data=a.data, env=a.env, params=a.param,
+                         experiment=a.experiment, timeout=a.timeout, retries=a.retries)
+    body = {"spec": spec}
+    if a.dockerfile is not None:
+        body["build"] = jobspec.build_source(a.dockerfile, a.context)
+    if a.sweep:
+        body["sweep"] = jobspec.sweep_values(a.sweep)
+    if a.array:
+        body["array"] = a.array
+    api = _api()
+    got = api.post_event(EVENTS["submit"], body)
+    if "sweep" in got and "jobs" in got and "id" not in got:
+        if a.output == "table":
+            print(got["sweep"])
+            print(f"{got['size']} jobs: {', '.join(got['jobs'][:5])}{' ...' if got['size'] > 5 else ''}",
+                  file=sys.stderr)
+        else:
+            _emit(got, a.output)
+        return 0
+    print(got["id"]) if a.output == "table" else _emit(got, a.output)
+    if got.get("runtime"):  # which runtime it gets; the process runtime says that the image is not used
+        print(f"sentinels: runtime {got['runtime']}" + (f": {got['runtime_note']}" if got.get("runtime_note") else ""),
+              file=sys.stderr)
+    return _follow(api, got["id"], quiet=a.output != "table") if a.wait else 0
 
 
-@app.command()
-def status(job_id: str = typer.Argument(...), output: str = Output):
-    """State, reason, queue position, attempts, timings and links of one job."""
-    fmt = _fmt(output)
-    settings = _settings()
-    from sentinels.domain import job as jobmod
-    from sentinels.domain import states
+def _follow(api: Api, job_id: str, quiet: bool = False) -> int:
+    """Print each transition as the server streams it; exit 0 only if the job succeeded."""
+    import json
 
-    from .client import Reader
-    from .output import emit, pairs
-
-    if not jobmod.is_job_id(job_id):
-        raise CliError(f"{job_id!r} is not a job id (10 characters, a-z and 2-7)", 2)
-
-    async def look(js, jobs, queue, history):
-        got = await jobs.get(job_id)
-        if got is None:
-            return None
-        record = got[0]
-        if record["state"] == states.QUEUED:
-            from .client import waiting_reasons
-
-            record["reason"] = (await waiting_reasons(js)).get(job_id, record["reason"])
-            prio = settings.priorities()
-            record["position"] = await queue.position(prio.ordered(), record["priority"], record["queue_seq"],
-                                                        record.get("queue_front", False))
-        return record
-
-    record = Reader(settings).run(look)
-    if record is None:
-        raise CliError(f"job {job_id} not found")
-    if fmt != "table":
-        emit(record, fmt)
-        return
-    from sentinels.domain.notify import job_links
-
-    ts = record.get("timestamps", {})
-    spec = record["spec"]
-    links = job_links(record, settings.notify())
-    pairs([
-        ("job", f"{record['id']}  ({record['name']})"),
-        ("state", record["state"] + (" (cancel requested)" if record.get("cancel_requested") else "")),
-        ("reason", record.get("reason")),
-        ("position", record.get("position")),
-        ("priority", record["priority"]),
-        ("owner", record["owner"] + (f" / {record['team']}" if record.get("team") else "")),
-        ("image", spec["image"] + (" (not used: runtime process)" if record.get("runtime") == "process" else "")),
-        ("runtime", record.get("runtime")),
-        ("built from", (record.get("build") or {}).get("dockerfile")),
-        ("image id", record.get("image_id")),
-        ("command", " ".join(spec.get("command", []) + spec.get("args", []))),
-        ("resources", _res(spec)),
-        ("attempts", record.get("attempts", 0)),
-        ("submitted", f"{record['submitted_at']} ({_ago(record['submitted_at'])} ago)"),
-        *[(s.lower(), t) for s, t in ts.items() if s != states.QUEUED],
-        ("kubernetes job", record.get("k8s_job") if record["state"] != states.QUEUED else None),
-        ("mlflow run", record.get("mlflow_run_id")),
-        ("mlflow ui", _mlflow_ui(settings)),
-        *[(label.lower(), url) for label, url in links],
-    ])
+    last = None
+    for line in api.lines(f"/v1/jobs/{job_id}/history", follow="true"):
+        if not line:
+            continue
+        entry = json.loads(line)
+        last = entry.get("to")
+        if not quiet:
+            print(f"{job_id}: {last}" + (f" ({entry['reason']})" if entry.get("reason") else ""), file=sys.stderr)
+    return 0 if last == "SUCCEEDED" else 1
 
 
 def _mlflow_ui(settings) -> str | None:
+    if not settings.run_dir.exists():  # no embedded default was started from this home
+        return None
     from sentinels.embedded.supervisor import running_info
 
     return running_info(settings).get("mlflow_ui")
 
 
-@app.command("ls")
-def ls(
-    all_: bool = typer.Option(False, "--all", "-a", help="include finished jobs"),
-    state: Optional[str] = typer.Option(None, "--state", help="only this state"),
-    user: Optional[str] = typer.Option(None, "--user", help="only this user's jobs"),
-    all_users: bool = typer.Option(False, "--all-users", "-A", help="every user's jobs"),
-    output: str = Output,
-):
-    """Your queued and running jobs (--all for finished ones, --all-users for everyone's)."""
-    fmt = _fmt(output)
+def cmd_status(a) -> int:
     settings = _settings()
-    from sentinels.domain import states
+    r = Api(settings.url, settings.token).get(f"/v1/jobs/{a.job_id}")
+    if a.output != "table":
+        _emit(r, a.output)
+        return 0
+    from .output import pairs
 
-    from .client import Reader
-    from .output import emit
-
-    if state and state.upper() not in states.STATES:
-        raise CliError(f"--state {state!r}: choose one of {', '.join(states.STATES)}", 2)
-    records = Reader(settings).run(lambda js, jobs, q, h: jobs.all())
-    owner = None if all_users else (user or _me(settings))
-    rows = [r for r in records
-            if (owner is None or r["owner"] == owner)
-            and (r["state"] == state.upper() if state else (all_ or r["state"] not in states.TERMINAL))]
-    rows.sort(key=lambda r: r["submitted_at"])
-    view = [{"id": r["id"], "name": r["name"], "state": r["state"], "priority": r["priority"], "owner": r["owner"],
-             "age": _ago(r["submitted_at"]), "attempts": r.get("attempts", 0), "reason": r.get("reason", "")}
-            for r in rows]
-    emit(rows if fmt != "table" else view, fmt,
-         [("ID", "id"), ("NAME", "name"), ("STATE", "state"), ("PRIORITY", "priority"), ("OWNER", "owner"),
-          ("AGE", "age"), ("TRIES", "attempts"), ("REASON", "reason")], view)
-
-
-@app.command()
-def queue(limit: int = typer.Option(50, "--limit", "-n", help="how many to show"), output: str = Output):
-    """The next jobs to run, in order: position, class, wait time, resources."""
-    fmt = _fmt(output)
-    settings = _settings()
-    from sentinels.domain import states
-
-    from .client import Reader
-    from .output import emit
-
-    prio = settings.priorities()
-
-    async def look(js, jobs, q, history):
-        import asyncio
-
-        from .client import waiting_reasons
-
-        heads = await q.heads(prio.ordered(), limit)
-        counts = await q.counts()
-        reasons = await waiting_reasons(js)
-        got = await asyncio.gather(*(jobs.get(e["id"]) for _, e in heads))
-        rows = []
-        for (seq, entry), rec in zip(heads, got):
-            record = rec[0] if rec else None
-            if record is None or record["state"] != states.QUEUED or record.get("queue_seq") != seq:
-                continue  # being scheduled/cancelled right now, or a stale copy
-            rows.append({"position": len(rows) + 1, "id": entry["id"], "name": record["name"], "class": entry["class"],
-                         "owner": record["owner"], "wait": _ago(entry["submitted"]), "resources": _res(record["spec"]),
-                         "reason": reasons.get(entry["id"], record.get("reason", ""))})
-        return rows, counts
-
-    rows, counts = Reader(settings).run(look)
-    if fmt != "table":
-        emit({"total": sum(counts.values()), "by_class": counts, "jobs": rows}, fmt)
-        return
-    emit(rows, fmt, [("POS", "position"), ("ID", "id"), ("NAME", "name"), ("CLASS", "class"), ("OWNER", "owner"),
-                     ("WAIT", "wait"), ("RESOURCES", "resources"), ("REASON", "reason")])
-    total = sum(counts.values())
-    summary = ", ".join(f"{k} {counts[k]}" for k in prio.ordered() if counts.get(k))
-    print(f"{total} queued" + (f" ({summary})" if summary else ""))
+    spec = r.get("spec") or {}
+    pairs([
+        ("job", f"{r['id']}  ({r.get('name')})"),
+        ("state", r["state"] + (" (cancel requested)" if r.get("cancel_requested") else "")),
+        ("reason", r.get("reason")),
+        ("position", r.get("position")),
+        ("priority", r.get("priority")),
+        ("owner", r["owner"] + (f" / {r['team']}" if r.get("team") else "")),
+        ("sweep", (r.get("sweep") or {}).get("id")),
+        ("image", (spec.get("image") or "") + (" (not used: runtime process)" if r.get("runtime") == "process" else "")),
+        ("runtime", r.get("runtime")),
+        ("command", " ".join((spec.get("command") or []) + (spec.get("args") or []))),
+        ("resources", _res(spec.get("resources") or {})),
+        ("attempts", r.get("attempts", 0)),
+        ("submitted", f"{r['submitted_at']} ({_ago(r['submitted_at'])} ago)"),
+        *[(s.lower(), t) for s, t in (r.get("timestamps") or {}).items() if s != "QUEUED"],
+        ("kubernetes job", r.get("k8s_job") if r["state"] != "QUEUED" else None),
+        ("mlflow run", r.get("mlflow_run_id")),
+        ("mlflow ui", _mlflow_ui(settings)),
+        *[(label.lower(), url) for label, url in (r.get("links") or {}).items()],
+        ("hidden", r.get("hidden")),
+    ])
+    return 0
 
 
-@app.command()
-def cancel(job_ids: List[str] = typer.Argument(..., help="one or more job ids"), output: str = Output):
-    """Cancel queued or running jobs."""
-    fmt = _fmt(output)
-    settings = _settings()
-    from sentinels.domain import events, states
+def cmd_ls(a) -> int:
+    api = _api()
+    if a.state and a.state.upper() not in ("QUEUED", "SCHEDULED", "RUNNING", *TERMINAL):
+        raise CliError(f"--state {a.state!r}: choose one of QUEUED, SCHEDULED, RUNNING, {', '.join(TERMINAL)}", 2)
+    owner = None if a.all_users or a.sweep else (a.user or api.get("/v1/whoami")["user"])
+    state = a.state.upper() if a.state else (None if a.all or a.sweep else "active")
+    page = api.get("/v1/jobs", owner=owner, state=state, sweep=a.sweep, limit=a.limit, cursor=a.cursor)
+    rows = page["jobs"]
+    if a.output != "table":
+        _emit(page, a.output)
+        return 0
+    view = [dict(r, age=_ago(r.get("submitted_at"))) for r in rows]
+    _emit(view, "table", [("ID", "id"), ("NAME", "name"), ("STATE", "state"), ("PRIORITY", "priority"),
+                          ("OWNER", "owner"), ("AGE", "age"), ("TRIES", "attempts"), ("REASON", "reason")])
+    if page.get("next"):
+        print(f"(more: --cursor {page['next']})")
+    return 0
 
-    from . import client
-    from .output import emit
 
+def cmd_queue(a) -> int:
+    q = _api().get("/v1/queue", limit=a.limit, **{"class": a.klass})
+    if a.output != "table":
+        _emit(q, a.output)
+        return 0
+    view = [dict(r, wait=_ago(r["submitted_at"]), resources=_res(r["resources"])) for r in q["jobs"]]
+    _emit(view, "table", [("POS", "position"), ("ID", "id"), ("NAME", "name"), ("CLASS", "class"),
+                          ("OWNER", "owner"), ("WAIT", "wait"), ("RESOURCES", "resources"), ("REASON", "reason")])
+    counts = q["by_class"]
+    summary = ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n)
+    print(f"{q['total']} queued" + (f" ({summary})" if summary else ""))
+    return 0
+
+
+def cmd_cancel(a) -> int:
+    api = _api()
     failed, done = 0, []
-    for job_id in job_ids:
+    for target in a.job_ids:
+        data = {"sweep": target} if target.startswith("sw-") else {"job": target}
         try:
-            record = client.post_event(settings, events.JOB_CANCEL, {"job": job_id})
-            done.append(record)
-            if fmt == "table":
-                note = "cancel requested" if record.get("cancel_requested") and record["state"] != states.CANCELLED else record["state"]
-                print(f"{job_id}: {note}")
+            got = api.post_event(EVENTS["cancel"], data)
         except CliError as e:
+            if e.message.startswith("cannot reach"):
+                raise
             failed += 1
-            print(f"sentinels: {job_id}: {e.message}", file=sys.stderr)
-    if fmt != "table":
-        emit(done, fmt)
-    if failed:
-        raise typer.Exit(1)
+            print(f"sentinels: {target}: {e.message}", file=sys.stderr)
+            continue
+        done.append(got)
+        if a.output != "table":
+            continue
+        if "sweep" in data:
+            print(f"{target}: {len(got['jobs'])} job(s) cancelled or being cancelled")
+        else:
+            note = "cancel requested" if got.get("cancel_requested") and got["state"] != "CANCELLED" else got["state"]
+            print(f"{target}: {note}")
+    if a.output != "table":
+        _emit(done, a.output)
+    return 1 if failed else 0
 
 
-@app.command()
-def priority(job_id: str = typer.Argument(...), klass: str = typer.Argument(..., metavar="CLASS"), output: str = Output):
-    """Move a queued job to another priority class (if your role allows it)."""
-    fmt = _fmt(output)
-    settings = _settings()
-    from sentinels.domain import events
+def cmd_priority(a) -> int:
+    got = _api().post_event(EVENTS["priority"], {"job": a.job_id, "priority": a.klass})
+    print(f"{a.job_id}: {got['priority']}") if a.output == "table" else _emit(got, a.output)
+    return 0
 
-    from . import client
-    from .output import emit
 
-    record = client.post_event(settings, events.JOB_REPRIORITIZE, {"job": job_id, "priority": klass})
-    if fmt == "table":
-        print(f"{job_id}: {record['priority']}")
+def cmd_history(a) -> int:
+    rows = _api().get(f"/v1/jobs/{a.job_id}/history")["history"]
+    _emit(rows, a.output, [("AT", "at"), ("FROM", "from"), ("TO", "to"), ("ATTEMPTS", "attempts"),
+                           ("REASON", "reason")])
+    return 0
+
+
+def cmd_logs(a) -> int:
+    out = sys.stdout
+    for line in _api().lines(f"/v1/jobs/{a.job_id}/logs", tail=a.tail, follow="true" if a.follow else None,
+                             build="true" if a.build else None):
+        out.write(line + "\n")
+        if a.follow:
+            out.flush()
+    return 0
+
+
+def cmd_whoami(a) -> int:
+    who = _api().get("/v1/whoami")
+    if a.output != "table":
+        _emit(who, a.output)
     else:
-        emit(record, fmt)
+        print(who["user"] + (f" (team {who['team']})" if who.get("team") else "") + f", role {who.get('role')}"
+              + (", single-user stack" if who.get("single_user") else ""))
+    return 0
 
 
-@app.command()
-def history(job_id: str = typer.Argument(...), output: str = Output):
-    """Every state transition of a job."""
-    fmt = _fmt(output)
-    settings = _settings()
-    from .client import Reader
-    from .output import emit
-
-    rows = Reader(settings).run(lambda js, jobs, q, h: h.of(job_id))
-    if not rows:
-        raise CliError(f"no history for job {job_id}")
-    emit(rows, fmt, [("AT", "at"), ("FROM", "from"), ("TO", "to"), ("ATTEMPTS", "attempts"), ("REASON", "reason")])
-
-
-@app.command()
-def logs(job_id: str = typer.Argument(...), follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends"),
-         tail: Optional[int] = typer.Option(None, "--tail", "-n", help="only the last N lines"),
-         build: bool = typer.Option(False, "--build", help="the log of the image build (Dockerfile submits)")):
-    """The job's output (local log file in the embedded default, pod logs on Kubernetes)."""
-    settings = _settings()
-    from .logs import show
-
-    raise typer.Exit(show(settings, job_id, follow, tail, build=build))
-
-
-@app.command()
-def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the background")):
-    """Start the embedded default: NATS JetStream, the functions, the router."""
+def cmd_up(a) -> int:
     settings = _settings()
     from sentinels.domain.errors import ConfigError
     from sentinels.embedded import supervisor
@@ -365,35 +251,149 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
     try:
         for note in supervisor.check_config(settings):
             print(f"sentinels: {note}", file=sys.stderr)
-        if not detach:
-            raise typer.Exit(supervisor.run_foreground(settings))
+        if not a.detach:
+            return supervisor.run_foreground(settings)
         pid = supervisor.start_background(settings)
     except ConfigError as e:
         raise CliError(f"sentinels up: {e.message}") from None
     ui = supervisor.running_info(settings).get("mlflow_ui")
     print(f"sentinels up (pid {pid}): submit at {settings.url}, JetStream at {settings.nats_url}, data in {settings.home}"
           + (f", MLflow UI at {ui}" if ui else ""))
+    return 0
 
 
-@app.command()
-def down():
-    """Stop the embedded default started with `sentinels up -d`."""
+def cmd_down(a) -> int:
     settings = _settings()
     from sentinels.embedded import supervisor
 
     if not supervisor.stop_background(settings):
         raise CliError(f"sentinels is not running (home {settings.home})")
     print("sentinels: stopped")
+    return 0
 
 
-def main() -> None:
+# --- the parser -------------------------------------------------------------------------
+def _format(value: str) -> str:
+    if value not in FORMATS:
+        raise argparse.ArgumentTypeError(f"{value!r}: choose one of {', '.join(FORMATS)}")
+    return value
+
+
+def _job_id(value: str) -> str:
+    from sentinels.domain.job import is_job_id
+
+    if not is_job_id(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a job id (10 characters, a-z and 2-7)")
+    return value
+
+
+def _output(p):
+    p.add_argument("-o", "--output", default="table", type=_format, help="table, json or yaml")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="sentinels", description="sentinels: a priority job queue for ML experiments.")
+    sub = top.add_subparsers(dest="command_name", metavar="COMMAND")
+
+    def command(name, fn, help_):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = command("submit", cmd_submit, "Push an experiment to the queue and print its job id.")
+    p.add_argument("image", nargs="?", help="container image, e.g. ghcr.io/acme/resnet:1.4 (none with --dockerfile)")
+    p.add_argument("command", nargs="*", help="after --: the command and its arguments")
+    p.add_argument("-c", "--config", help="job spec YAML (flags override it)")
+    p.add_argument("--name", help="DNS-1123 name (default: from the image)")
+    p.add_argument("-p", "--priority", help="priority class, e.g. high")
+    p.add_argument("--cpu", help="CPU request, e.g. 2 or 500m")
+    p.add_argument("--memory", help="memory request, e.g. 16Gi")
+    p.add_argument("--gpu", help="number of GPUs")
+    p.add_argument("--data", help="data path under a data root, mounted read-only")
+    p.add_argument("-e", "--env", action="append", help="KEY=VALUE, repeatable")
+    p.add_argument("--param", action="append", help="k=v MLflow param, repeatable")
+    p.add_argument("--experiment", help="MLflow experiment (default: name)")
+    p.add_argument("--timeout", help="hard deadline, e.g. 2h")
+    p.add_argument("--retries", type=int, help="re-runs after the job's own failure")
+    p.add_argument("--sweep", action="append", metavar="K=V1,V2", help="one job per combination of values "
+                   "(repeatable: the cartesian product), each value given as param K")
+    p.add_argument("--array", metavar="1-100", help="one job per index (range or list), in SENTINELS_ARRAY_INDEX")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends (exit 0 only if it succeeded)")
+    p.add_argument("--dockerfile", help="build the image from this Dockerfile (path or http(s) URL); the job starts BUILDING")
+    p.add_argument("--context", help="build context (directory or tar URL; default: the Dockerfile's directory)")
+    _output(p)
+
+    p = command("status", cmd_status, "State, reason, queue position, attempts, timings and links of one job.")
+    p.add_argument("job_id", type=_job_id)
+    _output(p)
+
+    p = command("ls", cmd_ls, "Your queued and running jobs (--all for finished ones, --all-users for everyone's).")
+    p.add_argument("-a", "--all", action="store_true", help="include finished jobs")
+    p.add_argument("--state", help="only this state")
+    p.add_argument("--user", help="only this user's jobs")
+    p.add_argument("-A", "--all-users", action="store_true", help="every user's jobs")
+    p.add_argument("--sweep", help="the members of one sweep or array (sw-...)")
+    p.add_argument("-n", "--limit", type=int, default=50, help="how many (newest first)")
+    p.add_argument("--cursor", help="continue a listing (printed after a full page)")
+    _output(p)
+
+    p = command("queue", cmd_queue, "The next jobs to run, in order: position, class, wait time, resources.")
+    p.add_argument("-n", "--limit", type=int, default=50, help="how many to show")
+    p.add_argument("--class", dest="klass", help="only this priority class")
+    _output(p)
+
+    p = command("cancel", cmd_cancel, "Cancel queued or running jobs, or every member of a sweep (sw-...).")
+    p.add_argument("job_ids", nargs="+", metavar="ID", help="job ids or sweep ids")
+    _output(p)
+
+    p = command("priority", cmd_priority, "Move a queued job to another priority class (if your role allows it).")
+    p.add_argument("job_id", type=_job_id)
+    p.add_argument("klass", metavar="CLASS")
+    _output(p)
+
+    p = command("logs", cmd_logs, "The job's output (local log file in the embedded default, pod logs on Kubernetes).")
+    p.add_argument("job_id", type=_job_id)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p.add_argument("-n", "--tail", type=int, help="only the last N lines")
+    p.add_argument("--build", action="store_true", help="the image build's output (a --dockerfile job)")
+
+    p = command("history", cmd_history, "Every state transition of a job.")
+    p.add_argument("job_id", type=_job_id)
+    _output(p)
+
+    p = command("whoami", cmd_whoami, "Who the API takes you for (your token's user, team and role).")
+    _output(p)
+
+    p = command("up", cmd_up, "Start the embedded default: NATS JetStream, the functions, the router.")
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    command("down", cmd_down, "Stop the embedded default started with `sentinels up -d`.")
+    return top
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    after: list[str] = []
+    if "--" in argv:  # everything after `--` is the job's command, options included
+        cut = argv.index("--")
+        argv, after = argv[:cut], argv[cut + 1:]
+    p = parser()
+    args = p.parse_args(argv)
+    if after:
+        if getattr(args, "fn", None) is not cmd_submit:
+            p.error("only submit takes a command after --")
+        args.command = (args.command or []) + after
+    if not getattr(args, "fn", None):
+        p.print_help()
+        sys.exit(2)
     try:
-        app()
+        sys.exit(args.fn(args))
     except CliError as e:
         print(f"sentinels: {e.message}", file=sys.stderr)
         sys.exit(e.code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
 
 
 if __name__ == "__main__":

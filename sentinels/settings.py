@@ -10,12 +10,14 @@ several stacks can run side by side.
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar
 from urllib.parse import urlparse
 
-from .domain import quantity, duration
+from .domain import duration
 from .domain.errors import ConfigError
-from .domain.spec import Limits
+
+if TYPE_CHECKING:
+    from .domain.spec import Limits
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -141,10 +143,13 @@ class Settings:
         """Who the CLI acts as when it needs a name (`ls` shows this user's jobs)."""
         return self.env.get("SENTINELS_USER") or self.file.get("user")
 
-    def limits(self) -> Limits:
+    def limits(self) -> "Limits":
         return self._once("limits", self._limits)
 
-    def _limits(self) -> Limits:
+    def _limits(self) -> "Limits":
+        from .domain import quantity
+        from .domain.spec import Limits
+
         raw = self.file.get("limits") or {}
         if not isinstance(raw, dict):
             raise ConfigError("configuration: limits must be a mapping (cpu, memory, gpu, timeout, retries)")

@@ -124,10 +124,10 @@ def test_nothing_listening_names_the_address(tmp_path):
     port = natsd.free_port()
     env = {**os.environ, "SENTINELS_HOME": str(tmp_path), "SENTINELS_URL": f"http://127.0.0.1:{port}",
            "SENTINELS_NATS_URL": f"nats://127.0.0.1:{port}"}
-    r = cli(env, "submit", "python:3.11", "--", "true", check=False)
-    assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr and "sentinels up" in r.stderr
-    r = cli(env, "queue", check=False)
-    assert r.returncode == 1 and f"nats://127.0.0.1:{port}" in r.stderr and "sentinels up" in r.stderr
+    for args in (["submit", "python:3.11", "--", "true"], ["queue"], ["ls"], ["status", "aaaaaaaaaa"],
+                 ["logs", "aaaaaaaaaa", "-f"]):
+        r = cli(env, *args, check=False)
+        assert r.returncode == 1 and r.stderr.count(f"http://127.0.0.1:{port}") == 1 and "sentinels up" in r.stderr
 
 
 def test_cancel_a_running_job_stops_its_process(env):
@@ -177,3 +177,55 @@ def test_up_refuses_a_bad_tokens_file(tmp_path, tokens, words):
            "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}"}
     r = cli(env, "up", "-d", check=False, timeout=120)
     assert r.returncode != 0 and "tokens file" in r.stderr and words in r.stderr, r.stderr
+
+
+def test_sweep_and_array_submit_many_jobs_in_one_request(env):
+    code = "import os; print('idx', os.environ['SENTINELS_ARRAY_INDEX'], os.environ['SENTINELS_SWEEP_ID'])"
+    r = cli(env, "submit", "python:3.11", "--name", "sw", "--sweep", "lr=0.1,0.2", "--array", "3-4", "--",
+            sys.executable, "-c", code)
+    sweep_id = r.stdout.strip()
+    assert sweep_id.startswith("sw-") and "4 jobs" in r.stderr
+    for _ in range(300):
+        members = json.loads(cli(env, "ls", "--sweep", sweep_id, "-o", "json").stdout)["jobs"]
+        if len(members) == 4 and all(m["state"] == "SUCCEEDED" for m in members):
+            break
+        time.sleep(0.3)
+    assert sorted(m["state"] for m in members) == ["SUCCEEDED"] * 4 and {m["sweep"] for m in members} == {sweep_id}
+    records = [json.loads(cli(env, "status", m["id"], "-o", "json").stdout) for m in members]
+    assert sorted((rec["spec"]["params"]["lr"], rec["sweep"]["array_index"]) for rec in records) == [
+        ("0.1", 3), ("0.1", 4), ("0.2", 3), ("0.2", 4)]
+    rec = records[0]
+    assert cli(env, "logs", rec["id"]).stdout.strip() == f"idx {rec['sweep']['array_index']} {sweep_id}"
+
+
+def test_a_sweep_is_cancelled_as_a_whole_and_a_big_one_is_refused(env):
+    before = json.loads(cli(env, "queue", "-o", "json").stdout)["total"]
+    r = cli(env, "submit", "python:3.11", "--cpu", "60", "--array", "1-1001", "--", "true", check=False)
+    assert r.returncode == 1 and "over the maximum of 1000" in r.stderr and "HTTP 400" in r.stderr
+    assert json.loads(cli(env, "queue", "-o", "json").stdout)["total"] == before
+    sweep_id = cli(env, "submit", "python:3.11", "--cpu", "60", "--array", "1-3", "--", "true").stdout.strip()
+    assert json.loads(cli(env, "queue", "-o", "json").stdout)["total"] == before + 3
+    assert "3 job(s)" in cli(env, "cancel", sweep_id).stdout
+    members = json.loads(cli(env, "ls", "--sweep", sweep_id, "-o", "json").stdout)["jobs"]
+    assert [m["state"] for m in members] == ["CANCELLED"] * 3
+    assert json.loads(cli(env, "queue", "-o", "json").stdout)["total"] == before
+
+
+def test_logs_follow_streams_until_the_job_ends(env):
+    code = "import time\nfor i in range(5):\n    print('tick', i, flush=True); time.sleep(0.3)"
+    job_id = cli(env, "submit", "python:3.11", "--name", "ticker", "--", sys.executable, "-c", code).stdout.strip()
+    r = cli(env, "logs", job_id, "-f", timeout=120)
+    assert r.stdout.splitlines() == [f"tick {i}" for i in range(5)]
+    assert json.loads(cli(env, "status", job_id, "-o", "json").stdout)["state"] == "SUCCEEDED"
+    assert cli(env, "logs", job_id, "-n", "2").stdout.splitlines() == ["tick 3", "tick 4"]
+
+
+def test_whoami_and_ls_default_to_the_local_user(env):
+    import getpass
+
+    who = json.loads(cli(env, "whoami", "-o", "json").stdout)
+    assert who["user"] == getpass.getuser() and who["single_user"] is True
+    page = json.loads(cli(env, "ls", "--all", "-n", "2", "-o", "json").stdout)
+    assert len(page["jobs"]) == 2 and page["next"] and {j["owner"] for j in page["jobs"]} == {who["user"]}
+    more = json.loads(cli(env, "ls", "--all", "-n", "2", "--cursor", page["next"], "-o", "json").stdout)
+    assert not {j["id"] for j in more["jobs"]} & {j["id"] for j in page["jobs"]}

@@ -67,6 +67,8 @@ DOCUMENT = {
             "summary": "The job's output (local file or pod logs), streamed; with follow, until the job ends",
             "operationId": "jobLogs",
             "parameters": [JOB_ID, FOLLOW,
+                           {"name": "build", "in": "query", "schema": {"type": "boolean", "default": False},
+                            "description": "the image build's output (a Dockerfile job)"},
                            {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 1000000}}],
             "responses": {"200": {"description": "log lines", "content": {"text/plain": {"schema": {"type": "string"}}}},
                           **_errors(400, 401, 403, 404, 503)}}},

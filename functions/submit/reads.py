@@ -129,10 +129,14 @@ class ReadService:
                 return
             await asyncio.sleep(FOLLOW_EVERY)
 
-    async def log_lines(self, job_id: str, who: dict, tail: int | None, follow: bool):
-        """The job's output, line by line; with `follow`, until the job ends."""
+    async def log_lines(self, job_id: str, who: dict, tail: int | None, follow: bool, build: bool = False):
+        """The job's output (or its image build's), line by line; with `follow`, until it ends."""
         record = await self._record(job_id)
         self.rules.check_details(who, record, "logs")
+        if build and not record.get("build"):
+            raise InvalidSpec(f"job {job_id} was not built from a Dockerfile: it has no build log", "build")
+        if build:  # the build's own log file / Job
+            record = dict(record, log_file="build.log", k8s_job=record.get("build_job"))
         lines, position = await self.logs.lines(record, tail)
         for line in lines:
             yield line
@@ -142,7 +146,7 @@ class ReadService:
                 yield line
             if not more:
                 got = await self.jobs.get(job_id)
-                if got is None or got[0]["state"] in states.TERMINAL:
+                if got is None or got[0]["state"] in states.TERMINAL or (build and got[0]["state"] != states.BUILDING):
                     more, position = await self.logs.more(record, position)  # the last lines
                     for line in more:
                         yield line

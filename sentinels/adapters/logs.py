@@ -52,7 +52,7 @@ class LocalLogs:
         self.jobs_dir = Path(jobs_dir)
 
     def path(self, record: dict) -> Path:
-        return self.jobs_dir / record["id"] / "log"
+        return self.jobs_dir / record["id"] / (record.get("log_file") or "log")  # build.log for an image build
 
     async def lines(self, record, tail):
         return await asyncio.to_thread(tail_lines, self.path(record), tail)
