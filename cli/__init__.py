@@ -1,1 +1,1 @@
-"""The `sentinels` command (Typer). Heavy libraries are imported inside commands only."""
+"""The `sentinels` command: argparse and the HTTP API through the standard library."""

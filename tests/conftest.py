@@ -1,5 +1,6 @@
 """Shared fixtures: a real nats-server per test, the submit function over real HTTP."""
 
+import contextlib
 import json
 import logging
 import os
@@ -188,3 +189,21 @@ def api_get(url: str, path: str, token: str | None = None, raw: bool = False, ti
             return resp.status, (body.decode() if raw else json.loads(body))
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+
+
+@contextlib.contextmanager
+def submit_stack(home: Path, env: dict | None = None):
+    """A real nats-server and the submit function over HTTP, with the tokens file above."""
+    port = natsd.free_port()
+    nats = natsd.start(home / "js", port)
+    env = {"SENTINELS_HOME": str(home), "SENTINELS_NATS_URL": f"nats://127.0.0.1:{port}",
+           "SENTINELS_TOKENS_FILE": str(tokens_file(home)), **(env or {})}
+    try:
+        fn = FunctionServer("submit", env, home)
+        try:
+            yield fn
+        finally:
+            fn.stop()
+    finally:
+        nats.terminate()
+        nats.wait()

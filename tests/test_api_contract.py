@@ -10,25 +10,16 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import (  # noqa: E402
     content_type_conformance, not_a_server_error, response_schema_conformance, status_code_conformance)
 
-from sentinels.embedded import natsd  # noqa: E402
-from tests.conftest import TOKENS, FunctionServer, post_ce, tokens_file  # noqa: E402
+from tests.conftest import TOKENS, post_ce, submit_stack  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    port = natsd.free_port()
-    nats = natsd.start(home / "js", port)
-    env = {"SENTINELS_HOME": str(home), "SENTINELS_NATS_URL": f"nats://127.0.0.1:{port}",
-           "SENTINELS_TOKENS_FILE": str(tokens_file(home))}
-    fn = FunctionServer("submit", env, home)
-    for i in range(3):  # something to read
-        post_ce(fn.url, "io.sentinels.job.submit", {"spec": {"image": "python:3.11", "command": ["true"]}},
-                token=TOKENS["alice"])
-    yield fn
-    fn.stop()
-    nats.terminate()
-    nats.wait()
+    with submit_stack(tmp_path_factory.mktemp("home")) as fn:
+        for _ in range(3):  # something to read
+            post_ce(fn.url, "io.sentinels.job.submit", {"spec": {"image": "python:3.11", "command": ["true"]}},
+                    token=TOKENS["alice"])
+        yield fn
 
 
 def test_documented_answers_only(live):

@@ -6,8 +6,7 @@ import urllib.request
 import pytest
 import yaml
 
-from sentinels.embedded import natsd
-from tests.conftest import TOKENS, FunctionServer, api_get, post_ce, tokens_file
+from tests.conftest import TOKENS, api_get, post_ce, submit_stack
 
 SUBMIT, CANCEL = "io.sentinels.job.submit", "io.sentinels.job.cancel"
 SPEC = {"image": "python:3.11", "command": ["python", "-c", "print(1)"], "env": {"SECRET_PATH": "/x"},
@@ -17,15 +16,8 @@ SPEC = {"image": "python:3.11", "command": ["python", "-c", "print(1)"], "env": 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    port = natsd.free_port()
-    nats = natsd.start(home / "js", port)
-    env = {"SENTINELS_HOME": str(home), "SENTINELS_NATS_URL": f"nats://127.0.0.1:{port}",
-           "SENTINELS_TOKENS_FILE": str(tokens_file(home))}
-    fn = FunctionServer("submit", env, home)
-    yield fn, home
-    fn.stop()
-    nats.terminate()
-    nats.wait()
+    with submit_stack(home) as fn:
+        yield fn, home
 
 
 def submit(fn, who, **spec):
@@ -151,3 +143,23 @@ def test_openapi_document_lists_every_read(stack):
     assert {"/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/history", "/v1/jobs/{id}/logs", "/v1/queue",
             "/v1/whoami", "/"} <= set(doc["paths"])
     assert yaml.safe_dump(doc)  # plain data all the way down
+
+
+def test_a_retried_sweep_creates_nothing_twice_and_only_its_owner_cancels_it(stack):
+    fn, _ = stack
+    body = {"spec": {**SPEC, "name": "grid"}, "sweep": {"lr": [0.1, 0.2, 0.3]}, "array": "0-1"}
+    first = post_ce(fn.url, SUBMIT, body, token=TOKENS["alice"], event_id="sweep-1")
+    again = post_ce(fn.url, SUBMIT, body, token=TOKENS["alice"], event_id="sweep-1")
+    assert first[0] == 201 and again[0] == 200 and first[1] == again[1] and first[1]["size"] == 6
+    sweep_id = first[1]["sweep"]
+    page = api_get(fn.url, f"/v1/jobs?sweep={sweep_id}", TOKENS["bob"])[1]
+    assert sorted(r["id"] for r in page["jobs"]) == sorted(first[1]["jobs"])
+    one = api_get(fn.url, f"/v1/jobs/{first[1]['jobs'][5]}", TOKENS["alice"])[1]
+    assert one["sweep"]["index"] == 5 and one["spec"]["env"]["SENTINELS_ARRAY_INDEX"] == "1"
+    assert one["name"] == "grid-5" and one["spec"]["params"]["lr"] == "0.3"
+    status, body = post_ce(fn.url, CANCEL, {"sweep": sweep_id}, token=TOKENS["bob"])
+    assert status == 403 and "only its owner or an admin" in body["error"]
+    assert post_ce(fn.url, CANCEL, {"sweep": "sw-aaaaaaaaaa"}, token=TOKENS["alice"])[0] == 404
+    assert post_ce(fn.url, CANCEL, {"sweep": "nonsense"}, token=TOKENS["alice"])[0] == 400
+    status, body = post_ce(fn.url, CANCEL, {"sweep": sweep_id}, token=TOKENS["alice"])
+    assert status == 200 and {j["state"] for j in body["jobs"]} == {"CANCELLED"} and len(body["jobs"]) == 6
