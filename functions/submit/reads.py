@@ -96,7 +96,7 @@ class ReadService:
                                                       self._reasons())
         got = await asyncio.gather(*(self.jobs.get(e["id"]) for _, e in heads))
         ahead = sum(counts.get(k, 0) for k in order[: order.index(klass)]) if klass else 0
-        rows = []
+        rows: list[dict] = []
         for (seq, entry), rec in zip(heads, got):
             record = rec[0] if rec else None
             if record is None or record["state"] != states.QUEUED or record.get("queue_seq") != seq:

@@ -68,7 +68,7 @@ def members(data: dict, max_size: int) -> list[dict] | None:
         raise InvalidSpec(f"sweep of {n} jobs is over the maximum of {max_size} (configuration sweeps.max_size); "
                           "nothing was submitted", "sweep")
     combos = list(itertools.product(*(v for _, v in axes))) if axes else [()]
-    out = []
+    out: list[dict] = []
     for combo in combos:
         for a in (indexes if indexes is not None else [None]):
             out.append({"index": len(out), "values": dict(zip((k for k, _ in axes), combo)), "array_index": a})
