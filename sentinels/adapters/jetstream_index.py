@@ -131,11 +131,11 @@ class JobIndex:
 
         Returns (entries, cursor for the next page or None, how many lie below `before`).
         """
-        try:
-            state = (await self.js.stream_info(INDEX_STREAM)).state
+        try:  # the first and last entries of this filter, straight from the server
+            last = (await self.js.get_msg(INDEX_STREAM, subject=subj, direct=True)).seq
+            first = (await self.js.get_msg(INDEX_STREAM, seq=1, subject=subj, next=True, direct=True)).seq
         except NotFoundError:
             return [], None, 0
-        first, last = max(1, state.first_seq), state.last_seq
         hi = min(before or last + 1, last + 1)
         if hi <= first or limit <= 0:
             return [], None, 0
