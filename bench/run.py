@@ -6,7 +6,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 failed = 0
-for name in ("foundation", "scheduling", "lifecycle", "sharing", "containers"):
+for name in ("foundation", "scheduling", "lifecycle", "sharing", "containers", "api"):
     print(f"\n== bench/{name}.py", flush=True)
     failed |= subprocess.run([sys.executable, str(HERE / f"{name}.py")], cwd=HERE).returncode
 sys.exit(failed)
