@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import ROOT, median, ms, natsd, pct
+from common import ROOT, median, ms, natsd, pct, wait_http
 
 from sentinels.adapters import jetstream
 from sentinels.adapters.jetstream_index import INDEX_STREAM, JobIndex, subject
@@ -108,18 +108,6 @@ async def fill(nats_url: str, prio: PriorityConfig) -> str:
           f"(jobs bucket {kv:,} records, index {idx:,} entries)", flush=True)
     await nc.close()
     return records[0]["id"]
-
-
-def wait_http(url, timeout=60):
-    import urllib.request
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=0.5)
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not start")
 
 
 def http_p50(port: int, path: str, n: int = 300) -> tuple[float, float]:

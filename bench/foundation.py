@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, median, ms, nats_server, natsd, pct, submit_load
+from common import ROOT, median, ms, nats_server, natsd, pct, submit_load, wait_http
 
 from sentinels.adapters import jetstream
 from sentinels.domain import job
@@ -21,18 +21,6 @@ from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.spec import validate
 
 SPEC = {"image": "python:3.11", "command": ["python", "train.py"], "resources": {"cpu": 1, "memory": "1Gi"}}
-
-
-def wait_http(url, timeout=30):
-    import urllib.request
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=0.5)
-            return
-        except Exception:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} did not start")
 
 
 def submit_throughput(n=6000, clients=8):
