@@ -165,12 +165,15 @@ class JetStreamJobs:
             if getattr(e, "err_code", None) == 10071:  # wrong last sequence
                 raise Conflict(record["id"]) from None
             raise
+        assert self.index is not None  # set whenever js is
         await self.index.ended(record)
         return ack.seq
 
     async def listing(self, kind: str, owner=None, team=None, sweep=None, before: int | None = None,
                       limit: int = 50) -> tuple[list[str], int | None, int]:
         """Job ids of one list (`active`, `done`, `sweep`), newest first: (ids, next cursor, total)."""
+        if self.index is None:
+            raise TypeError("listings need the store opened with JetStreamJobs.open(js)")
         page, cursor, total = await self.index.page(filter_subject(kind, owner, team, sweep), before, limit)
         return [e["id"] for _, e in page], cursor, total
 
