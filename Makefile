@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test check demo bench install clean
+.PHONY: test check chaos demo bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: check
 check: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
+
+# the adversarial run: 1,000 jobs, kill -9 of every part in turn, every event twice
+chaos: $(STAMP)
+	$(BIN)/python chaos/run.py
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

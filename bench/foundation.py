@@ -1,4 +1,4 @@
-"""Issue 2 numbers: submit throughput, queue listing and status at 100,000 queued, CLI wall time.
+"""Issue 2 numbers: submit throughput (with and without NATS authentication), queue listing and status at 100,000 queued, CLI wall time.
 
 The submit benchmark runs NATS JetStream and the submit function alone (the router is
 not started, so the scheduler does not compete for the two cores while we measure).
@@ -19,15 +19,30 @@ from sentinels.adapters import jetstream
 from sentinels.domain import job
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.spec import validate
+from sentinels.embedded import natsauth
 
 SPEC = {"image": "python:3.11", "command": ["python", "train.py"], "resources": {"cpu": 1, "memory": "1Gi"}}
 
 
-def submit_throughput(n=6000, clients=8):
+def submit_throughput(n=6000, clients=8, auth=False) -> float:
+    """Jobs per second through the submit function; with `auth`, NATS runs with the
+    embedded default's users and the function connects as `submit`."""
     home = Path(tempfile.mkdtemp(prefix="sentinels-bench-"))
     nport, sport = natsd.free_port(), natsd.free_port()
-    nats = natsd.start(home / "js", nport)
     env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_NATS_URL": f"nats://127.0.0.1:{nport}"}
+    env.pop(jetstream.CREDENTIALS_ENV, None)
+    block = None
+    if auth:
+        block = natsauth.config_block(natsauth.ensure(home))
+        env[jetstream.CREDENTIALS_ENV] = str(natsauth.credentials_file(home, "submit"))
+    nats = natsd.start(home / "js", nport, auth=block)
+    if auth:  # the streams are made by the admin user, as `sentinels up` does
+        async def prepare():
+            admin = jetstream.credentials(str(natsauth.credentials_file(home, "admin")))
+            nc = await jetstream.connect(env["SENTINELS_NATS_URL"], login=admin)
+            await jetstream.ensure(nc.jetstream())
+            await nc.close()
+        asyncio.run(prepare())
     fn = subprocess.Popen([sys.executable, "-m", "sentinels.embedded.serve", "submit", str(sport)], env=env,
                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -35,13 +50,26 @@ def submit_throughput(n=6000, clients=8):
         url = f"http://127.0.0.1:{sport}"
         asyncio.run(submit_load(url, 400, clients, SPEC))  # warm up
         elapsed, lat = asyncio.run(submit_load(url, n, clients, SPEC))
-        print(f"submit: {len(lat) / elapsed:,.0f} jobs/s with {clients} clients ({len(lat)} jobs); "
-              f"p50 {ms(pct(lat, 50))}, p99 {ms(pct(lat, 99))}   [target >= 1,000 jobs/s]")
+        rate = len(lat) / elapsed
+        print(f"submit{' (NATS authentication on)' if auth else ''}: {rate:,.0f} jobs/s with {clients} clients "
+              f"({len(lat)} jobs); p50 {ms(pct(lat, 50))}, p99 {ms(pct(lat, 99))}   [target >= 1,000 jobs/s]")
+        return rate
     finally:
         fn.terminate()
         fn.wait()
         nats.terminate()
         nats.wait()
+
+
+def submit_with_and_without_auth(rounds=2) -> None:
+    """Alternate the two set-ups (the machine's load drifts) and compare the best of each."""
+    plain, authed = [], []
+    for _ in range(rounds):
+        plain.append(submit_throughput(auth=False))
+        authed.append(submit_throughput(auth=True))
+    ratio = max(authed) / max(plain)
+    print(f"submit with NATS authentication: {ratio:.0%} of the throughput without "
+          f"({max(authed):,.0f} vs {max(plain):,.0f} jobs/s, best of {rounds})   [target >= 90%]")
 
 
 async def fill(js, n: int, prio: PriorityConfig) -> list[tuple[str, int]]:
@@ -106,7 +134,7 @@ async def reads_at_100k(url: str, n=100_000):
 
 def main():
     sys.stdout.reconfigure(line_buffering=True)
-    submit_throughput()
+    submit_with_and_without_auth()
     with nats_server() as url:
         asyncio.run(reads_at_100k(url))
     print("(the CLI as whole processes, through the HTTP API: bench/api.py)")

@@ -22,7 +22,10 @@ def load_file(path: str) -> dict:
     if size > MAX_SPEC_BYTES:
         raise CliError(f"--config {path}: {size} bytes is over the {MAX_SPEC_BYTES // 1024} KiB limit for a job spec")
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_text()
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text)):  # before anything is expanded
+            raise CliError(f"--config {path}: YAML aliases (*name) are not allowed in a job spec; write the values out")
+        raw = yaml.safe_load(text)
     except UnicodeDecodeError:
         raise CliError(f"--config {path}: not a text file") from None
     except yaml.constructor.ConstructorError as e:

@@ -240,6 +240,12 @@ def cmd_whoami(a) -> int:
     return 0
 
 
+def cmd_events(a) -> int:
+    from . import operator
+
+    return operator.cmd_events(a, _settings(), _emit)
+
+
 def cmd_up(a) -> int:
     settings = _settings()
     from sentinels.domain.errors import ConfigError
@@ -362,6 +368,13 @@ def parser() -> argparse.ArgumentParser:
     _output(p)
 
     p = command("whoami", cmd_whoami, "Who the API takes you for (your token's user, team and role).")
+    _output(p)
+
+    p = command("events", cmd_events, "Dead letters: events no function accepted within the retry horizon "
+                "(count, list, replay).")
+    p.add_argument("--dead", action="store_true", help="list the events the broker gave up on")
+    p.add_argument("--replay", metavar="SEQ|all", help="deliver a dead letter again (its SEQ, or all)")
+    p.add_argument("-n", "--limit", type=int, default=100, help="how many to list or replay")
     _output(p)
 
     p = command("up", cmd_up, "Start the embedded default: NATS JetStream, the functions, the router.")

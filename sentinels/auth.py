@@ -3,6 +3,8 @@
 File format (YAML): `users: [{user, team, role, token | token_sha256}]`. With no file
 configured, the embedded default runs single-user: every caller is the local user as admin.
 Tokens are looked up by SHA-256 so the file may hold hashes only, and tokens are never logged.
+`hash_at_rest` (run by `sentinels up`) rewrites a file given with plaintext tokens so that
+only their hashes stay on disk: a job that finds the file learns no token.
 """
 
 import getpass
@@ -56,3 +58,36 @@ class Identities:
         if who is None:
             raise Unauthorized("unknown token")
         return who
+
+
+def hash_at_rest(path: Path | None) -> int:
+    """Replace every plaintext `token` in the tokens file by its `token_sha256`; the count.
+
+    The file keeps its other fields and its mode (0600 at most); a file we may not write
+    (a mounted secret) is left alone and the caller says so.
+    """
+    import os
+
+    import yaml
+
+    if path is None:
+        return 0
+    from .settings import _load_yaml_file
+
+    raw = _load_yaml_file(path, "tokens file")
+    users = raw.get("users") if isinstance(raw, dict) else None
+    if not isinstance(users, list):
+        return 0
+    changed = 0
+    for u in users:
+        if isinstance(u, dict) and u.get("token"):
+            u["token_sha256"] = _sha(str(u.pop("token")))
+            changed += 1
+    if changed:
+        tmp = path.with_name(f".{path.name}.hashing")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# plaintext tokens were replaced by their SHA-256 at `sentinels up`\n")
+            yaml.safe_dump(raw, f, sort_keys=False)
+        os.replace(tmp, path)
+    return changed

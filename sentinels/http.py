@@ -16,6 +16,11 @@ log = logging.getLogger("sentinels.http")
 
 
 REQUIRED = ("id", "source", "type", "specversion")
+JSON_TYPES = ("application/json", "text/json", "")
+
+
+class UnsupportedMedia(InvalidSpec):
+    status = 415
 
 
 async def read_event(request) -> dict:
@@ -33,21 +38,28 @@ async def read_event(request) -> dict:
         if len(body) > MAX_BODY:
             raise TooLarge(f"request body is over the {MAX_BODY // 1024} KiB limit")
     ctype = request.headers.get("content-type", "")
-    if ctype.startswith("application/cloudevents+json"):
+    media = ctype.split(";")[0].strip().lower()
+    if media == "application/cloudevents+json":
         try:
             event = json.loads(body)
-        except ValueError:
-            raise InvalidSpec("not a valid CloudEvent: structured-mode body is not JSON") from None
+        except (ValueError, RecursionError):
+            raise InvalidSpec("not a valid CloudEvent: structured-mode body is not JSON (or nested too deeply)") from None
         if not isinstance(event, dict):
             raise InvalidSpec("not a valid CloudEvent: structured-mode body must be a JSON object")
         if "data_base64" in event:
             raise InvalidSpec("CloudEvent data must be JSON, not data_base64")
+        event.setdefault("data", None)
+        if not all(isinstance(event.get(k), str) for k in REQUIRED if event.get(k) is not None):
+            raise InvalidSpec(f"not a valid CloudEvent: {', '.join(REQUIRED)} must be strings")
     else:
+        if body.strip() and media not in JSON_TYPES and not media.endswith("+json"):
+            raise UnsupportedMedia(f"content-type {ctype or '(none)'!r}: CloudEvent data must be JSON "
+                                   "(application/json), or send a structured application/cloudevents+json event")
         event = {k[3:]: v for k, v in request.headers.items() if k.startswith("ce-")}
         try:
             event["data"] = json.loads(body) if body.strip() else None
-        except ValueError:
-            raise InvalidSpec("CloudEvent data must be JSON") from None
+        except (ValueError, RecursionError):
+            raise InvalidSpec("CloudEvent data must be JSON (and nested at most a few hundred levels)") from None
     missing = [k for k in REQUIRED if not event.get(k)]
     if missing:
         raise InvalidSpec(f"not a valid CloudEvent: missing {', '.join(missing)} (required: {', '.join(REQUIRED)})",
@@ -55,6 +67,16 @@ async def read_event(request) -> dict:
     if event["specversion"] != "1.0":
         raise InvalidSpec(f"unsupported CloudEvents specversion {event['specversion']!r} (use 1.0)", "specversion")
     return event
+
+
+def misrouted(request) -> Response | None:
+    """404 for any path but `/`, 405 for any method but GET (health) and POST (events)."""
+    if request.url.path not in ("/", ""):
+        return JSONResponse({"error": f"no such path {request.url.path!r}: events are POSTed to /"}, status_code=404)
+    if request.method not in ("GET", "POST"):
+        return JSONResponse({"error": f"method {request.method} not allowed: POST a CloudEvent to /"},
+                            status_code=405, headers={"allow": "GET, POST"})
+    return None
 
 
 def error_response(exc: Exception) -> Response:

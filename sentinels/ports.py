@@ -39,7 +39,7 @@ class JobQueue(Protocol):
 class History(Protocol):
     """Every state transition (stream `SENTINELS_HISTORY`)."""
 
-    async def append(self, entry: dict, msg_id: str) -> None: ...
+    async def append(self, entry: dict, msg_id: str, first: bool = False) -> None: ...
     async def of(self, job_id: str) -> list[dict]: ...
 
 
@@ -53,10 +53,13 @@ class Board(Protocol):
 
 
 class SentLog(Protocol):
-    """Which (event, channel) pairs the alert function already sent (KV `sentinels_alerts`)."""
+    """Which (event, channel) pairs the alert function sent (KV `sentinels_alerts`), claimed
+    before sending so that concurrent deliveries of one event send one message:
+    claim, send, then done (or release when the send failed and may be retried)."""
 
-    async def seen(self, key: str) -> bool: ...
-    async def mark(self, key: str) -> None: ...
+    async def claim(self, key: str) -> bool: ...  # True: this delivery sends; False: sent or being sent
+    async def done(self, key: str) -> None: ...
+    async def release(self, key: str) -> None: ...
 
 
 class Notifier(Protocol):
@@ -115,6 +118,9 @@ class Cluster(Protocol):
 
     async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
         ...
+
+    async def jobs(self, job_ids: list[str]) -> dict[str, dict]:  # job id -> its current Job object
+        ...  # (Kubernetes-shaped, with status); ids the cluster has no Job for are left out
 
 
 class Tracker(Protocol):

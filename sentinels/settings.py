@@ -23,7 +23,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONFIG_KEYS = {"url", "nats_url", "token", "priorities", "tokens_file", "limits", "data_roots",
                "mlflow_tracking_uri", "user", "notify", "local", "backend", "scheduler", "lifecycle",
-               "kubernetes", "nats_sync", "quotas", "fair_share", "preemption", "builds", "nats_replicas",
+               "kubernetes", "nats_sync", "quotas", "fair_share", "preemption", "builds", "nats_replicas", "events",
                "reads", "retention", "sweeps"}
 
 

@@ -6,6 +6,7 @@ one place.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 from .adapters import jetstream
 from .ports import Board, EventSink, History, JobQueue, JobStore, LogSource, SentLog
@@ -116,3 +117,19 @@ class Lazy:
                 self.stores = await open_stores(self.settings, self.name)
                 self.service = await self.build(self.stores)
             return self.service
+
+
+async def jetstream_health(lazy: "Lazy", timeout: float = 2.0) -> str:
+    """"ok" when this function can reach JetStream now, else a few words why not (health checks).
+    A connection still being made is not cancelled by a health check that gives up on it."""
+    import asyncio
+
+    try:
+        await asyncio.wait_for(asyncio.shield(lazy.get()), timeout)
+        js: Any = lazy.stores.js if lazy.stores is not None else None
+        if js is None:
+            return "unavailable (not connected)"
+        await asyncio.wait_for(js.account_info(), timeout)
+        return "ok"
+    except Exception as e:  # anything in the way of JetStream makes the function unhealthy
+        return f"unavailable ({getattr(e, 'message', None) or type(e).__name__})"

@@ -49,6 +49,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         else:
             item.add_marker(pytest.mark.fast)
+# As root, `sentinels up` runs jobs as `nobody`, who cannot reach this checkout's Python
+# under /root: the tests run jobs as the test user (tests/test_job_isolation.py covers nobody).
+os.environ.setdefault("SENTINELS_RUN_AS", "")
 
 
 @pytest.fixture
@@ -94,8 +97,10 @@ def wait_http(url: str, proc=None, timeout: float = 30) -> None:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=0.5):
+            with urllib.request.urlopen(url, timeout=3):
                 return
+        except urllib.error.HTTPError:  # it answers (503: up, but JetStream is not reachable)
+            return
         except (urllib.error.URLError, ConnectionError, OSError):
             time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer")

@@ -18,7 +18,8 @@ from sentinels.embedded import natsd
 @pytest.fixture(scope="module")
 def slack_stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    (home / "config.yaml").write_text(yaml.safe_dump({"notify": {"capacity": {"after": "1s"}}}))
+    (home / "config.yaml").write_text(yaml.safe_dump({"notify": {"capacity": {"after": "1s"}},
+                                                      "events": {"max_backoff": "1s"}}))
     with FakeSlack() as fake:
         base = free_block()
         env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_URL": f"http://127.0.0.1:{base}",
@@ -67,3 +68,54 @@ def test_one_message_per_ending_and_per_episode(slack_stack):
     time.sleep(2)
     assert len([t for t in texts(fake) if "recovered" in t.lower()]) == 1
     assert len(fake.messages) == 4, texts(fake)
+
+
+def test_a_slack_outage_longer_than_the_old_retry_budget_loses_nothing(slack_stack):
+    env, fake = slack_stack
+    before = len(fake.messages)
+    fake.fail_with = 15  # the trigger's 5 retries used to be all: now retried up to the horizon
+    job = cli(env, "submit", "python:3.11", "--name", "outage", "--wait", "--", "true", timeout=120).stdout.strip()
+    assert wait_for(lambda: any(job in t for t in texts(fake)), timeout=90), texts(fake)
+    assert fake.fail_with == 0 and len(fake.messages) == before + 1
+    dead = json.loads(cli(env, "events", "--dead", "-o", "json").stdout)
+    assert dead["count"] == 0
+
+
+def test_dead_letters_are_counted_listed_and_replayed(slack_stack):
+    import asyncio
+
+    from sentinels.adapters import deadletters, jetstream
+    from sentinels.domain import events
+
+    env, fake = slack_stack
+    job = cli(env, "submit", "python:3.11", "--name", "lost-note", "--wait", "--", "true", timeout=120).stdout.strip()
+    assert wait_for(lambda: any(job in t for t in texts(fake)), timeout=60)
+    event = events.envelope(events.JOB_SUCCEEDED, "tests", "a-lost-one", {"job": job}, "2026-11-28T00:00:00Z")
+
+    async def bury():
+        nc = await jetstream.connect(env["SENTINELS_NATS_URL"], **nats_login(env))
+        try:
+            await deadletters.add(nc.jetstream(), deadletters.letter("alert-job-succeeded", "alert", event, "refused",
+                                                                      1, "2026-11-28T00:00:00Z", "2026-11-28T00:00:01Z"))
+        finally:
+            await nc.close()
+
+    asyncio.run(bury())
+    table = cli(env, "events", "--dead").stdout
+    assert table.startswith("1 dead letter") and "a-lost-one" in table and "alert-job-succeeded" in table
+    seq = json.loads(cli(env, "events", "--dead", "-o", "json").stdout)["letters"][0]["seq"]
+    assert cli(env, "events", "--replay", "999999", check=False).returncode == 1
+    assert "a-lost-one" in cli(env, "events", "--replay", str(seq)).stdout
+    assert json.loads(cli(env, "events", "--dead", "-o", "json").stdout)["count"] == 0
+    # the replay reached the alert function, whose dedupe (event id) sends it once more at most
+    assert wait_for(lambda: sum(job in t for t in texts(fake)) == 2, timeout=30), texts(fake)
+    bad = cli(env, "events", check=False)
+    assert bad.returncode == 2 and "--dead" in bad.stderr
+
+
+def nats_login(env, user="admin") -> dict:
+    from pathlib import Path
+
+    from sentinels.adapters import jetstream
+
+    return {"login": jetstream.credentials(str(Path(env["SENTINELS_HOME"]) / "secrets" / f"nats-{user}.json"))}

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from sentinels.adapters import jetstream
+from sentinels.adapters import deadletters, jetstream
 from sentinels.domain import events
 from sentinels.domain.errors import ConfigError
 from sentinels.embedded import router, triggers
@@ -62,6 +62,21 @@ async def wait_until(pred, timeout=10):
     return False
 
 
+def test_retry_settings_and_capped_backoff(tmp_path):
+    t = triggers.Trigger("x", events.JOB_QUEUED, "schedule", 3, 0.2, True)
+    retry = router.Retry.from_dict({"retry_horizon": "2h", "max_backoff": "30s"})
+    assert (retry.horizon, retry.max_backoff) == (7200.0, 30.0)
+    assert [retry.delay(t, n) for n in (1, 2, 3, 10, 500)] == [0.2, 0.4, 0.8, 30.0, 30.0]
+    assert router.Retry().horizon == 24 * 3600
+    for bad, words in (({"retry_horizon": "soon"}, "events.retry_horizon"), ({"x": 1}, "unknown key"),
+                       ([], "mapping")):
+        with pytest.raises(ConfigError, match=words):
+            router.Retry.from_dict(bad)
+    settings = Settings(home=tmp_path, file={"events": {"retry_horizon": "1h"}})
+    assert router.retry_settings(settings, {}).horizon == 3600
+    assert router.retry_settings(settings, {"SENTINELS_RETRY_HORIZON": "90"}).horizon == 90
+
+
 def test_trigger_table_comes_from_the_manifests(tmp_path):
     (tmp_path / "t.yaml").write_text(yaml.safe_dump_all([TRIGGER, {"kind": "Broker", "metadata": {"name": "x"}}]))
     [t] = triggers.load(tmp_path)
@@ -80,20 +95,37 @@ async def test_delivery_retries_then_acks_and_dead_letters_what_is_refused(tmp_p
     sub = Subscriber({"flaky": [503, 500, 200], "refused": [400], "down": [503]})
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(TRIGGER))
     settings = Settings(home=tmp_path, url=f"http://127.0.0.1:{sub.port - 1}", nats_url=nats_url)
-    r = router.Router(settings, triggers.load(tmp_path))
+    r = router.Router(settings, triggers.load(tmp_path), router.Retry(horizon=1.5, max_backoff=0.3))
     task = asyncio.create_task(r.run(tick=3600))
     try:
         sink = jetstream.JetStreamSink(js)
         for ce_id in ("ok", "flaky", "refused", "down"):
             await sink.emit(events.envelope(events.JOB_QUEUED, "tests", ce_id, {"job": ce_id}, "2026-11-28T00:00:00Z"))
-        assert await wait_until(lambda: sub.count("flaky") == 3 and sub.count("down") == 3)
-        await asyncio.sleep(0.5)  # nothing more may arrive
-        assert (sub.count("ok"), sub.count("flaky"), sub.count("refused"), sub.count("down")) == (1, 3, 1, 3)
+        assert await wait_until(lambda: sub.count("flaky") == 3)
+        # "down" is retried past the trigger's 2 retries, with a capped back-off, until the horizon
+        assert await wait_until(lambda: sub.count("down") >= 5)
+        for _ in range(200):
+            if await deadletters.count(js) == 2:
+                break
+            await asyncio.sleep(0.05)
+        tries = sub.count("down")
+        await asyncio.sleep(0.8)  # past the horizon: nothing more may arrive
+        assert sub.count("down") == tries
+        assert (sub.count("ok"), sub.count("flaky"), sub.count("refused")) == (1, 3, 1)
         assert ("ok", events.JOB_QUEUED, {"job": "ok"}) in sub.seen  # binary mode: data is the body
-        dead = [json.loads((await js.get_msg(jetstream.EVENTS_STREAM, seq=s)).data)["id"]
-                for s in range(1, (await js.stream_info(jetstream.EVENTS_STREAM)).state.last_seq + 1)
-                if (await js.get_msg(jetstream.EVENTS_STREAM, seq=s)).subject.startswith("sentinels.events.deadletter.")]
-        assert sorted(dead) == ["down", "refused"]
+        letters = await deadletters.listing(js)
+        assert await deadletters.count(js) == 2
+        assert sorted(d["event"]["id"] for d in letters) == ["down", "refused"]
+        by_id = {d["event"]["id"]: d for d in letters}
+        assert by_id["refused"]["reason"] == "refused" and by_id["refused"]["attempts"] == 1
+        assert by_id["down"]["reason"].startswith("still failing after") and by_id["down"]["attempts"] == tries
+        assert by_id["down"]["trigger"] == "schedule-job-queued" and by_id["down"]["function"] == "schedule"
+        # the subscriber is back: a replay delivers the event again and removes its letter
+        sub.script["down"] = [200]
+        assert await deadletters.replay(js, by_id["down"]["seq"]) == "down"
+        assert await wait_until(lambda: sub.count("down") == tries + 1)
+        assert [d["event"]["id"] for d in await deadletters.listing(js)] == ["refused"]
+        assert await deadletters.replay(js, by_id["down"]["seq"]) is None  # gone
     finally:
         task.cancel()
         await r.nc.close()

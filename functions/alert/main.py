@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 
 from sentinels import clock, wiring
 from sentinels.adapters import slack
-from sentinels.http import error_response, read_event
+from sentinels.http import error_response, misrouted, read_event
 from sentinels import expected_secrets
 from sentinels.settings import Settings
 
@@ -37,6 +37,9 @@ SERVICE = wiring.Lazy(SETTINGS, "sentinels-alert", build)
 
 @functions_framework.aio.http
 async def alert(request):
+    wrong = misrouted(request)
+    if wrong is not None:
+        return wrong
     if request.method == "GET":
         return JSONResponse({"ok": True, "function": "alert", "notifications": NOTIFIER.describe()})
     try:

@@ -1,10 +1,10 @@
 """What the alert function does with one CloudEvent: read, route, render, send once.
 
 Snapshot (the job record from KV) -> decide (pure `domain.notify`) -> apply (Slack).
-Events arrive at least once, so each (event, channel) pair is remembered in the KV
-bucket `sentinels_alerts` after a successful send and checked before the next one: a
-redelivered event sends nothing twice. A transient Slack failure raises `Unavailable`
-(503, the broker redelivers); anything else is logged and acknowledged, so a bad event
+Events arrive at least once, so each (event, channel) pair is claimed in the KV bucket
+`sentinels_alerts` by an atomic create before sending and marked sent after: a
+redelivered or concurrently delivered event sends nothing twice. A transient Slack
+failure raises `Unavailable` (503, the broker redelivers); anything else is logged and acknowledged, so a bad event
 or a Slack refusal never loops.
 """
 
@@ -83,7 +83,7 @@ class AlertService:
         sent, skipped = [], []
         for channel in channels:
             key = dedupe_key(ce, channel)
-            if await self.sent.seen(key):
+            if not await self.sent.claim(key):  # sent already, or another delivery is sending it
                 skipped.append(channel)
                 continue
             try:
@@ -94,9 +94,13 @@ class AlertService:
                 used = self.notifier.send(channel, message)
             except SendFailed as e:
                 log.error("event %s for %s not sent: %s", ce["id"], channel or "the default channel", e.message)
+                await self.sent.done(key)  # refused for good: never retried
                 continue
-            await self.sent.mark(key)
+            except BaseException:  # transient (Unavailable) or cancelled: a redelivery tries again
+                await self.sent.release(key)
+                raise
+            await self.sent.done(key)
             if used != channel:  # fell back to the default channel: it has this message now
-                await self.sent.mark(dedupe_key(ce, used))
+                await self.sent.done(dedupe_key(ce, used))
             sent.append(used)
         return sent, skipped

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 
 from sentinels import clock, wiring
 from sentinels.domain import events
-from sentinels.http import error_response, read_event
+from sentinels.http import error_response, misrouted, read_event
 from sentinels import expected_secrets
 from sentinels.settings import Settings
 
@@ -43,11 +43,15 @@ async def build(stores: wiring.Stores) -> LifecycleService:
         tracker=TRACKER, outputs_dir=outputs_dir, board=stores.board)
 
 
+RECONCILE = clock.Every(LIFECYCLE.reconcile_seconds)
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-on-job-event", build)
 
 
 @functions_framework.aio.http
 async def on_job_event(request):
+    wrong = misrouted(request)
+    if wrong is not None:
+        return wrong
     if request.method == "GET":
         return JSONResponse({"ok": True, "function": "on_job_event"})
     try:
@@ -62,6 +66,8 @@ async def on_job_event(request):
             outcome = await svc.preempt((data or {}).get("job"))
         elif kind == events.PING:
             outcome = f"mlflow caught up {await svc.catch_up()}"
+            if RECONCILE.due():
+                outcome += f"; reconciled {await svc.reconcile()}"
         elif kind == events.JOB_SCHEDULED:
             got = await svc.jobs.get((data or {}).get("job", ""))
             if got:

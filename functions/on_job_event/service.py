@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from sentinels.domain.times import parse as parse_iso
-from sentinels.domain import events, job, lifecycle, observe, states, tracking
+from sentinels.domain import events, job, lifecycle, local_objects, observe, states, tracking
 from sentinels.domain.errors import SentinelsError, Unavailable
 from sentinels.domain.names import MLFLOW_OWED_KEY
 from sentinels.ports import Board, Cluster, EventSink, History, JobQueue, JobStore, Tracker
@@ -27,6 +27,8 @@ EVENT_FOR = {states.RUNNING: events.JOB_STARTED, states.SUCCEEDED: events.JOB_SU
 
 PASSED_THROUGH = "running (its start was seen after its end)"
 RACE_RETRIES = 10
+EARLY = (observe.RUNNING, observe.SUCCEEDED, observe.FAILED)  # observations that need a SCHEDULED record
+RECONCILE_GRACE = 60.0  # seconds a SCHEDULED/RUNNING record may have no Job before it counts as deleted
 
 
 class RetryLater(Exception):
@@ -78,10 +80,13 @@ class LifecycleService:
         record = got[0]
         key = f"{obs.uid}:{obs.resource_version}:{obs.what}"
         if record.get("last_observation") == key:  # redelivery after the CAS: finish the effects
-            await self._effects(None, record, self._last_step(record))
+            await self._effects(None, record, self._last_step(record), replay=True)
             return "redelivered"
-        if obs.what == observe.RUNNING and record["state"] == states.QUEUED and obs.attempt in (None, record.get("attempts")):
-            raise RetryLater(f"job {obs.job_id} runs but is not recorded as scheduled yet")
+        if record["state"] == states.QUEUED and obs.what in EARLY and obs.attempt in (None, record.get("attempts")) \
+                and (obs.kind != "Job" or obs.name in (None, record.get("k8s_job"))):
+            # the scheduler's compare-and-set has not landed yet (or it crashed before it):
+            # keep the event; the reconcile on the timer repairs it if it never lands
+            raise RetryLater(f"job {obs.job_id} {obs.what} but is not recorded as scheduled yet")
         now = parse_iso(self.clock())
         sched = record.get("timestamps", {}).get(states.SCHEDULED)
         step = lifecycle.decide(record, obs, now, self.policy, parse_iso(sched) if sched else None)
@@ -135,7 +140,7 @@ class LifecycleService:
     def _last_step(record: dict) -> dict | None:
         return record.get("last_step")
 
-    async def _effects(self, before: dict | None, after: dict, step: dict | None) -> None:
+    async def _effects(self, before: dict | None, after: dict, step: dict | None, replay: bool = False) -> None:
         if not step:
             return
         if lifecycle.STOP in step["effects"]:
@@ -144,11 +149,11 @@ class LifecycleService:
             mid = dict(after, state=step["through"], reason=PASSED_THROUGH,
                        updated_at=after["timestamps"][step["through"]])
             await announce(self.history, self.sink, SOURCE, dict(after, state=states.SCHEDULED), mid,
-                           EVENT_FOR.get(mid["state"]))
+                           EVENT_FOR.get(mid["state"]), replay=replay)
             before = mid
         built = lifecycle.ENQUEUE in step["effects"]  # a new job for the scheduler, not a requeue
         await announce(self.history, self.sink, SOURCE, before, after,
-                       events.JOB_QUEUED if built else EVENT_FOR.get(after["state"]))
+                       events.JOB_QUEUED if built else EVENT_FOR.get(after["state"]), replay=replay)
         if lifecycle.CAPACITY in step["effects"]:
             await self._capacity_changed(f"capacity:{after['id']}:{after['state']}:{after.get('attempts', 1)}",
                                          f"job {after['id']} {after['state'].lower()}")
@@ -182,6 +187,45 @@ class LifecycleService:
                                      f"node {obs.name}: {obs.what}")
         return obs.what
 
+    # --- reconcile ------------------------------------------------------------------
+    async def reconcile(self) -> int:
+        """Converge from the cluster's state: apply what the events of SCHEDULED/RUNNING jobs missed.
+
+        Events can be lost for good (the lifecycle function down longer than the broker's
+        retries) or come too early (a job that ended before the scheduler recorded it as
+        SCHEDULED). On the timer, every active record is compared with its Job as the
+        cluster shows it now; a finished Job moves the record exactly as its event would
+        have, a Job that is gone (for longer than a grace period) counts as deleted.
+        """
+        active = [r for r in await self.jobs.all() if r["state"] in states.ACTIVE]
+        if not active:
+            return 0
+        current = await self.cluster.jobs([r["id"] for r in active])
+        now = parse_iso(self.clock())
+        repaired = 0
+        for record in active:
+            obj = current.get(record["id"])
+            if obj is not None:
+                obs = observe.observe(events.APISERVER_UPDATE, obj)
+            elif now - parse_iso(record.get("updated_at") or self.clock()) >= RECONCILE_GRACE:
+                obs = observe.Observation(kind="Job", what=observe.DELETED, name=record.get("k8s_job"),
+                                          job_id=record["id"], uid="reconcile", deleted=True,
+                                          resource_version=record.get("updated_at"), attempt=record.get("attempts"),
+                                          reason="its Job is gone")
+            else:
+                continue
+            if obs is None or obs.what not in (observe.SUCCEEDED, observe.FAILED, observe.DELETED):
+                continue
+            try:
+                outcome = await self._job(obs)
+            except (RetryLater, SentinelsError) as e:
+                log.warning("reconcile: job %s: %s", record["id"], e)
+                continue
+            if outcome not in ("stale", "unknown-job", "redelivered"):
+                log.info("reconcile: job %s %s -> %s (from the cluster's state)", record["id"], record["state"], outcome)
+                repaired += 1
+        return repaired
+
     # --- cancel and MLflow ------------------------------------------------------------
     async def cancel(self, job_id: str) -> str:
         """Carry out a cancel the submit function recorded on a SCHEDULED/RUNNING job."""
@@ -194,6 +238,9 @@ class LifecycleService:
             return "nothing-to-do"
         # raises Unavailable: redelivered; a build is stopped like a run (its own Job)
         await self.cluster.stop(dict(record, k8s_job=record.get("build_job")) if building else record)
+        ended = None if building else await self._ended_meanwhile(record)
+        if ended is not None:  # it finished before the stop reached it: that result stands
+            return await self._job(ended)
         step = lifecycle.Step(states.CANCELLED, record.get("reason") or "cancelled", (lifecycle.CAPACITY,))
         outcome = await self.apply(record, step, f"cancel:{record.get('attempts', 1)}")
         if outcome == "raced":  # its state moved meanwhile (started, ended): look again
@@ -214,6 +261,17 @@ class LifecycleService:
         if outcome == "raced":
             return await self.preempt(job_id)
         return outcome
+
+    async def _ended_meanwhile(self, record: dict) -> observe.Observation | None:
+        """The Job's own end (success or failure) if the cluster shows one for this attempt."""
+        obj = (await self.cluster.jobs([record["id"]])).get(record["id"])
+        obs = observe.observe(events.APISERVER_UPDATE, obj) if obj else None
+        if obs is None or obs.what not in (observe.SUCCEEDED, observe.FAILED) or obs.attempt not in \
+                (None, record.get("attempts")):
+            return None
+        if obs.what == observe.FAILED and obs.reason.startswith(local_objects.STOPPED_REASON):
+            return None  # that failure is our own stop: the cancel records it
+        return obs
 
     async def sync_mlflow(self, record: dict) -> None:
         """Bring MLflow up to date; when it does not answer, remember the job and try on the next tick."""

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from sentinels import clock, wiring
 from sentinels.domain import events
 from sentinels.domain.errors import InvalidSpec, NotFound
-from sentinels.http import error_response, read_event
+from sentinels.http import error_response, misrouted, read_event
 from sentinels import expected_secrets
 from sentinels.settings import Settings
 
@@ -70,6 +70,14 @@ async def write(request):
 @functions_framework.aio.http
 async def submit(request):
     path = request.url.path
+    if not (request.method == "GET" and (path == "/openapi.json" or path.startswith("/v1/"))):
+        wrong = misrouted(request)
+        if wrong is not None:
+            return wrong
+    if request.method == "GET" and path == "/":
+        jetstream = await wiring.jetstream_health(SERVICE)
+        return JSONResponse({"ok": jetstream == "ok", "function": "submit", "single_user": IDENTITIES.single_user,
+                             "jetstream": jetstream, "api": "/openapi.json"}, status_code=200 if jetstream == "ok" else 503)
     try:
         if request.method == "GET" and path == "/":
             return JSONResponse({"ok": True, "function": "submit", "single_user": IDENTITIES.single_user,

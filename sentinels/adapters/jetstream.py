@@ -8,10 +8,13 @@ a start against resources made with other settings, keeps every message.
 import asyncio
 import json
 import logging
+import os
 import uuid
+from pathlib import Path
 from typing import Any, Optional
 
 import nats
+import nats.errors
 from nats.errors import NoServersError, TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import BadRequestError, BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError, KeyNotFoundError
@@ -30,6 +33,7 @@ log = logging.getLogger("sentinels.jetstream")
 
 CAS_RETRIES = 20
 RETENTION_SECONDS = 30 * 86400.0  # finished records leave the jobs bucket after this (Nats-TTL)
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence check
 
 
 def _stream_configs(replicas: int) -> list[api.StreamConfig]:
@@ -46,23 +50,45 @@ def _stream_configs(replicas: int) -> list[api.StreamConfig]:
     ]
 
 
-async def connect(url: str, name: str = "sentinels", *, reconnect: bool = False, timeout: float = 3.0) -> "nats.NATS":
+CREDENTIALS_ENV = "SENTINELS_NATS_CREDENTIALS"  # a JSON file {"user", "password"} (mode 0600)
+
+
+def credentials(path: Optional[str]) -> dict:
+    """nats.connect() keyword arguments from a credentials file: user, password and a
+    reply inbox of that user's own (the server lets each user read only its inbox)."""
+    if not path:
+        return {}
+    try:
+        raw = json.loads(Path(path).read_text())
+        return {"user": str(raw["user"]), "password": str(raw["password"]), "inbox_prefix": f"_INBOX_{raw['user']}"}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise Unavailable(f"cannot read the NATS credentials in {path} ({type(e).__name__})") from None
+
+
+async def connect(url: str, name: str = "sentinels", *, reconnect: bool = False, timeout: float = 3.0,
+                  login: Optional[dict] = None) -> "nats.NATS":
     """Connect within `timeout` or raise Unavailable naming the address tried.
 
     With `reconnect`, a connection that later drops keeps retrying in the background
-    (long-lived functions); the first connection attempt still fails fast.
+    (long-lived functions); the first connection attempt still fails fast. `login`
+    (from `credentials()`) defaults to the file named by SENTINELS_NATS_CREDENTIALS.
     """
     async def quiet(e):  # nats-py prints tracebacks by default; we report our own message
         log.debug("nats: %s", e)
 
+    if login is None:
+        login = credentials(os.environ.get(CREDENTIALS_ENV))
     try:
         return await asyncio.wait_for(nats.connect(
             url, name=name, connect_timeout=2, allow_reconnect=reconnect, error_cb=quiet,
-            max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5,
+            max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5, **login,
         ), timeout)
     except (NoServersError, OSError, NatsTimeout, asyncio.TimeoutError) as e:
         raise Unavailable(f"cannot reach NATS JetStream at {url} ({type(e).__name__}); "
                           "start the embedded default with `sentinels up` or set SENTINELS_NATS_URL") from None
+    except nats.errors.Error as e:  # e.g. an authorization violation: wrong or missing credentials
+        who = f"as {login['user']}" if login.get("user") else "without credentials"
+        raise Unavailable(f"NATS JetStream at {url} refused the connection {who} ({str(e) or type(e).__name__})") from None
 
 
 def _covers(pattern: str, subject: str) -> bool:
@@ -82,7 +108,9 @@ async def ensure(js, replicas: int = 1, history_max_age: float | None = None) ->
     `history_max_age` (seconds) applies when SENTINELS_HISTORY is created; an existing
     stream keeps its limits (narrowing them would delete history).
     """
-    for cfg in _stream_configs(replicas):
+    from . import deadletters
+
+    for cfg in _stream_configs(replicas) + [deadletters.stream_config(replicas)]:
         if cfg.name == HISTORY_STREAM and history_max_age:
             cfg.max_age = history_max_age
         try:
@@ -266,10 +294,20 @@ class JetStreamBoard:
 
 
 class JetStreamSentLog:
-    """`SentLog` over the KV bucket `sentinels_alerts` (created if missing, entries expire)."""
+    """`SentLog` over the KV bucket `sentinels_alerts` (created if missing, entries expire).
 
-    def __init__(self, kv):
+    The claim is a KV create, atomic on the server: of five concurrent deliveries one
+    wins. A claim left by a delivery that crashed mid-send expires after CLAIM_SECONDS
+    and is taken over by compare-and-set.
+    """
+
+    CLAIM_SECONDS = 120.0
+
+    def __init__(self, kv, now=None):
+        import time
+
         self.kv = kv
+        self.now = now or time.time
 
     @classmethod
     async def open(cls, js, replicas: int = 1) -> "JetStreamSentLog":
@@ -281,18 +319,37 @@ class JetStreamSentLog:
                 description="sentinels: alert events already sent to Slack (dedupe)"))
         return cls(kv)
 
-    async def seen(self, key: str) -> bool:
+    def _sending(self) -> bytes:
+        return json.dumps({"state": "sending", "at": self.now()}).encode()
+
+    async def claim(self, key: str) -> bool:
         try:
-            await self.kv.get(key)
+            await self.kv.create(key, self._sending())
             return True
-        except KeyNotFoundError:
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:  # released meanwhile: the next redelivery claims it
+            return False
+        try:
+            held = json.loads(entry.value or b"{}")
+        except ValueError:
+            held = {"state": "sent"}  # an old plain mark
+        if not isinstance(held, dict) or held.get("state") != "sending" or \
+                self.now() - held.get("at", 0) < self.CLAIM_SECONDS:
+            return False
+        try:
+            await self.kv.update(key, self._sending(), last=entry.revision)
+            return True
+        except KeyWrongLastSequenceError:
             return False
 
-    async def mark(self, key: str) -> None:
-        try:
-            await self.kv.create(key, b"1")
-        except KeyWrongLastSequenceError:  # a concurrent delivery marked it first
-            pass
+    async def done(self, key: str) -> None:
+        await self.kv.put(key, json.dumps({"state": "sent", "at": self.now()}).encode())
+
+    async def release(self, key: str) -> None:
+        await self.kv.delete(key)
 
 
 class JetStreamQueue:
@@ -397,9 +454,18 @@ class JetStreamHistory:
     def __init__(self, js):
         self.js = js
 
-    async def append(self, entry: dict, msg_id: str) -> None:
-        await self.js.publish(HISTORY_SUBJECT.format(entry["job"]), json.dumps(entry).encode(),
-                              stream=HISTORY_STREAM, headers={"Nats-Msg-Id": msg_id})
+    async def append(self, entry: dict, msg_id: str, first: bool = False) -> None:
+        """Append; with `first`, only if the job has no history yet (atomic on the server, so
+        a submit retried after the dedupe window does not record QUEUED twice)."""
+        headers = {"Nats-Msg-Id": msg_id}
+        if first:
+            headers["Nats-Expected-Last-Subject-Sequence"] = "0"
+        try:
+            await self.js.publish(HISTORY_SUBJECT.format(entry["job"]), json.dumps(entry).encode(),
+                                  stream=HISTORY_STREAM, headers=headers)
+        except BadRequestError as e:
+            if not first or e.err_code != WRONG_LAST_SEQUENCE:
+                raise
 
     async def of(self, job_id: str) -> list[dict]:
         out: list[dict] = []

@@ -313,6 +313,25 @@ class KubernetesCluster:
                 out[job_id] = str(meta.get("name"))
         return out
 
+    async def jobs(self, job_ids: list[str]) -> dict[str, dict]:
+        """The newest sentinels Job of each of these jobs, as the API server shows it now."""
+        wanted = set(job_ids)
+        if not wanted:
+            return {}
+        batch = self._api("BatchV1Api")
+        found = await self._list("listing Jobs", batch.list_namespaced_job, self.cfg.namespace,
+                                 label_selector=f"{km.MANAGED_BY}=sentinels")
+        out: dict[str, dict] = {}
+        for job in found:
+            meta = job.get("metadata") or {}
+            job_id = (meta.get("labels") or {}).get(km.JOB_ID_LABEL)
+            if job_id in wanted and _labelled(job, km.MANAGED_BY, "sentinels"):
+                newer = (meta.get("creationTimestamp") or "") >= \
+                    ((out.get(job_id) or {}).get("metadata") or {}).get("creationTimestamp", "")
+                if job_id not in out or newer:
+                    out[job_id] = {"apiVersion": "batch/v1", "kind": "Job", **job}
+        return out
+
     async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
         """The output of the job's newest pod (empty when it has none or has not started)."""
         name = record.get("k8s_job") or km.job_name(record["id"], int(record.get("attempts") or 1))

@@ -14,7 +14,8 @@ from ..domain.names import LOCAL_SUBJECT
 from ..domain.placement import Node
 
 SUBJECT = LOCAL_SUBJECT
-VERBS = ("nodes", "launch", "stop", "active", "logs", "build")
+VERBS = ("nodes", "launch", "stop", "active", "logs", "build", "jobs")
+JOBS_PER_REQUEST = 200  # Job objects per reply, well under NATS max_payload
 _BY_STATUS = {400: errors.InvalidSpec, 404: errors.NotFound, 409: errors.Conflict, 503: errors.Unavailable}
 
 
@@ -65,3 +66,10 @@ class LocalCluster:
 
     async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
         return list((await self._ask("logs", {"job": record["id"], "tail": tail}))["lines"])
+
+    async def jobs(self, job_ids: list[str]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        ids = list(job_ids)
+        for i in range(0, len(ids), JOBS_PER_REQUEST):
+            out.update((await self._ask("jobs", {"ids": ids[i:i + JOBS_PER_REQUEST]}))["jobs"])
+        return out

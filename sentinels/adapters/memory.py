@@ -159,14 +159,23 @@ class MemoryQueue:
 
 
 class MemoryHistory:
+    """Like the stream: a repeated message id is dropped only within the dedupe window."""
+
     def __init__(self, window: float = DUPLICATE_WINDOW, clock: Callable[[], float] = time.monotonic):
         self.entries: list[dict] = []
+        self.window, self.clock = window, clock
         self.seen = _Dedupe(window, clock)
 
-    async def append(self, entry, msg_id):
+    async def append(self, entry, msg_id, first=False):
+        if first and any(e["job"] == entry["job"] for e in self.entries):
+            return  # the stream's expected-last-subject-sequence 0 check
         if self.seen.get(msg_id) is None:
             self.seen.put(msg_id, True)
             self.entries.append(copy.deepcopy(entry))
+
+    def window_passed(self) -> None:
+        """The dedupe window is over: only our own checks prevent duplicates now."""
+        self.seen = _Dedupe(self.window, self.clock)
 
     async def of(self, job_id):
         return sorted((e for e in self.entries if e["job"] == job_id), key=lambda e: e.get("at") or "")
@@ -199,13 +208,19 @@ class MemoryBoard:
 
 class MemorySentLog:
     def __init__(self):
-        self.keys: set[str] = set()
+        self.keys: dict[str, str] = {}
 
-    async def seen(self, key):
-        return key in self.keys
+    async def claim(self, key):
+        if key in self.keys:
+            return False
+        self.keys[key] = "sending"
+        return True
 
-    async def mark(self, key):
-        self.keys.add(key)
+    async def done(self, key):
+        self.keys[key] = "sent"
+
+    async def release(self, key):
+        self.keys.pop(key, None)
 
 
 class MemorySink:
@@ -227,6 +242,7 @@ class MemoryCluster:
     def __init__(self, nodes: list[Node]):
         self.base = {n.name: n for n in nodes}
         self.running: dict[str, dict] = {}  # job id -> record (with node)
+        self.ended: dict[str, tuple[dict, str]] = {}  # job id -> (record, "Complete" | "Failed")
         self.launches: list[str] = []
         self.stops: list[str] = []
         self.builds: list[str] = []  # job ids whose build was started
@@ -248,7 +264,11 @@ class MemoryCluster:
 
         if self.fail_launch:
             raise Unavailable("cluster API answered 503")
+        done = self.ended.get(record["id"])
+        if done is not None and int(done[0].get("attempts") or 0) >= int(record.get("attempts") or 0):
+            return  # this run already ran: launching it again is a no-op, as with a Job's name
         if record["id"] not in self.running:
+            self.ended.pop(record["id"], None)
             self.launches.append(record["id"])
             self.running[record["id"]] = copy.deepcopy(record)
 
@@ -266,5 +286,26 @@ class MemoryCluster:
         if record["id"] not in self.builds:
             self.builds.append(record["id"])
 
-    def finish(self, job_id):
-        self.running.pop(job_id, None)
+    async def jobs(self, job_ids):
+        from ..domain.local_objects import job_object
+
+        out = {}
+        for job_id in job_ids:
+            info: dict[str, object]
+            if job_id in self.running:
+                record, info = self.running[job_id], {"active": 1, "ready": 1}
+            elif job_id in self.ended:
+                record, outcome = self.ended[job_id]
+                info = {"outcome": outcome, "finished": "2026-01-01T00:00:00Z", "reason": None if outcome == "Complete"
+                        else "BackoffLimitExceeded", "message": None}
+            else:
+                continue
+            out[job_id] = job_object(record, {"generation": int(record.get("attempts") or 0), "resource_version": 1,
+                                              "created": "2026-01-01T00:00:00Z", **info})
+        return out
+
+    def finish(self, job_id, outcome: str = "Complete"):
+        """The job's run ended (its Job is Complete or Failed); nothing is reported."""
+        record = self.running.pop(job_id, None)
+        if record is not None:
+            self.ended[job_id] = (record, outcome)

@@ -31,8 +31,9 @@ class LifecycleConfig:
 
     policy: Policy = Policy()
     outputs_root: Optional[str] = None  # where finished jobs' outputs are readable (Kubernetes)
+    reconcile_seconds: float = 30.0  # how often active records are compared with the cluster's Jobs
 
-    KEYS = ("max_attempts", "image_pull_grace_seconds", "outputs_root")
+    KEYS = ("max_attempts", "image_pull_grace_seconds", "outputs_root", "reconcile_seconds")
 
     @classmethod
     def from_dict(cls, raw: Optional[dict]) -> "LifecycleConfig":
@@ -47,12 +48,14 @@ class LifecycleConfig:
             policy = Policy(max_attempts=int(raw.get("max_attempts", base.max_attempts)),
                             image_pull_grace_seconds=float(raw.get("image_pull_grace_seconds",
                                                                    base.image_pull_grace_seconds)))
+            reconcile = float(raw.get("reconcile_seconds", cls.reconcile_seconds))
         except (TypeError, ValueError):
-            raise ConfigError("lifecycle: max_attempts and image_pull_grace_seconds must be numbers") from None
+            raise ConfigError("lifecycle: max_attempts, image_pull_grace_seconds and reconcile_seconds "
+                              "must be numbers") from None
         root = raw.get("outputs_root")
         if root is not None and not isinstance(root, str):
             raise ConfigError(f"lifecycle: outputs_root must be a path, not {root!r}")
-        return cls(policy, root or None)
+        return cls(policy, root or None, reconcile)
 
 
 @dataclass(frozen=True)

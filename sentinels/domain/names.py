@@ -18,7 +18,9 @@ HISTORY_SUBJECT = "sentinels.history.{}"  # .format(job id)
 EVENTS_STREAM = "SENTINELS_EVENTS"  # the embedded broker's CloudEvents
 EVENTS_SUBJECTS = "sentinels.events.>"
 EVENTS_SUBJECT = "sentinels.events.{}"  # .format(events.subject_token(type))
-DEADLETTER_SUBJECT = "sentinels.events.deadletter.{}"  # .format(trigger name)
+
+DEADLETTER_STREAM = "SENTINELS_DEADLETTERS"  # events the embedded broker gave up on (replayable)
+DEADLETTER_SUBJECT = "sentinels.deadletter.{}"  # .format(trigger name)
 
 INDEX_STREAM = "SENTINELS_INDEX"  # the job store's listings: live, finished and sweep jobs
 INDEX_PREFIX = "sentinels.index"  # .active.<team>.<owner>.<id>, .done.<team>.<owner>.<id>, .sweep.<sweep>.<id>

@@ -15,6 +15,8 @@ _SUFFIX = {
     "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30,
     "Ti": Decimal(2) ** 40, "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
 }
+MAX_TEXT = 40  # no real quantity is longer; 5,000-digit numbers are refused before any arithmetic
+MAX_EXPONENT = 30
 _RE = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:([eE][+-]?[0-9]+)|([A-Za-z]*))$")
 
 
@@ -23,12 +25,16 @@ def parse(value, field: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InvalidSpec(f"{field}: expected a quantity such as 2, 500m or 16Gi, got {type(value).__name__}", field)
     text = str(value).strip()
+    if len(text) > MAX_TEXT:
+        raise InvalidSpec(f"{field}: {len(text)} characters is too long for a quantity (at most {MAX_TEXT})", field)
     m = _RE.match(text)
     if not m:
         raise InvalidSpec(f"{field}: {text!r} is not a Kubernetes quantity (e.g. 2, 500m, 16Gi)", field)
     number, exponent, suffix = m.group(1), m.group(2), m.group(3) or ""
     if suffix not in _SUFFIX:
         raise InvalidSpec(f"{field}: unknown unit {suffix!r} in {text!r} (use m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei)", field)
+    if exponent and abs(int(exponent[1:])) > MAX_EXPONENT:
+        raise InvalidSpec(f"{field}: the exponent in {text!r} is out of range (at most e{MAX_EXPONENT})", field)
     try:
         amount = Decimal(number) * (Decimal(10) ** int(exponent[1:]) if exponent else _SUFFIX[suffix])
     except (InvalidOperation, ValueError, OverflowError):

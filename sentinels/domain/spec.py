@@ -132,8 +132,9 @@ def _resources(value, limits: Limits) -> dict:
         raise InvalidSpec(f"resources: unknown key(s) {', '.join(sorted(map(str, unknown)))} (allowed: cpu, memory, gpu)", "resources")
     cpu = limits.default_cpu_millis if value.get("cpu") is None else quantity.cpu_millis(value["cpu"])
     mem = limits.default_memory_bytes if value.get("memory") is None else quantity.memory_bytes(value["memory"])
-    gpu_raw = value.get("gpu", 0) or 0
-    if isinstance(gpu_raw, bool) or not (isinstance(gpu_raw, int) or (isinstance(gpu_raw, str) and gpu_raw.isdigit())):
+    gpu_raw = 0 if value.get("gpu") is None else value["gpu"]
+    if isinstance(gpu_raw, bool) or not (isinstance(gpu_raw, int) and 0 <= gpu_raw < 10_000
+                                         or isinstance(gpu_raw, str) and re.fullmatch(r"[0-9]{1,4}", gpu_raw)):
         raise InvalidSpec(f"resources.gpu: expected a whole number of GPUs, got {gpu_raw!r}", "resources.gpu")
     gpu = int(gpu_raw)
     if cpu <= 0:
@@ -172,10 +173,62 @@ def _notify(value) -> dict:
     return out
 
 
+MAX_ARG_BYTES = 131072  # Linux MAX_ARG_STRLEN: the longest single argument or environment string
+# Outputs go to a directory the job writes; these would hand it the system's own.
+SYSTEM_PATHS = ("/", "/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/usr", "/lib", "/lib64", "/boot", "/run",
+                "/var/run", "/root")
+
+
+def _no_nul(value, where: str) -> None:
+    """A NUL byte cannot reach a process (exec refuses it): refuse it here, naming the field.
+    Iterative, so a deeply nested value cannot exhaust the stack."""
+    todo = [(value, where)]
+    while todo:
+        item, path = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidSpec(f"{path}: NUL characters are not allowed", where)
+        elif isinstance(item, dict):
+            todo.extend((k, path) for k in item)
+            todo.extend((v, f"{path}.{k}") for k, v in item.items())
+        elif isinstance(item, list):
+            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+
+
+def _mapping_or_empty(raw: dict, key: str):
+    """A mapping field: absent or null means empty; any other falsy value (false, [], 0) is an error."""
+    value = raw.get(key)
+    return {} if value is None else value
+
+
+def _exec_sizes(out: dict) -> None:
+    for key in ("command", "args"):
+        for i, arg in enumerate(out[key]):
+            size = len(arg.encode())
+            if size >= MAX_ARG_BYTES:
+                raise InvalidSpec(f"{key}[{i}]: {size} bytes is over the operating system's limit for one "
+                                  f"argument ({MAX_ARG_BYTES - 1} bytes)", key)
+    for k, v in out["env"].items():
+        size = len(k.encode()) + 1 + len(v.encode())
+        if size >= MAX_ARG_BYTES:
+            raise InvalidSpec(f"env.{k}: {size} bytes is over the operating system's limit for one variable "
+                              f"({MAX_ARG_BYTES - 1} bytes)", "env")
+
+
+def _outputs(value) -> str:
+    path = _path(value, "outputs")
+    if any(path == p or path.startswith(p + "/") for p in SYSTEM_PATHS if p != "/") or path == "/":
+        raise InvalidSpec(f"outputs: {value!r} is a system directory; choose a directory of its own such as /outputs",
+                          "outputs")
+    return path
+
+
 def validate(raw, limits: Limits = Limits()) -> dict:
     """Return the normalised spec; raise InvalidSpec naming the first bad field."""
     if not isinstance(raw, dict):
         raise InvalidSpec(f"the job spec must be a mapping of fields, got {type(raw).__name__}")
+    for key, value in raw.items():
+        _no_nul(value, str(key))
     unknown = [k for k in raw if k not in FIELDS]
     if unknown:
         raise InvalidSpec(f"unknown field(s): {', '.join(map(str, unknown))} (allowed: {', '.join(FIELDS)})", str(unknown[0]))
@@ -194,7 +247,7 @@ def validate(raw, limits: Limits = Limits()) -> dict:
     out["name"] = name
     out["command"] = _str_list(raw["command"], "command") if raw.get("command") is not None else []
     out["args"] = _str_list(raw["args"], "args") if raw.get("args") is not None else []
-    env = _scalar_map(raw.get("env") or {}, "env", ENV_NAME.match, "an environment variable name")
+    env = _scalar_map(_mapping_or_empty(raw, "env"), "env", ENV_NAME.match, "an environment variable name")
     reserved = [k for k in env if k.startswith("SENTINELS_")]
     if reserved:
         raise InvalidSpec(f"env: {reserved[0]} is reserved (SENTINELS_* variables are set by sentinels)", "env")
@@ -206,13 +259,13 @@ def validate(raw, limits: Limits = Limits()) -> dict:
     if len(experiment) > 250 or not experiment.strip():
         raise InvalidSpec("experiment: must be 1 to 250 characters", "experiment")
     out["experiment"] = experiment
-    params = _scalar_map(raw.get("params") or {}, "params")
+    params = _scalar_map(_mapping_or_empty(raw, "params"), "params")
     too_long = [k for k, v in params.items() if len(k) > 250 or len(v) > 6000]
     if too_long:
         raise InvalidSpec(f"params.{too_long[0]}: name or value too long for MLflow", "params")
     out["params"] = params
     out["data"] = _path(raw["data"], "data", limits.data_roots) if raw.get("data") is not None else None
-    out["outputs"] = _path(raw["outputs"], "outputs") if raw.get("outputs") is not None else limits.default_outputs
+    out["outputs"] = _outputs(raw["outputs"]) if raw.get("outputs") is not None else limits.default_outputs
     if raw.get("timeout") is not None:
         t = duration.seconds(raw["timeout"])
         if t > limits.timeout_seconds:
@@ -225,12 +278,13 @@ def validate(raw, limits: Limits = Limits()) -> dict:
     if not 0 <= retries <= limits.retries:
         raise InvalidSpec(f"retries: must be between 0 and {limits.retries}, got {retries}", "retries")
     out["retries"] = retries
-    out["node_selector"] = _scalar_map(raw.get("node_selector") or {}, "node_selector", _label_key, "a label key", LABEL_VALUE)
-    labels = _scalar_map(raw.get("labels") or {}, "labels", _label_key, "a label key", LABEL_VALUE)
+    out["node_selector"] = _scalar_map(_mapping_or_empty(raw, "node_selector"), "node_selector", _label_key, "a label key", LABEL_VALUE)
+    labels = _scalar_map(_mapping_or_empty(raw, "labels"), "labels", _label_key, "a label key", LABEL_VALUE)
     if any(k.startswith("sentinels.io/") or k.startswith("app.kubernetes.io/") for k in labels):
         raise InvalidSpec("labels: sentinels.io/ and app.kubernetes.io/ labels are set by sentinels", "labels")
     out["labels"] = labels
     out["notify"] = _notify(raw["notify"]) if raw.get("notify") is not None else None
     preemptible = c.typed("preemptible", (bool,), "true or false")
     out["preemptible"] = True if preemptible is None else preemptible
+    _exec_sizes(out)
     return out

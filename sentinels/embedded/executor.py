@@ -32,6 +32,8 @@ async def _answer(kubelet: Kubelet, verb: str, body: dict, builder: Optional[Bui
         return {"nodes": [kubelet.node()]}
     if verb == "active":
         return {"active": kubelet.active()}
+    if verb == "jobs":
+        return {"jobs": kubelet.jobs(body.get("ids"))}
     if verb == "launch":
         reply = kubelet.launch(body.get("record"), body.get("extra_env"))
     elif verb == "build" and builder is not None:
@@ -120,7 +122,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s executor %(levelname)s %(message)s")
     try:
         settings = Settings.load()
-        capacity = machine.capacity(settings.local())
+        capacity = machine.capacity(settings.local(), settings.home / "jobs")
         runtime = runtimes.select(runtimes.RuntimeConfig.from_dict(settings.local(), settings.env))
         lock = _lock(settings)
         asyncio.run(_main(settings, capacity, runtime))

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from .. import clock
+from .. import clock, logfiles
 from ..domain import local_objects as objects
 from ..domain.errors import Conflict, InvalidSpec, NotFound
 from ..domain.job import is_job_id
@@ -97,6 +97,16 @@ def _check_launch(record, extra_env) -> tuple[dict, dict]:
                                                   for k, v in extra_env.items()):
         raise InvalidSpec("launch: extra_env must map variable names to strings", "extra_env")
     return record, extra_env
+
+
+def give_to(path: Path, user: Optional[str]) -> None:
+    """Let the unprivileged job user write its own directory (nothing else of the job's)."""
+    if not user:
+        return
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
 class Kubelet:
@@ -175,6 +185,13 @@ class Kubelet:
     def active(self) -> dict[str, str]:
         return {s["job"]: s["record"]["k8s_job"] for s in self._live()}
 
+    def jobs(self, job_ids) -> dict[str, dict]:
+        """The current Job object of each of these jobs this executor knows (for reconciling)."""
+        if not isinstance(job_ids, list) or not all(isinstance(j, str) for j in job_ids):
+            raise InvalidSpec("jobs: ids must be a list of job ids", "ids")
+        return {j: objects.job_object(self.runs[j]["record"], self._job_info(self.runs[j]))
+                for j in job_ids if j in self.runs}
+
     def _free_gpus(self) -> list[int]:
         taken = {g for s in self._live() for g in (s.get("pod") or {}).get("gpus") or ()}
         return [g for g in self.cap.gpus if g not in taken]
@@ -185,12 +202,14 @@ class Kubelet:
         env = {k: str(v) for k, v in (spec.get("env") or {}).items()}
         env.update(state["extra_env"])
         env["SENTINELS_JOB_ID"] = state["job"]
+        if self.cap.run_as:  # not the stack user's home: nothing of the platform's is found there
+            env.update(HOME=str(job_dir / "work"), USER=self.cap.run_as)
         if self.cap.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))  # "" hides every GPU from CPU jobs
         return Launch(job_id=state["job"], generation=state["generation"], attempt=attempt, spec=spec, env=env,
                       host_env={k: os.environ[k] for k in BASIC_ENV if k in os.environ}, gpus=gpus,
                       job_dir=job_dir, log=job_dir / f"attempt-{attempt}.log",
-                      result=job_dir / f"attempt-{attempt}.exit")
+                      result=job_dir / f"attempt-{attempt}.exit", run_as=self.cap.run_as, log_max=self.cap.log_max)
 
     def _start_attempt(self, state: dict, gpus: list[int]) -> None:
         """Start the next attempt (a new pod) of a live run and record it."""
@@ -208,12 +227,11 @@ class Kubelet:
         launch = self._launch(state, job_dir, pod["attempt"], pod["gpus"])
         try:
             started, info = self.runtime.start(launch)
-        except OSError as e:  # the runner itself could not start (no python, no fork): a failed attempt
-            now = self.now()
-            pod.update(started=now, finished=now, phase="Failed", exit_code=None,
-                       message=f"could not start: {e.strerror or e}")
+        except (OSError, ValueError) as e:  # the runner could not start (no fork, a NUL byte): a failed attempt
+            now, why = self.now(), getattr(e, "strerror", None) or e
+            pod.update(started=now, finished=now, phase="Failed", exit_code=None, message=f"could not start: {why}")
             self._emit_pod(state, kind)
-            self._finish(state, objects.BACKOFF_REASON, f"could not start the process: {e.strerror or e}")
+            self._finish(state, objects.BACKOFF_REASON, f"could not start the process: {why}")
             return
         link = job_dir / "log.tmp"
         link.unlink(missing_ok=True)
@@ -242,6 +260,7 @@ class Kubelet:
         job_dir = self._job_dir(job_id)
         for sub in ("work", "outputs"):
             (job_dir / sub).mkdir(parents=True, exist_ok=True)
+            give_to(job_dir / sub, self.cap.run_as)
         write_atomic(job_dir / "job.yaml", yaml.safe_dump(spec, sort_keys=False))
         now = self.now()
         timeout = spec.get("timeout_seconds")
@@ -317,6 +336,8 @@ class Kubelet:
         if not is_job_id(job_id):
             raise InvalidSpec("stop: job must be a job id", "job")
         state = self.runs.get(job_id)
+        if state is not None and state["outcome"] is None:
+            self._settle(state)  # it may have ended already (exit 0 included): that stands, not the stop
         if state is None or state["outcome"] is not None:
             return {"stopping": False, "job": job_id, "state": self._describe(state) if state else "unknown"}
         if not state.get("stopping"):
@@ -375,6 +396,17 @@ class Kubelet:
         self._save(state)
         return True
 
+    def _settle(self, state: dict) -> bool:
+        """Record the end of the current attempt now if its process has already exited."""
+        pod = state.get("pod") or {}
+        if state["outcome"] is not None or pod.get("pid") is None:
+            return False
+        ended, code, finished = self._exit_of(state)
+        if ended:
+            self._ended(state, code, finished)
+            self._save(state)
+        return ended
+
     def poll(self) -> None:
         """One pass over live runs: ended attempts, deadlines, grace periods that ran out."""
         for state in self._live():
@@ -383,10 +415,7 @@ class Kubelet:
             if state["pod"]["phase"] == "Pending" and self._pending(state):
                 self._deadline(state)
                 continue
-            ended, code, finished = self._exit_of(state)
-            if ended:
-                self._ended(state, code, finished)
-                self._save(state)
+            if self._settle(state):
                 continue
             self._deadline(state)
 
@@ -445,11 +474,4 @@ class Kubelet:
             if job_id in self.runs:
                 return []
             raise NotFound(f"no local job {job_id}")
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - MAX_LOG_BYTES))
-            data = f.read()
-        lines = data.decode("utf-8", errors="replace").splitlines()
-        if size > MAX_LOG_BYTES and lines:
-            lines = lines[1:]  # the first one is cut
-        return lines[-tail:] if tail else ([] if tail == 0 else lines)
+        return logfiles.tail(path, tail, MAX_LOG_BYTES)[0]

@@ -54,22 +54,27 @@ def free_block(n: int) -> int:
     raise ConfigError(f"no {n} consecutive free ports found")
 
 
-def write_config(store: Path, port: int, host: str = "127.0.0.1", sync: str = DEFAULT_SYNC) -> Path:
+def write_config(store: Path, port: int, host: str = "127.0.0.1", sync: str = DEFAULT_SYNC,
+                 auth: str | None = None) -> Path:
+    """nats.conf (mode 0600: it may hold the users' passwords); `auth` is an authorization block."""
     store.mkdir(parents=True, exist_ok=True)
     conf = store / "nats.conf"
-    conf.write_text(
-        f'host: "{host}"\nport: {port}\nmax_payload: 1MB\n'
-        f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: {sync}\n}}\n'
-    )
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f'host: "{host}"\nport: {port}\nmax_payload: 1MB\n'
+                f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: {sync}\n}}\n' + (auth or ""))
+    os.chmod(conf, 0o600)
     return conf
 
 
-def start(store: Path, port: int, log_file=None, sync: str | None = None) -> subprocess.Popen:
+def start(store: Path, port: int, log_file=None, sync: str | None = None, preexec_fn=None,
+          auth: str | None = None) -> subprocess.Popen:
     """Start nats-server and wait until it accepts connections."""
-    conf = write_config(Path(store), port, sync=sync or DEFAULT_SYNC)
+    conf = write_config(Path(store), port, sync=sync or DEFAULT_SYNC, auth=auth)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     proc = subprocess.Popen([binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ}, start_new_session=False)
+                            env={**os.environ}, start_new_session=False,
+                            preexec_fn=preexec_fn)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .runner import descendants
+
 RUNNER = Path(__file__).with_name("runner.py")
 
 
@@ -57,13 +59,28 @@ def alive(pid: int, started: Optional[int]) -> bool:
         return True
 
 
-def spawn(command: list[str], *, env: dict, cwd: Path, log: Path, result: Path) -> Started:
-    """Start `command` under the runner in a new session; stdout and stderr go to `log`."""
+def spawn(command: list[str], *, env: dict, cwd: Path, log: Path, result: Path, run_as: Optional[str] = None,
+          log_max: Optional[int] = None) -> Started:
+    """Start `command` under the runner in a new session; stdout and stderr go to `log`
+    (rotated at `log_max` bytes by the runner). With `run_as`, the command runs as that
+    user (the runner stays with the executor's)."""
+    who = (["--as", run_as] if run_as else []) + (["--log", str(log), str(int(log_max))] if log_max else [])
     with open(log, "ab", buffering=0) as out:
-        popen = subprocess.Popen([sys.executable, "-I", str(RUNNER), str(result), "--", *command],
+        popen = subprocess.Popen([sys.executable, "-I", str(RUNNER), str(result), *who, "--", *command],
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                  env=env, cwd=cwd, start_new_session=True, close_fds=True)
     return Started(pid=popen.pid, pgid=popen.pid, proc_start=proc_start(popen.pid), popen=popen)
+
+
+def signal_tree(pid: int, pgid: int, sig: int = signal.SIGTERM) -> bool:
+    """Signal the job's whole process tree (also what left its group with setsid: the runner
+    is a subreaper, so orphans of the job stay below it), then its group."""
+    for child in descendants(pid):
+        try:
+            os.kill(child, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return signal_group(pgid, sig)
 
 
 def signal_group(pgid: int, sig: int = signal.SIGTERM) -> bool:

@@ -67,6 +67,8 @@ class Launch:
     job_dir: Path
     log: Path
     result: Path
+    run_as: Optional[str] = None  # the unprivileged user the command runs as (process runtime)
+    log_max: Optional[int] = None  # the log rotates at this size (process runtime)
 
 
 @dataclass
@@ -110,14 +112,15 @@ class ProcessRuntime:
         env = {**launch.host_env, **launch.env, "SENTINELS_CONFIG": str(launch.job_dir / "job.yaml"),
                "SENTINELS_OUTPUTS": str(launch.job_dir / "outputs")}
         return processes.spawn(list(launch.spec["command"]) + list(launch.spec.get("args") or []),
-                               env=env, cwd=launch.job_dir / "work", log=launch.log, result=launch.result), {}
+                               env=env, cwd=launch.job_dir / "work", log=launch.log, result=launch.result,
+                               run_as=launch.run_as, log_max=launch.log_max), {}
 
     def started(self, pod: dict, job_dir: Path) -> Optional[dict]:
         return {}  # a process runs as soon as it is spawned
 
     def signal(self, pod: dict, job_dir: Path, sig: int) -> None:
-        if pod.get("pgid"):
-            processes.signal_group(pod["pgid"], sig)
+        if pod.get("pgid"):  # the whole tree: what left the group with setsid too
+            processes.signal_tree(pod.get("pid") or pod["pgid"], pod["pgid"], sig)
 
     def ending(self, pod: dict, job_dir: Path, code: Optional[int], stopping: bool) -> Ending:
         return Ending(code)

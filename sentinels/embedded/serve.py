@@ -4,8 +4,11 @@
 it is the same target and signature a Knative Service runs.
 """
 
+import hmac
 import importlib.util
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +30,38 @@ def source(name: str) -> Path:
     return Path(roots[0] if roots else ".") / name / "main.py"
 
 
+INTERNAL = ("schedule", "on_job_event", "alert")  # only the broker (router) may post to these
+
+
+def internal_only(app, token: bytes, header: bytes = b"x-sentinels-internal"):
+    """ASGI wrapper: a POST without the stack's secret header is answered 403 (GET stays open
+    for health checks)."""
+    refusal = json.dumps({"error": "this internal function accepts events only from the sentinels broker"}).encode()
+
+    async def guarded(scope, receive, send):
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+            given = dict(scope.get("headers") or []).get(header, b"")
+            if not hmac.compare_digest(given, token):
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(refusal)).encode())]})
+                await send({"type": "http.response.body", "body": refusal})
+                return
+        await app(scope, receive, send)
+
+    return guarded
+
+
+def internal_secret() -> bytes | None:
+    path = os.environ.get("SENTINELS_INTERNAL_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip().encode()
+    except OSError as e:
+        raise SystemExit(f"cannot read the internal token {path}: {e.strerror}") from None
+
+
 def available() -> list[str]:
     return [n for n in FUNCTIONS if source(n).exists()]
 
@@ -44,6 +79,9 @@ def main(argv=None) -> None:
     except Exception as e:  # configuration errors surface here, at start
         print(f"{name}: cannot start: {getattr(e, 'message', e)}", file=sys.stderr)
         sys.exit(2)
+    secret = internal_secret() if name in INTERNAL else None
+    if secret:
+        app = internal_only(app, secret)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=3)
 

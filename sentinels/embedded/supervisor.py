@@ -2,7 +2,9 @@
 
 Foreground: Ctrl-C (SIGINT) or SIGTERM stops every child cleanly. Background (`-d`):
 the same supervisor in its own session, its pid in `$SENTINELS_HOME/run/up.pid`, and
-`sentinels down` sends it SIGTERM. Children that die are restarted with a back-off.
+`sentinels down` sends it SIGTERM. Children that die (nats-server included) are
+restarted with a capped back-off that resets once a child stayed up for a minute; every
+child gets SIGTERM from the kernel if the supervisor itself is killed (-9 included).
 """
 
 import asyncio
@@ -16,7 +18,8 @@ import urllib.request
 
 from ..domain.errors import ConfigError
 from ..settings import Settings
-from . import natsd, serve
+from ..adapters.jetstream import CREDENTIALS_ENV
+from . import lifeline, natsauth, natsd, serve
 
 PID_FILE = "up.pid"
 SERVICES = {"executor": "sentinels.embedded.executor", "router": "sentinels.embedded.router"}
@@ -42,6 +45,34 @@ def running_info(settings: Settings) -> dict:
         return {}
     return info if isinstance(info, dict) and pid_alive(int(info.get("pid") or 0)) else {}
 
+HEALTHY_SECONDS = 60.0  # a child up this long starts its restart back-off from scratch
+MAX_BACKOFF = 5.0
+
+
+def backoff(restarts: int) -> float:
+    """Seconds to wait before restart number `restarts` (1, 2, ...): 0.4, 0.8, ... capped."""
+    return min(MAX_BACKOFF, 0.2 * 2 ** min(restarts, 5))
+
+
+BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "PYTHONPATH",
+            "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",
+            "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+TRACKING_ENV = ("MLFLOW_", "AWS_", "GOOGLE_", "AZURE_", "KUBECONFIG", "KUBERNETES_")
+RUNTIME_ENV = ("DOCKER_", "CONTAINER_", "CONTAINERS_", "XDG_", "REGISTRY_AUTH_FILE", "PODMAN_", "BUILDAH_")
+EXTRA_ENV = {"schedule": TRACKING_ENV, "on_job_event": TRACKING_ENV, "admin": TRACKING_ENV, "reader": TRACKING_ENV,
+             "mlflow": TRACKING_ENV, "submit": ("KUBECONFIG", "KUBERNETES_"), "alert": ("SLACK_",),
+             "executor": RUNTIME_ENV}
+NEVER = ("SENTINELS_TOKEN", CREDENTIALS_ENV)  # the CLI user's admin token stays with the CLI
+
+
+def child_env(name: str, env) -> dict:
+    """The part of the supervisor's environment one child needs: the basics, SENTINELS_*,
+    and by function MLflow/cloud/Kubernetes (schedule, on_job_event) or Slack (alert).
+    A job reading /proc/<pid>/environ of a function finds no token it does not need."""
+    extra = EXTRA_ENV.get(name, ())
+    return {k: v for k, v in env.items() if k not in NEVER and (
+        k in BASE_ENV or k.startswith("SENTINELS_") or any(k.startswith(p) for p in extra))}
+
 
 def pid_alive(pid: int) -> bool:
     try:
@@ -60,7 +91,7 @@ def running_pid(settings: Settings) -> int | None:
     return pid if pid_alive(pid) else None
 
 
-def healthy(url: str, timeout: float = 0.5) -> bool:
+def healthy(url: str, timeout: float = 3.0) -> bool:
     try:
         with urllib.request.urlopen(url + "/", timeout=timeout) as r:
             return r.status == 200
@@ -77,6 +108,7 @@ def local_runtime(settings: Settings):
 
 def check_config(settings: Settings) -> list[str]:
     """Parse every server-side section and file now; raise ConfigError on the first bad one."""
+    from ..auth import hash_at_rest
     from ..adapters import slack
 
     settings.validate()
@@ -84,10 +116,21 @@ def check_config(settings: Settings) -> list[str]:
     if settings.backend() == "local":
         from . import machine
 
-        machine.capacity(settings.local())
+        machine.capacity(settings.local(), settings.home / "jobs")
         notes.append(f"runtime: {local_runtime(settings).describe()}")
+    from .router import retry_settings
+
+    retry_settings(settings)
     notify = settings.notify()
     ids = settings.identities()
+    try:
+        hashed = hash_at_rest(settings.tokens_file())
+    except OSError as e:
+        notes.append(f"tokens file {settings.tokens_file()}: could not replace its plaintext tokens by hashes "
+                     f"({e.strerror}); keep it readable by the stack's user only")
+    else:
+        if hashed:
+            notes.append(f"tokens file {settings.tokens_file()}: {hashed} plaintext token(s) replaced by their SHA-256")
     if ids.single_user:
         notes.append(f"single-user mode: no tokens file configured, every request acts as {ids.local['user']} (admin)")
     notifier = slack.start(settings.slack_env(), notify.default_channel, strict=True)  # invalid_auth: a clear error now
@@ -100,15 +143,20 @@ class Supervisor:
         self.s = settings
         self.logs = settings.home / "logs"
         self.children: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, float] = {}  # name -> monotonic time of its last start
         self.stopping = False
         self.runtime = local_runtime(settings).name if settings.backend() == "local" else None
         self.store_uri = settings.mlflow_uri()
         self.mlflow_url = mlflow_server_url(settings)
 
-    def env(self) -> dict:
-        return {**os.environ, "SENTINELS_HOME": str(self.s.home), "SENTINELS_URL": self.s.url,
+    def env(self, user: str = "admin") -> dict:
+        """A child's environment: only what that child needs (`child_env`), with the NATS
+        credentials of `user` (see `natsauth`) and the path of the stack's internal token."""
+        login = {CREDENTIALS_ENV: str(natsauth.credentials_file(self.s.home, user))} if user in natsauth.USERS else {}
+        return {**child_env(user, os.environ), "SENTINELS_HOME": str(self.s.home), "SENTINELS_URL": self.s.url,
                 "SENTINELS_NATS_URL": self.s.nats_url, "MLFLOW_TRACKING_URI": self.mlflow_url or self.store_uri,
-                "PYTHONUNBUFFERED": "1", **({"SENTINELS_RUNTIME": self.runtime} if self.runtime else {})}
+                "PYTHONUNBUFFERED": "1", **({"SENTINELS_RUNTIME": self.runtime} if self.runtime else {}), **login,
+                natsauth.INTERNAL_TOKEN_ENV: str(natsauth.internal_token(self.s.home))}
 
     def spawn(self, name: str) -> subprocess.Popen:
         if name in SERVICES:
@@ -119,17 +167,32 @@ class Supervisor:
             offset = serve.FUNCTIONS[name][2]
             cmd = [sys.executable, "-m", "sentinels.embedded.serve", name, str(self.s.function_port(offset))]
         out = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(),
-                                start_new_session=name == "mlflow")  # stopped with its workers, as a group
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(name),
+                                start_new_session=name == "mlflow",  # stopped with its workers, as a group
+                                preexec_fn=lifeline.preexec())
         self.children[name] = proc
+        self.started[name] = time.monotonic()
         return proc
+
+    def start_nats(self) -> subprocess.Popen:
+        proc = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log",
+                           sync=self.s.nats_sync(), preexec_fn=lifeline.preexec(),
+                           auth=natsauth.config_block(natsauth.ensure(self.s.home)))
+        self.children["nats"] = proc
+        self.started["nats"] = time.monotonic()
+        return proc
+
+    def restart(self, name: str) -> None:
+        if name == "nats":
+            self.start_nats()
+        else:
+            self.spawn(name)
 
     def start(self) -> None:
         for d in (self.s.home, self.logs, self.s.run_dir, self.s.home / "jobs"):
             d.mkdir(parents=True, exist_ok=True)
         init = self.init_mlflow()
-        self.children["nats"] = natsd.start(self.s.home / "jetstream", self.s.nats_port(), self.logs / "nats.log",
-                                            sync=self.s.nats_sync())
+        self.start_nats()
         asyncio.run(self._ensure_streams())
         # one process creates a local MLflow store before the functions open it: two
         # processes migrating the same new sqlite file at once can leave it broken
@@ -168,28 +231,44 @@ class Supervisor:
         if not uri.startswith("sqlite:"):  # a server (or `none`) needs no preparing
             return None
         code = "import sys; from sentinels.adapters.mlflow_tracker import MlflowTracker; MlflowTracker(sys.argv[1]).warm()"
-        return subprocess.Popen([sys.executable, "-c", code, uri], env=self.env(),
+        return subprocess.Popen([sys.executable, "-c", code, uri], env=self.env("reader"),
                                 stdout=open(self.logs / "mlflow-init.log", "ab"), stderr=subprocess.STDOUT)
 
     async def _ensure_streams(self) -> None:
         from ..adapters import jetstream
 
-        nc = await jetstream.connect(self.s.nats_url)
+        nc = await jetstream.connect(self.s.nats_url, "sentinels-up",
+                                     login=jetstream.credentials(str(natsauth.credentials_file(self.s.home, "admin"))))
         try:
-            await jetstream.ensure(nc.jetstream())
+            js = nc.jetstream()
+            await jetstream.ensure(js)
+            await jetstream.JetStreamSentLog.open(js)  # the alert function may only write into it
         finally:
             await nc.close()
 
     def watch(self) -> None:
-        """Restart children that die, until asked to stop."""
+        """Restart children that die (each on its own back-off), until asked to stop."""
         restarts: dict[str, int] = {}
+        due: dict[str, float] = {}  # name -> when to restart it
         while not self.stopping:
+            now = time.monotonic()
             for name, proc in list(self.children.items()):
-                if proc.poll() is not None and not self.stopping and name != "nats":
-                    n = restarts[name] = restarts.get(name, 0) + 1
-                    print(f"sentinels: {name} exited ({proc.returncode}); restart #{n}", file=sys.stderr, flush=True)
-                    time.sleep(min(5.0, 0.2 * 2 ** min(n, 5)))
-                    self.spawn(name)
+                if self.stopping or name in due or proc.poll() is None:
+                    continue
+                if now - self.started.get(name, now) >= HEALTHY_SECONDS:
+                    restarts[name] = 0  # it was healthy for a while: this is a new incident
+                n = restarts[name] = restarts.get(name, 0) + 1
+                print(f"sentinels: {name} exited ({proc.returncode}); restart #{n}", file=sys.stderr, flush=True)
+                due[name] = now + backoff(n)
+            for name, when in list(due.items()):
+                if self.stopping or time.monotonic() < when:
+                    continue
+                del due[name]
+                try:
+                    self.restart(name)
+                except ConfigError as e:  # e.g. the port is still taken: try again later
+                    print(f"sentinels: {name} did not restart: {e.message}", file=sys.stderr, flush=True)
+                    self.started[name] = time.monotonic()
             time.sleep(0.2)
 
     def stop(self, *_):

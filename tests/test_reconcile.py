@@ -1,0 +1,115 @@
+"""No job stays SCHEDULED or RUNNING forever: the lifecycle converges from the cluster's state.
+
+Three ways a job used to stay stuck, each replayed deterministically over the in-memory
+ports: (a) the scheduler dies between its launch and its compare-and-set; (b) the job
+ends before that compare-and-set lands; (c) the lifecycle function is down longer than
+the broker's retries, so the job's events are never delivered.
+"""
+
+import pytest
+
+from functions.on_job_event import service as lifecycle_service
+from functions.on_job_event.service import RetryLater
+from sentinels.domain import states
+from tests.test_lifecycle import ADMIN, UPDATE, World, fixture, labelled
+
+
+async def submitted(w: World) -> dict:
+    w.n += 1
+    _, rec = await w.submitter.submit({"spec": {"image": "python:3.11", "command": ["true"], "name": f"j{w.n}"}},
+                                      ADMIN, "t", f"e{w.n}")
+    return rec
+
+
+def history_states(entries):
+    return [e["to"] for e in entries]
+
+
+async def test_a_scheduler_dies_between_launch_and_compare_and_set():
+    w = World()
+    rec = await submitted(w)
+    await w.cluster.launch(dict(rec, node="n1"), {})  # the scheduler launched, then was killed -9
+    w.cluster.finish(rec["id"])  # the job ran and ended meanwhile
+    done = labelled(fixture("job-succeeded.yaml"), rec)
+    with pytest.raises(RetryLater):  # too early: kept for redelivery, never acked as stale
+        await w.life.handle(UPDATE, done)
+    # the router gave up on it (dead letter); a restarted scheduler places the job again
+    await w.sched.trigger()
+    assert w.cluster.launches == [rec["id"]]  # launching an ended run again is a no-op
+    assert (await w.get(rec["id"]))["state"] == states.SCHEDULED
+    assert await w.life.reconcile() == 1
+    final = await w.get(rec["id"])
+    assert final["state"] == states.SUCCEEDED
+    assert history_states(await w.history.of(rec["id"])) == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
+    assert await w.life.reconcile() == 0  # nothing left to repair
+    assert len(w.events("job.succeeded")) == 1
+
+
+async def test_b_job_ends_before_the_compare_and_set_lands_no_crash():
+    w = World()
+    rec = await submitted(w)
+    done = labelled(fixture("job-succeeded.yaml"), rec)
+    real_launch = w.cluster.launch
+
+    async def launch_then_end(record, env):  # the job ends 84 ms before the scheduler's CAS
+        await real_launch(record, env)
+        w.cluster.finish(record["id"])
+        with pytest.raises(RetryLater):
+            await w.life.handle(UPDATE, done)
+
+    w.cluster.launch = launch_then_end
+    await w.sched.trigger()
+    assert (await w.get(rec["id"]))["state"] == states.SCHEDULED
+    assert await w.life.handle(UPDATE, done) == "succeeded"  # the broker's redelivery now applies
+    assert history_states(await w.history.of(rec["id"])) == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
+    assert await w.life.reconcile() == 0
+
+
+async def test_b_without_redelivery_the_reconcile_applies_the_end():
+    w = World()
+    rec = await submitted(w)
+    real_launch = w.cluster.launch
+
+    async def launch_then_fail(record, env):
+        await real_launch(record, env)
+        w.cluster.finish(record["id"], "Failed")
+
+    w.cluster.launch = launch_then_fail
+    await w.sched.trigger()
+    assert await w.life.reconcile() == 1
+    final = await w.get(rec["id"])
+    assert final["state"] == states.FAILED and "BackoffLimitExceeded" in final["reason"]
+
+
+async def test_c_lifecycle_down_longer_than_the_retries_events_never_arrive():
+    w = World()
+    first = await w.running_job()
+    second = await submitted(w)
+    await w.sched.trigger()
+    assert (await w.get(second["id"]))["state"] == states.SCHEDULED
+    w.cluster.finish(first["id"])
+    w.cluster.finish(second["id"], "Failed")  # no event reaches the lifecycle function
+    assert await w.life.reconcile() == 2
+    assert (await w.get(first["id"]))["state"] == states.SUCCEEDED
+    assert (await w.get(second["id"]))["state"] == states.FAILED
+    # the old events, delivered late from the dead letters, change nothing
+    assert await w.life.handle(UPDATE, labelled(fixture("job-succeeded.yaml"), first)) in ("stale", "redelivered")
+    assert len(w.events("job.succeeded")) == 1 and len(w.events("job.failed")) == 1
+
+
+async def test_a_job_the_cluster_no_longer_has_is_requeued_after_a_grace(monkeypatch):
+    w = World()
+    rec = await w.running_job()
+    w.cluster.running.pop(rec["id"])  # its Job vanished (deleted by hand, TTL) and the event was lost
+    assert await w.life.reconcile() == 0  # within the grace period: a launch may still be landing
+    monkeypatch.setattr(lifecycle_service, "RECONCILE_GRACE", 0.0)
+    assert await w.life.reconcile() == 1
+    again = await w.get(rec["id"])
+    assert again["state"] == states.QUEUED and again["attempts"] == 2
+
+
+async def test_a_running_job_is_left_alone():
+    w = World()
+    rec = await w.running_job()
+    assert await w.life.reconcile() == 0
+    assert (await w.get(rec["id"]))["state"] == states.RUNNING
