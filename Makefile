@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test check chaos demo bench install clean
+.PHONY: test check chaos demo bench install clean e2e-kubernetes
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ chaos: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+# the Kubernetes path end to end on a simulated cluster (tests/simcluster); prints one line
+e2e-kubernetes: $(STAMP)
+	$(BIN)/python -m tests.simcluster.burst --nodes 20 --jobs 200
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

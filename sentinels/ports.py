@@ -121,6 +121,8 @@ class Cluster(Protocol):
 
     async def jobs(self, job_ids: list[str]) -> dict[str, dict]:  # job id -> its current Job object
         ...  # (Kubernetes-shaped, with status); ids the cluster has no Job for are left out
+    async def last_end(self, record: dict) -> Optional[dict]:  # {"reason", "exit_code"} of its newest failed pod
+        ...
 
 
 class Tracker(Protocol):

@@ -72,9 +72,19 @@ def cluster_for(settings: Settings, nc):
     return LocalCluster(nc)
 
 
-def warm(tracker) -> None:
-    """Import MLflow and open its store in the background, so the first job does not pay for it."""
+def warm(tracker, settings: Settings | None = None) -> None:
+    """Import MLflow and open its store in the background, so the first job does not pay for it.
+
+    The Kubernetes client is imported first, here, in the calling thread: both it and MLflow
+    import `requests`, and two threads importing it at once can leave one of them with a
+    half-initialised module (Python's import deadlock avoidance) that breaks the function.
+    """
     import threading
+
+    if settings is not None and settings.backend() == "kubernetes":
+        from .adapters.kubernetes import preload
+
+        preload()
 
     def go():
         try:

@@ -49,7 +49,10 @@ async def api():
 
 @pytest.fixture
 def cluster(api):
-    return KubernetesCluster(KubeConfig.from_dict({"namespace": NS, "host": api.test_url, "request_timeout": 5}))
+    # kmock's emulator holds watch streams open past the test: the listing path is tested here,
+    # the watch-fed cache in test_kube_informer.py against the simulated API server
+    return KubernetesCluster(KubeConfig.from_dict({"namespace": NS, "host": api.test_url, "request_timeout": 5}),
+                             informer=False)
 
 
 def make_record(job_id="ab2cd3ef4g", attempts=0, **spec):
@@ -224,7 +227,8 @@ async def test_rejected_job_is_invalid_spec(api, cluster):
 
 @pytest.mark.slow  # real waits: kept out of `pytest -m fast`
 async def test_unreachable_api_is_unavailable():
-    cluster = KubernetesCluster(KubeConfig(namespace=NS, host=f"http://127.0.0.1:{natsd.free_port()}", request_timeout=2))
+    cluster = KubernetesCluster(KubeConfig(namespace=NS, host=f"http://127.0.0.1:{natsd.free_port()}", request_timeout=2),
+                                informer=False)
     with pytest.raises(Unavailable, match="unreachable while listing (nodes|pods)"):
         await cluster.nodes()
     with pytest.raises(Unavailable):
@@ -239,7 +243,7 @@ async def test_client_from_a_kubeconfig_file(api, tmp_path):
         "users": [{"name": "u", "user": {"token": "t0k3n"}}],
         "contexts": [{"name": "test", "context": {"cluster": "emulator", "user": "u"}}]}))
     await post(api, "/api/v1/nodes", plain_node("cpu-1"))
-    cluster = KubernetesCluster(KubeConfig.from_dict({"namespace": NS, "kubeconfig": str(kubeconfig)}))
+    cluster = KubernetesCluster(KubeConfig.from_dict({"namespace": NS, "kubeconfig": str(kubeconfig)}), informer=False)
     assert [n.name for n in await cluster.nodes()] == ["cpu-1"]
     assert api._requests[-1].headers["Authorization"] == "Bearer t0k3n"
 
@@ -265,3 +269,18 @@ def test_pod_capacity_limits_how_many_more_jobs_a_node_takes():
     parsed = node_from_object(node, {}, live_pods_by_node(pods))
     assert parsed.free_pods == 1  # 3 allowed, 2 live (the Succeeded one does not count)
     assert node_from_object(node, {}).free_pods is None  # counts unknown: no limit assumed
+
+
+async def test_last_end_reads_the_newest_pods_failure(api, cluster):
+    record = make_record()
+    assert await cluster.last_end(record) is None  # no pod
+    oom = yaml.safe_load((FIXTURES / "pod-oomkilled.yaml").read_text())
+    oom["metadata"] = {"name": f"{record['k8s_job']}-x1", "namespace": NS, "creationTimestamp": "2026-11-28T05:05:00Z",
+                       "labels": {"batch.kubernetes.io/job-name": record["k8s_job"]}}
+    await post(api, f"/api/v1/namespaces/{NS}/pods", oom)
+    assert await cluster.last_end(record) == {"reason": "OOMKilled (exit 137)", "exit_code": 137}
+    running = pod(f"{record['k8s_job']}-x2", "n1", "Running", namespace=NS)
+    running["metadata"].update(creationTimestamp="2026-11-28T05:06:00Z",
+                               labels={"batch.kubernetes.io/job-name": record["k8s_job"]})
+    await post(api, f"/api/v1/namespaces/{NS}/pods", running)
+    assert await cluster.last_end(record) is None  # the newest pod has not failed

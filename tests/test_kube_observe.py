@@ -248,3 +248,15 @@ def test_foreign_or_malformed_input_is_ignored():
     assert observe(UPDATE, {"kind": "Deployment", "metadata": {}}) is None
     assert observe(UPDATE, labelled(pod, job_id="NOT-A-JOB-ID")).job_id is None
     assert observe(UPDATE, {"kind": "Pod"}) is None  # no status at all: nothing to say
+
+
+def test_a_pod_killed_because_it_was_deleted_leaves_the_verdict_to_its_job():
+    """Deadline, cancel, requeue: the Job controller or sentinels deleted the pod; its exit code
+    (SIGTERM) is not the job's failure. Built from a real dump plus a deletionTimestamp."""
+    pod = labelled(load("pod-failed-exitcode.yaml"))
+    pod["metadata"]["deletionTimestamp"] = "2026-01-13T18:45:00Z"
+    assert observe(UPDATE, pod) is None
+    evicted = copy.deepcopy(pod)  # an eviction also deletes, but says so: still a disruption
+    evicted["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True",
+                                            "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"})
+    assert observe(UPDATE, evicted).what == "disrupted"

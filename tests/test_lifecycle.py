@@ -109,6 +109,19 @@ async def test_pod_failure_with_retries_left_waits_for_the_job_verdict():
     assert await w.life.handle(UPDATE, labelled(fixture("job-failed-backofflimit.yaml"), rec)) == "failed"
 
 
+async def test_backoff_limit_verdict_names_the_last_pods_cause():
+    """The Job's BackoffLimitExceeded may come before its pod's OOMKilled: the pod is read then."""
+    w = World()
+    rec = await w.running_job()
+    w.cluster.ends[rec["id"]] = {"reason": "OOMKilled (exit 137)", "exit_code": 137}
+    assert await w.life.handle(UPDATE, labelled(fixture("job-failed-backofflimit.yaml"), rec)) == "failed"
+    done = await w.get(rec["id"])
+    assert (done["reason"], done["exit_code"]) == ("OOMKilled (exit 137)", 137)
+    assert "OOMKilled" in w.events("job.failed")[0]["data"]["reason"]
+    # the pod's own event, late, changes nothing
+    assert await w.life.handle(UPDATE, labelled(fixture("pod-oomkilled.yaml"), rec)) == "stale"
+
+
 async def test_deadline_exceeded_job():
     # no real dump of a Job failed on its deadline: condition built from the API reference
     w = World()
@@ -208,6 +221,21 @@ async def test_node_removed_while_two_jobs_run_both_run_again_and_succeed():
         await w.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), rec))
         assert await w.life.handle(UPDATE, labelled(fixture("job-succeeded.yaml"), rec)) == "succeeded"
         assert (await w.get(r["id"]))["attempts"] == 2
+
+
+async def test_two_observations_of_one_node_loss_keep_the_queue_entry():
+    """The Node's deletion and its pod failed by PodGC both requeue the same attempt: the same
+    (deduplicated) queue entry. The one that loses the race must not remove the winner's entry."""
+    w = World()
+    rec = await w.running_job()
+    node_gone = lifecycle.requeue_or_fail(rec, "node n1 was removed", w.life.policy, False)
+    pod_gone = lifecycle.requeue_or_fail(rec, "node lost: DeletionByPodGC", w.life.policy, False)
+    assert await w.life.apply(rec, node_gone, "node-removed:n1") == "queued"
+    assert await w.life.apply(rec, pod_gone, "pod:uid:7:disrupted") == "raced"  # decided on the same RUNNING record
+    again = await w.get(rec["id"])
+    assert again["state"] == "QUEUED" and again["attempts"] == 2
+    heads = await w.queue.heads(["critical", "high", "normal", "low"], 5)
+    assert [(seq, e["id"]) for seq, e in heads] == [(again["queue_seq"], rec["id"])]
 
 
 async def test_too_many_infrastructure_failures_fail_the_job():

@@ -102,6 +102,18 @@ async def test_crash_between_launch_and_record_is_repaired():
     assert w.cluster.launches == [j]
 
 
+async def test_an_earlier_attempt_still_running_is_not_taken_for_the_requeued_one():
+    """Found by the simulated cluster: a requeued job (attempt 2, Job sentinels-<id>-a2) whose
+    attempt-1 Job was not deleted yet must stay queued, not be "repaired" to SCHEDULED."""
+    w = World([node("a")])
+    j = await w.submit()
+    rec = await w.state(j)
+    await w.cluster.launch(dict(rec, node="a"), {})  # attempt 1's Job, k8s_job sentinels-<id>
+    await w.jobs.mutate(j, lambda r: dict(r, attempts=2, k8s_job=f"sentinels-{j}-a2"))
+    assert await w.sched.reconcile() == 0
+    assert (await w.state(j))["state"] == "QUEUED"
+
+
 async def test_cancelled_job_still_running_is_stopped_on_reconcile():
     w = World([node("a")])
     j = await w.submit()

@@ -65,7 +65,7 @@ def test_nats_killed_is_restarted_and_health_says_so_meanwhile(up):
     os.kill(nats, signal.SIGKILL)
     # while it is down, health is not "ok"; then the supervisor brings it back
     assert wait_for(lambda: named_children(proc.pid).get("nats") not in (None, nats), 60)
-    assert wait_for(lambda: health(env["SENTINELS_URL"])[0] == 200, 60)
+    assert wait_for(lambda: health(env["SENTINELS_URL"])[0] == 200, 180)
     job = cli(env, "submit", "python:3.11", "--cpu", "0.1", "--", "true").stdout.strip()
     assert wait_for(lambda: json.loads(cli(env, "status", job, "-o", "json").stdout)["state"] == "SUCCEEDED", 180)
 

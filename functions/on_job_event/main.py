@@ -23,7 +23,7 @@ SETTINGS = Settings.load()
 expected_secrets.check('sentinels-on-job-event', SETTINGS.env)  # a Secret missing on Kubernetes: one clear line
 LIFECYCLE = SETTINGS.lifecycle()
 TRACKER = wiring.tracker_for(SETTINGS)
-wiring.warm(TRACKER)
+wiring.warm(TRACKER, SETTINGS)
 
 
 def outputs_dir(record: dict):

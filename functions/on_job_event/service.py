@@ -95,11 +95,17 @@ class LifecycleService:
         return await self.apply(record, step, key)
 
     async def apply(self, record: dict, step: lifecycle.Step, key: str) -> str:
-        changes = dict(step.changes)
+        changes, reason = dict(step.changes), step.reason
         if lifecycle.STOP in step.effects:
             changes["previous_job"] = record.get("k8s_job")
         if lifecycle.LOGS in step.effects:
             changes["log_tail"] = await self._log_tail(record)
+        if step.to == states.FAILED and reason == lifecycle.BACKOFF_LIMIT:  # say why the last pod failed
+            end = await self._last_end(record)
+            if end:
+                reason = end["reason"]
+                if end.get("exit_code") is not None:
+                    changes["exit_code"] = end["exit_code"]
         seq = None
         if lifecycle.ENQUEUE in step.effects:  # built: it joins the queue with its image
             entry = job.queue_entry(job_id=record["id"], spec=step.changes["spec"], klass=record["priority"],
@@ -121,16 +127,20 @@ class LifecycleService:
             if r["state"] != expected or r.get("last_observation") == key:
                 return None
             if step.to is None:
-                return dict(r, reason=step.reason, updated_at=now, last_observation=key, **changes)
+                return dict(r, reason=reason, updated_at=now, last_observation=key, **changes)
             if step.through:
                 r = states.transition(r, step.through, now=now, reason=PASSED_THROUGH)
-            return states.transition(r, step.to, now=now, reason=step.reason, last_observation=key,
+            return states.transition(r, step.to, now=now, reason=reason, last_observation=key,
                                      last_step=step_data, **changes)
 
         done = await self.jobs.mutate(record["id"], decide)
         if done is None:
             if seq is not None:
-                await self.queue.remove(seq)
+                # Two observations of one disruption (the Node's deletion, its pod failed by PodGC)
+                # enqueue the same deduplicated entry: if the other one won with it, it stays.
+                current = await self.jobs.get(record["id"])
+                if current is None or current[0].get("queue_seq") != seq:
+                    await self.queue.remove(seq)
             return "raced"
         before, after = done
         await self._effects(before, after, step_data if step.to else None)
@@ -171,6 +181,13 @@ class LifecycleService:
         except Exception as e:  # logs are a courtesy; the transition must not wait on them
             log.info("job %s: no logs (%s)", record["id"], type(e).__name__)
             return []
+
+    async def _last_end(self, record: dict) -> dict | None:
+        try:
+            return await self.cluster.last_end(record)
+        except Exception as e:  # a courtesy like the logs: the verdict stands without it
+            log.info("job %s: last pod not read (%s)", record["id"], type(e).__name__)
+            return None
 
     async def _capacity_changed(self, event_id: str, why: str) -> None:
         await self.sink.emit(events.envelope(events.CAPACITY_CHANGED, SOURCE, event_id, {"why": why}, self.clock()))

@@ -25,7 +25,7 @@ CONFIG = SETTINGS.scheduler()
 SHARING = SETTINGS.sharing()
 CAPACITY = SETTINGS.notify().capacity
 TRACKER = wiring.tracker_for(SETTINGS)
-wiring.warm(TRACKER)
+wiring.warm(TRACKER, SETTINGS)
 
 
 def mlflow_env(record: dict, run: dict | None) -> dict:

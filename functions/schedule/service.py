@@ -270,7 +270,7 @@ class ScheduleService:
     async def reconcile(self) -> int:
         """Repair what a crash left: jobs the cluster runs that the store does not know as running."""
         repaired = 0
-        for job_id, _name in (await self.cluster.active()).items():
+        for job_id, name in (await self.cluster.active()).items():
             got = await self.jobs.get(job_id)
             if got is None:
                 continue
@@ -278,7 +278,8 @@ class ScheduleService:
             if record["state"] in states.TERMINAL:
                 await self.cluster.stop(record)
                 repaired += 1
-            elif record["state"] == states.QUEUED:
+            elif record["state"] == states.QUEUED and name == record.get("k8s_job"):
+                # (a requeued job's earlier attempt, still being deleted, proves nothing about this one)
                 seq = record.get("queue_seq")
 
                 def decide(r):

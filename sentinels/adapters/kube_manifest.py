@@ -274,7 +274,11 @@ def _check_record(record: dict) -> None:
 
 
 def job_objects(record: dict, extra_env: Mapping, cfg: KubeConfig) -> list[dict]:
-    """[ConfigMap, Job] for one job; raise InvalidSpec when the record cannot run here."""
+    """[ConfigMap, Job] for one job; raise InvalidSpec when the record cannot run here.
+
+    A requeued job's next attempt runs as a Job of its own name (`lifecycle.job_name`), so
+    the old attempt's Job, still being deleted, never blocks it and its late events stay stale.
+    """
     _check_record(record)
     record = {**record, "k8s_job": record.get("k8s_job") or job_name(record["id"], int(record.get("attempts") or 1))}
     return [config_map(record, cfg), job(record, extra_env, cfg)]

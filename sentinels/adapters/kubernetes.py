@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import math
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from ..domain import quantity
 from ..domain.build import BuildConfig
@@ -140,6 +140,11 @@ def _labelled(obj: Mapping, key: str, value: Optional[str] = None) -> bool:
 
 # --- the API client ------------------------------------------------------------------
 
+def preload() -> None:
+    """Import the client now (see `wiring.warm`: never at the same time as MLflow in a thread)."""
+    import kubernetes.client  # noqa: F401
+
+
 def api_client(cfg: km.KubeConfig):
     """An ApiClient: explicit host, else an explicit kubeconfig, else in-cluster, else ~/.kube/config."""
     from kubernetes import client, config
@@ -178,10 +183,17 @@ def _json(resp) -> dict:
 class KubernetesCluster:
     """Runs jobs as Kubernetes Jobs in `cfg.namespace`; implements `sentinels.ports.Cluster`."""
 
-    def __init__(self, cfg: km.KubeConfig, client=None, builds: BuildConfig = BuildConfig()):
+    def __init__(self, cfg: km.KubeConfig, client=None, builds: BuildConfig = BuildConfig(), informer: bool = True):
         self.cfg = cfg
         self.builds = builds
         self._client = client  # an ApiClient; built from cfg on first use when None
+        self._use_informer = informer  # keep nodes and live pods by watch (see kube_informer)
+        self._informer: Optional[Any] = None  # kube_informer.Informer, started by the first nodes()
+
+    def __del__(self):
+        informer = getattr(self, "_informer", None)
+        if informer is not None:
+            informer.close()
 
     # plumbing ---------------------------------------------------------------------
     def _api(self, kind: str):
@@ -234,7 +246,18 @@ class KubernetesCluster:
 
     # the port -----------------------------------------------------------------------
     async def nodes(self) -> list[Node]:
+        """Free capacity per node: from the watch-fed cache, else (not synced yet, watch
+        failing) by listing nodes and live pods."""
         core = self._api("CoreV1Api")
+        if self._use_informer:
+            if self._informer is None:
+                from .kube_informer import Informer
+
+                self._informer = Informer(core, lambda o: node_from_object(o, {}, {}), pod_requests, LIVE_PODS,
+                                          self.cfg.request_timeout)
+            cached = self._informer.snapshot()
+            if cached is not None:
+                return cached
         raw_nodes, pods = await asyncio.gather(
             self._list("listing nodes", core.list_node),
             self._list("listing pods", core.list_pod_for_all_namespaces, field_selector=LIVE_PODS))
@@ -332,16 +355,38 @@ class KubernetesCluster:
                     out[job_id] = {"apiVersion": "batch/v1", "kind": "Job", **job}
         return out
 
-    async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
-        """The output of the job's newest pod (empty when it has none or has not started)."""
+    async def _newest_pod(self, record: dict) -> Optional[dict]:
         name = record.get("k8s_job") or km.job_name(record["id"], int(record.get("attempts") or 1))
         core = self._api("CoreV1Api")
         pods = await self._list(f"listing pods of {name}", core.list_namespaced_pod, self.cfg.namespace,
                                 label_selector=f"{km.JOB_NAME_LABEL}={name}")
         pods = [p for p in pods if _labelled(p, km.JOB_NAME_LABEL, name)]
         if not pods:
+            return None
+        return max(pods, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "",
+                                        int((p.get("metadata") or {}).get("resourceVersion") or 0)
+                                        if str((p.get("metadata") or {}).get("resourceVersion") or "").isdigit() else 0))
+
+    async def last_end(self, record: dict) -> Optional[dict]:
+        """How the job's newest pod failed ({"reason", "exit_code"}), or None.
+
+        A Job's own verdict (BackoffLimitExceeded) does not say why its last pod failed, and
+        the pod's event may come after the Job's: this reads it from the pod itself.
+        """
+        from ..domain import events, observe
+
+        pod = await self._newest_pod(record)
+        seen = observe.observe(events.APISERVER_UPDATE, pod) if pod else None
+        if seen is None or seen.what != observe.FAILED:
+            return None
+        return {"reason": seen.reason, "exit_code": seen.exit_code}
+
+    async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
+        """The output of the job's newest pod (empty when it has none or has not started)."""
+        core = self._api("CoreV1Api")
+        newest = await self._newest_pod(record)
+        if newest is None:
             return []
-        newest = max(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
         pod_name = newest["metadata"]["name"]
         kwargs = {"container": km.CONTAINER, **self._opts()}
         if tail:

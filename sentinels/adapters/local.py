@@ -64,6 +64,10 @@ class LocalCluster:
     async def build(self, record: dict) -> None:
         await self._ask("build", {"record": record})
 
+    async def last_end(self, record: dict) -> Optional[dict]:
+        """None: the executor reports a job's pod before the Job itself, so the pod's end is known."""
+        return None
+
     async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
         return list((await self._ask("logs", {"job": record["id"], "tail": tail}))["lines"])
 

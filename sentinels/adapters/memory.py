@@ -247,6 +247,7 @@ class MemoryCluster:
         self.stops: list[str] = []
         self.builds: list[str] = []  # job ids whose build was started
         self.fail_launch = False
+        self.ends: dict[str, dict] = {}  # job id -> how its newest pod failed (last_end)
 
     async def nodes(self):
         out = []
@@ -285,6 +286,9 @@ class MemoryCluster:
     async def build(self, record):
         if record["id"] not in self.builds:
             self.builds.append(record["id"])
+
+    async def last_end(self, record):
+        return self.ends.get(record["id"])
 
     async def jobs(self, job_ids):
         from ..domain.local_objects import job_object

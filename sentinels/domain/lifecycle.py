@@ -17,6 +17,7 @@ from .names import job_name
 
 REQUEUE, STOP, LOGS, CAPACITY = "requeue", "stop", "logs", "capacity"
 ENQUEUE = "enqueue"  # a built job joins the queue (in submission order, not at the front)
+BACKOFF_LIMIT = "BackoffLimitExceeded"  # a Job's verdict that names no cause: the last pod has it
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,8 @@ class LifecycleConfig:
                                                                    base.image_pull_grace_seconds)))
             reconcile = float(raw.get("reconcile_seconds", cls.reconcile_seconds))
         except (TypeError, ValueError):
-            raise ConfigError("lifecycle: max_attempts, image_pull_grace_seconds and reconcile_seconds "
-                              "must be numbers") from None
+            raise ConfigError("lifecycle: max_attempts and image_pull_grace_seconds must be numbers "
+                              "(and reconcile_seconds)") from None
         root = raw.get("outputs_root")
         if root is not None and not isinstance(root, str):
             raise ConfigError(f"lifecycle: outputs_root must be a path, not {root!r}")

@@ -194,6 +194,8 @@ def _pod(event_type: str, obj: Mapping, base: dict) -> Optional[Observation]:
     if base["deleted"]:
         return None  # its Job reports what a deletion means (finished, cancelled, retried)
     phase = status.get("phase")
+    if phase in ("Succeeded", "Failed") and _meta(obj).get("deletionTimestamp"):
+        return None  # killed because it was deleted (deadline, cancel, requeue): its Job says why
     ended = _terminated(status)
     code = ended.get("exitCode") if ended else None
     code = code if isinstance(code, int) and not isinstance(code, bool) else None

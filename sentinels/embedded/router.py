@@ -16,7 +16,6 @@ import asyncio
 import datetime
 import json
 import logging
-import os
 import uuid
 from dataclasses import dataclass
 
@@ -64,7 +63,8 @@ class Retry:
         return min(self.max_backoff, base * (2 ** min(attempt - 1, 30) if t.exponential else 1))
 
 
-def retry_settings(settings: Settings, env=os.environ) -> Retry:
+def retry_settings(settings: Settings, env=None) -> Retry:
+    env = settings.env if env is None else env
     raw = dict(settings.section("events"))
     if env.get("SENTINELS_RETRY_HORIZON"):
         raw["retry_horizon"] = env["SENTINELS_RETRY_HORIZON"]

@@ -1,0 +1,161 @@
+"""Issue 14 numbers: the Kubernetes path on a simulated cluster (tests/simcluster).
+
+1. A burst through the whole stack (`sentinels up`, backend kubernetes, the functions over
+   HTTP and NATS, the ApiServerSource stand-in in its own process): submit every job,
+   wait until all are SUCCEEDED; jobs/s end to end, scheduling pass times from the
+   schedule function's log, Kubernetes API calls made by sentinels per placed job, the
+   schedule function's memory.
+2. One scheduling pass with 100,000 queued against 1,000 simulated nodes (200 with room),
+   through the real Kubernetes adapter (capacity from its watch-fed cache) on the
+   simulated API server.
+
+    python bench/kubernetes.py [--nodes 1000] [--jobs 10000] [--timeout 1800]
+"""
+
+import argparse
+import ast
+import asyncio
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, nats_server, pct
+
+from foundation import fill
+from functions.schedule.service import ScheduleService
+from sentinels import clock
+from sentinels.adapters import jetstream
+from sentinels.adapters.kube_manifest import KubeConfig
+from sentinels.adapters.kubernetes import KubernetesCluster
+from sentinels.domain.priority import PriorityConfig
+from sentinels.domain.scheduler_config import SchedulerConfig
+from tests.simcluster.apiserver import NODES, PODS, ApiServer
+from tests.simcluster.burst import burst, cluster_nodes, job_specs
+from tests.simcluster.control import NodeShape, SimCluster
+from tests.simcluster.harness import SimStack
+
+PASS_RE = re.compile(r"schedule INFO pass: (\{.*\})")
+
+
+def schedule_pid(home: Path):
+    sup = json.loads((home / "run" / "up.pid").read_text())["pid"]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == sup and b"serve\x00schedule" in (stat.parent / "cmdline").read_bytes():
+                return int(stat.parent.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def memory_of(pid) -> str:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, TypeError):
+        return "unknown"
+    get = lambda key: int(re.search(rf"{key}:\s+(\d+)", status).group(1)) // 1024  # noqa: E731
+    return f"{get('VmRSS')} MiB RSS now, {get('VmHWM')} MiB peak"
+
+
+def end_to_end(nodes: int, jobs: int, timeout: float) -> None:
+    home = Path(tempfile.mkdtemp(prefix="sentinels-bench-k8s-"))
+    config = {"kubernetes": {"ttl_seconds_after_finished": 30}}
+    print(f"end to end: {nodes} simulated nodes, {jobs} jobs (mixed shapes, 1 in 10 with a GPU), "
+          "MLflow off, one node drained and one deleted midway", flush=True)
+    with SimStack(home, cluster_nodes(nodes), config=config, source_in_process=False) as sim:
+        specs = job_specs(jobs, duration=(1.0, 5.0))
+        t0 = time.monotonic()
+        result = burst(sim, specs, timeout)
+        calls = sim.api.api_calls()
+        placed = sum(sim.api.created_jobs.values())
+        mem = memory_of(schedule_pid(home))
+        breakdown = {f"{who} {verb}": n for (who, verb), n in sorted(sim.api.calls.items()) if who == "python-kubernetes"}
+    passes = []
+    for line in (home / "logs" / "schedule.log").read_text(errors="replace").splitlines():
+        m = PASS_RE.search(line)
+        if m:
+            try:
+                p = ast.literal_eval(m.group(1))  # the function logs a dict repr
+                passes.append(p["snapshot_s"] + p["decide_s"] + p["apply_s"])
+            except Exception:
+                pass
+    elapsed = time.monotonic() - t0
+    print(result.line())
+    print(f"jobs/s end to end (first submit -> last SUCCEEDED): {result.succeeded / elapsed:.1f} "
+          f"({result.succeeded} in {elapsed:.0f} s)   [target >= 50 jobs/s sustained]")
+    if passes:
+        print(f"scheduling pass (placing passes, snapshot + decide + apply): p50 {pct(passes, 50):.3f} s, "
+              f"p99 {pct(passes, 99):.3f} s over {len(passes)} passes   [target <= 1 s]")
+    print(f"Kubernetes API calls by sentinels per placed job: {calls / max(placed, 1):.2f} "
+          f"({calls} calls, {placed} Jobs created: {breakdown})   [target <= 3]")
+    print(f"schedule function memory: {mem}")
+
+
+async def pass_at_100k(nodes: int) -> None:
+    """One pass with 100,000 queued: 1,000 nodes, 200 of them with room for one 1-CPU job."""
+    api = ApiServer()
+    import kmock
+
+    async with api:
+        async with kmock.Server(api) as http:
+            url = str(http.url).rstrip("/")
+            control = SimCluster(api)
+            for i in range(nodes):
+                control.add_node(NodeShape(f"node-{i:04d}", cpu="8", memory="32Gi"))
+                room = i % (nodes // 200) == 0
+                api.create(PODS, {"metadata": {"name": f"filler-{i}", "namespace": "other"},
+                                  "spec": {"nodeName": f"node-{i:04d}", "containers": [{"name": "c", "resources": {
+                                      "requests": {"cpu": "7" if room else "8", "memory": "1Gi"}}}]},
+                                  "status": {"phase": "Running"}})
+            with nats_server() as nats_url:
+                prio = PriorityConfig.from_dict(None)
+                nc = await jetstream.connect(nats_url)
+                js = nc.jetstream(timeout=30)
+                await jetstream.ensure(js)
+                await fill(js, 100_000, prio)
+                cluster = KubernetesCluster(KubeConfig(namespace="sentinels", host=url, request_timeout=10))
+                while True:  # the first call lists and starts the watches; wait until the cache answers
+                    await cluster.nodes()
+                    if cluster._informer.snapshot() is not None:
+                        break
+                    await asyncio.sleep(0.1)
+                svc = ScheduleService(await jetstream.JetStreamJobs.open(js), jetstream.JetStreamQueue(js),
+                                      jetstream.JetStreamHistory(js), jetstream.JetStreamSink(js), cluster, prio,
+                                      SchedulerConfig(), clock.now_iso,
+                                      board=jetstream.JetStreamBoard(await js.key_value(jetstream.STATE_BUCKET)))
+                before = api.api_calls()
+                t = time.perf_counter()
+                result = await svc.run_pass()
+                total = time.perf_counter() - t
+                calls = api.api_calls() - before
+                print(f"scheduling pass with 100,000 queued, {nodes} nodes through the Kubernetes adapter: placed "
+                      f"{result['placed']} in {total:.2f} s (snapshot {result['snapshot_s'] * 1000:.1f} ms from the "
+                      f"watch-fed cache, decide {result['decide_s'] * 1000:.0f} ms, apply {result['apply_s']:.2f} s)   "
+                      "[target <= 1 s]")
+                print(f"  API calls in that pass: {calls} for {result['placed']} placed = "
+                      f"{calls / max(result['placed'], 1):.2f} per placed job (listing would read {nodes} nodes and "
+                      f"{len(api.store[PODS])} pods every pass)   [target <= 3]")
+                cluster._informer.close()
+                await nc.close()
+            api.end_watches()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--jobs", type=int, default=10000)
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--skip-e2e", action="store_true")
+    args = parser.parse_args()
+    asyncio.run(pass_at_100k(args.nodes))
+    if not args.skip_e2e:
+        end_to_end(args.nodes, args.jobs, args.timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""A simulated Kubernetes cluster for end-to-end tests of the Kubernetes backend (see harness.py)."""
