@@ -126,5 +126,18 @@ async def submit_load(url: str, n: int, clients: int, spec: dict) -> tuple[float
     return time.perf_counter() - t0, latencies
 
 
+def wait_http(url, timeout=30):
+    """Wait until `url` answers (a function server starting)."""
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=0.5)
+            return
+        except Exception:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} did not start")
+
+
 def median(values):
     return statistics.median(values) if values else float("nan")

@@ -119,13 +119,14 @@ def submit_to_start(n=20):
     lat = []
     with stack({"SENTINELS_TICK": "30"}) as env:
         sys.path.insert(0, str(ROOT))
-        from cli.client import post_event
+        from cli.client import Api
         from sentinels.settings import Settings
         import os
         old = dict(os.environ)
         os.environ.update(env)
         try:
             settings = Settings.load()
+            api = Api(settings.url, settings.token)
 
             async def running(job_id):
                 nc = await jetstream.connect(settings.nats_url)
@@ -140,7 +141,7 @@ def submit_to_start(n=20):
                     await nc.close()
 
             for i in range(n + 2):
-                rec = post_event(settings, "io.sentinels.job.submit",
+                rec = api.post_event("io.sentinels.job.submit",
                                  {"spec": {"image": "python:3.11", "name": f"lat-{i}", "command": ["sleep", "0.2"]}})
                 done = asyncio.run(running(rec["id"]))
                 if done is None:

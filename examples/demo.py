@@ -56,11 +56,11 @@ try:
         sentinels("status", waiting[-1]["id"])
     started = []
     while True:
-        records = json.loads(sentinels("ls", "--all", "--all-users", "-o", "json", show=False))
+        records = json.loads(sentinels("ls", "--all", "--all-users", "-o", "json", show=False))["jobs"]
         if len(records) < len(ids):
             raise SystemExit(f"demo: expected {len(ids)} jobs, the store lists {len(records)}")
-        for r in sorted(records, key=lambda r: r.get("timestamps", {}).get("SCHEDULED", "~")):
-            if "SCHEDULED" in r.get("timestamps", {}) and r["id"] not in started:
+        for r in reversed(records):  # newest first: oldest first reads better
+            if r["state"] != "QUEUED" and r["id"] not in started:
                 started.append(r["id"])
                 print(f"   started {r['name']:<22} ({r['priority']})", flush=True)
         if all(r["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for r in records):

@@ -18,7 +18,12 @@ class JobStore(Protocol):
     async def create(self, record: dict) -> int: ...  # raises Conflict if it exists
     async def update(self, record: dict, revision: int) -> int: ...  # raises Conflict
     async def mutate(self, job_id: str, fn: Callable[[dict], Optional[dict]]) -> Optional[tuple[dict, dict]]: ...
-    async def all(self) -> list[dict]: ...
+    async def all(self) -> list[dict]: ...  # every record: tests and tools only, never a request path
+    async def active(self) -> list[dict]: ...  # live records, from the active index
+    async def listing(self, kind: str, owner: Optional[str] = None, team: Optional[str] = None,
+                      sweep: Optional[str] = None, before: Optional[int] = None,
+                      limit: int = 50) -> tuple[list[str], Optional[int], int]: ...
+    # ids of the `active`, `done` or `sweep` list, newest first: (ids, next cursor, total)
 
 
 class JobQueue(Protocol):
@@ -76,6 +81,17 @@ class EventSink(Protocol):
     """Where a function sends follow-up CloudEvents (broker ingress, K_SINK or the router)."""
 
     async def emit(self, event: dict) -> None: ...
+
+
+class LogSource(Protocol):
+    """Where a job's output is read: the local log file, the pod log API, later Elasticsearch.
+
+    `lines` gives the last `tail` lines (all when None) and a position; `more` gives what
+    was written after a position and the new position, so a reader can follow the output.
+    """
+
+    async def lines(self, record: dict, tail: Optional[int]) -> tuple[list[str], object]: ...
+    async def more(self, record: dict, position: object) -> tuple[list[str], object]: ...
 
 
 class Cluster(Protocol):

@@ -10,18 +10,21 @@ several stacks can run side by side.
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar
 from urllib.parse import urlparse
 
-from .domain import quantity, duration
-from .domain.errors import ConfigError, InvalidSpec
-from .domain.spec import Limits
+from .domain import duration
+from .domain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .domain.spec import Limits
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONFIG_KEYS = {"url", "nats_url", "token", "priorities", "tokens_file", "limits", "data_roots",
                "mlflow_tracking_uri", "user", "notify", "local", "backend", "scheduler", "lifecycle",
-               "kubernetes", "nats_sync", "quotas", "fair_share", "preemption", "builds", "nats_replicas", "events"}
+               "kubernetes", "nats_sync", "quotas", "fair_share", "preemption", "builds", "nats_replicas", "events",
+               "reads", "retention", "sweeps"}
 
 
 def _load_yaml_file(path: Path, what: str, max_bytes: int = 1 << 20):
@@ -109,6 +112,9 @@ class Settings:
         self.builds()
         self.notify()
         self.identities()
+        self.read_rules()
+        self.retention()
+        self.sweep_max()
         if self.backend() == "kubernetes":
             self.kubernetes()
         self.tick()
@@ -138,10 +144,13 @@ class Settings:
         """Who the CLI acts as when it needs a name (`ls` shows this user's jobs)."""
         return self.env.get("SENTINELS_USER") or self.file.get("user")
 
-    def limits(self) -> Limits:
+    def limits(self) -> "Limits":
         return self._once("limits", self._limits)
 
-    def _limits(self) -> Limits:
+    def _limits(self) -> "Limits":
+        from .domain import quantity
+        from .domain.spec import Limits
+
         raw = self.file.get("limits") or {}
         if not isinstance(raw, dict):
             raise ConfigError("configuration: limits must be a mapping (cpu, memory, gpu, timeout, retries)")
@@ -251,6 +260,35 @@ class Settings:
     def runtime(self) -> Optional[str]:
         """The local runtime `sentinels up` chose for its children (SENTINELS_RUNTIME), if any."""
         return self.env.get("SENTINELS_RUNTIME") or None
+
+    def read_rules(self):
+        from .domain.reads import ReadRules
+
+        return ReadRules.from_dict(self.section("reads"))
+
+    def retention(self) -> tuple[float, float]:
+        """(seconds a finished record stays in the jobs bucket, seconds of SENTINELS_HISTORY)."""
+        raw = self.section("retention")
+        unknown = set(raw) - {"finished", "history"}
+        if unknown:
+            raise ConfigError(f"configuration: retention takes finished and history, not {', '.join(sorted(unknown))}")
+        try:
+            finished = duration.seconds(raw.get("finished", "30d"), "retention.finished")
+            history = duration.seconds(raw.get("history", "365d"), "retention.history")
+        except Exception as e:
+            raise ConfigError(f"configuration: bad retention ({getattr(e, 'message', e)})") from None
+        if finished < 60 or history < finished:
+            raise ConfigError("configuration: retention.finished must be at least 1m and history at least as long")
+        return finished, history
+
+    def sweep_max(self) -> int:
+        raw = self.section("sweeps")
+        if set(raw) - {"max_size"}:
+            raise ConfigError("configuration: sweeps takes one key, max_size")
+        size = raw.get("max_size", 1000)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigError(f"configuration: sweeps.max_size must be a positive whole number, not {size!r}")
+        return size
 
     def mlflow_uri(self) -> str:
         return (self.env.get("MLFLOW_TRACKING_URI") or self.file.get("mlflow_tracking_uri")

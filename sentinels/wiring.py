@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .adapters import jetstream
-from .ports import Board, EventSink, History, JobQueue, JobStore, SentLog
+from .ports import Board, EventSink, History, JobQueue, JobStore, LogSource, SentLog
 from .settings import Settings
 
 
@@ -46,10 +46,20 @@ async def open_stores(settings: Settings, name: str) -> Stores:
     domain = settings.jetstream_domain()
     js = nc.jetstream(timeout=5, domain=domain)
     replicas = settings.nats_replicas()
-    await jetstream.ensure(js, replicas)
-    return Stores(nc, js, await jetstream.JetStreamJobs.open(js), jetstream.JetStreamQueue(js, nc, domain),
+    finished, history = settings.retention()
+    await jetstream.ensure(js, replicas, history_max_age=history)
+    return Stores(nc, js, await jetstream.JetStreamJobs.open(js, finished), jetstream.JetStreamQueue(js, nc, domain),
                   jetstream.JetStreamHistory(js), await jetstream.JetStreamBoard.open(js), sink_for(settings, js),
                   replicas)
+
+
+def log_source_for(settings: Settings, nc) -> LogSource:
+    """Where job output is read: the local log files, or the pod log API on Kubernetes."""
+    from .adapters.logs import LocalLogs, PodLogs
+
+    if settings.backend() == "kubernetes":
+        return PodLogs(cluster_for(settings, nc))
+    return LocalLogs(settings.home / "jobs")
 
 
 def cluster_for(settings: Settings, nc):

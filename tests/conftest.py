@@ -1,5 +1,6 @@
 """Shared fixtures: a real nats-server per test, the submit function over real HTTP."""
 
+import contextlib
 import json
 import logging
 import os
@@ -165,3 +166,49 @@ def pytest_terminal_summary(terminalreporter):
     if ran or skipped:
         line = f"container engine tests: {ran} ran, {skipped} skipped"
         terminalreporter.write_line(line + (f" ({'; '.join(sorted(why))})" if why else ""))
+
+
+TOKENS = {"alice": "tok-alice", "bob": "tok-bob", "carol": "tok-carol", "root": "tok-root"}
+
+
+def tokens_file(home: Path) -> Path:
+    """alice and carol in team vision, bob in nlp, root an admin."""
+    import yaml
+
+    path = home / "tokens.yaml"
+    path.write_text(yaml.safe_dump({"users": [
+        {"user": "alice", "team": "vision", "role": "user", "token": TOKENS["alice"]},
+        {"user": "bob", "team": "nlp", "role": "user", "token": TOKENS["bob"]},
+        {"user": "carol", "team": "vision", "role": "user", "token": TOKENS["carol"]},
+        {"user": "root", "role": "admin", "token": TOKENS["root"]},
+    ]}))
+    return path
+
+
+def api_get(url: str, path: str, token: str | None = None, raw: bool = False, timeout: float = 30):
+    """GET a read API path; return (status, JSON body or text when raw)."""
+    req = urllib.request.Request(url + path, headers={"authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read()
+            return resp.status, (body.decode() if raw else json.loads(body))
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@contextlib.contextmanager
+def submit_stack(home: Path, env: dict | None = None):
+    """A real nats-server and the submit function over HTTP, with the tokens file above."""
+    port = natsd.free_port()
+    nats = natsd.start(home / "js", port)
+    env = {"SENTINELS_HOME": str(home), "SENTINELS_NATS_URL": f"nats://127.0.0.1:{port}",
+           "SENTINELS_TOKENS_FILE": str(tokens_file(home)), **(env or {})}
+    try:
+        fn = FunctionServer("submit", env, home)
+        try:
+            yield fn
+        finally:
+            fn.stop()
+    finally:
+        nats.terminate()
+        nats.wait()

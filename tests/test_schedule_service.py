@@ -212,3 +212,18 @@ async def test_cancel_during_launch_undoes_the_launch():
 def test_bad_scheduler_config_fails_at_start(raw, words):
     with pytest.raises(ConfigError, match=words):
         SchedulerConfig.from_dict(raw)
+
+
+async def test_a_requeue_in_flight_keeps_its_queue_entry():
+    """Found by the simulated cluster: on_job_event writes the requeue entry, then marks the
+    record QUEUED; a pass in between must not take the new entry for a stale copy."""
+    w = World([node("a")])
+    j = await w.submit()
+    await w.sched.trigger()
+    rec = await w.state(j)
+    from sentinels.domain.job import queue_entry
+
+    seq = await w.queue.enqueue(queue_entry(job_id=j, spec=rec["spec"], klass=rec["priority"],
+                                            submitted_at=rec["submitted_at"]), msg_id=f"{j}:requeue:1", front=True)
+    await w.sched.trigger()
+    assert [s for s, _ in await w.queue.heads(["critical", "high", "normal", "low"], 5)] == [seq]

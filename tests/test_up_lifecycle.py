@@ -15,7 +15,7 @@ from tests.test_cli_e2e import cli
 def start_foreground(env):
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    wait_http(env["SENTINELS_URL"] + "/", proc, timeout=60)
+    wait_http(env["SENTINELS_URL"] + "/", proc, timeout=120)
     return proc
 
 

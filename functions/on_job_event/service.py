@@ -209,7 +209,7 @@ class LifecycleService:
             self._node_states[obs.name] = obs.node_state
         if obs.what == observe.NODE_REMOVED:
             self._node_states.pop(obs.name, None)
-            for record in lifecycle.jobs_on_lost_node(await self.jobs.all(), obs.name or ""):
+            for record in lifecycle.jobs_on_lost_node(await self.jobs.active(), obs.name or ""):
                 step = lifecycle.requeue_or_fail(record, f"node {obs.name} was removed", self.policy, False)
                 await self.apply(record, step, f"node-removed:{obs.name}:{obs.uid}")
         await self._capacity_changed(f"node:{obs.name}:{obs.uid}:{obs.resource_version}:{obs.what}",

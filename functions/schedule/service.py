@@ -122,6 +122,8 @@ class ScheduleService:
             return False
         record, revision = got
         if record["state"] != states.QUEUED or record.get("queue_seq") != seq:
+            if record["state"] in states.ACTIVE and seq > int(record.get("queue_seq") or 0):
+                return False  # a requeue in flight (entry written, record not yet QUEUED): leave it
             await self.queue.remove(seq)  # cancelled, already placed, or a stale copy
             return False
         run = await self._tracking(record)

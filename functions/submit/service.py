@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sentinels.domain import build, events, job, runtime, states
+from sentinels.domain import build, events, job, runtime, states, sweep
 from sentinels.domain.errors import Conflict as Refused, Forbidden, InvalidSpec, NotFound
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.sharing import Sharing
@@ -31,18 +31,30 @@ class SubmitService:
     clock: Callable[[], str]
     runtime: str | None = None  # the embedded default's local runtime (process, podman, docker)
     sharing: Sharing = field(default_factory=Sharing)
+    sweep_max: int = 1000
 
     # --- submit ---------------------------------------------------------------------
     async def submit(self, data, who: dict, source: str, event_id: str) -> tuple[int, dict]:
         raw = data.get("spec") if isinstance(data, dict) and "spec" in data else data
         if isinstance(data, dict) and data.get("build") is not None:
             return await self._submit_build(raw, build.validate(data["build"]), who, source, event_id)
+        members = sweep.members(data, self.sweep_max)
+        if members is not None:
+            return await self._submit_sweep(raw, members, who, source, event_id)
+        return await self._submit_one(self._prepare(raw, who), who, source, event_id)
+
+    def _prepare(self, raw, who: dict) -> dict:
+        """The validated spec with its class resolved; refused here, before anything is written."""
         spec = validate(raw, self.limits)
         spec["priority"] = self.priorities.resolve(spec["priority"], who, spec)
-        job_id = job.job_id_for(who["user"], source, event_id)
-        now = self.clock()
         if not spec.get("preemptible", True) and not self.sharing.allows_unpreemptible(spec["priority"]):
             raise InvalidSpec(f"preemptible: class {spec['priority']!r} may not declare preemptible: false", "preemptible")
+        return spec
+
+    async def _submit_one(self, spec: dict, who: dict, source: str, event_id: str,
+                          member: dict | None = None) -> tuple[int, dict]:
+        job_id = job.job_id_for(who["user"], source, event_id)
+        now = self.clock()
         entry = job.queue_entry(job_id=job_id, spec=spec, klass=spec["priority"], submitted_at=now,
                                 owner=who["user"], team=who.get("team"))
         seq = await self.queue.enqueue(entry, msg_id=job_id)
@@ -50,6 +62,8 @@ class SubmitService:
                                 queue_seq=seq)
         self._runtime_fields(record)
         record["config"] = job_config(raw if isinstance(raw, dict) else {}, spec)
+        if member:
+            record["sweep"] = member
         # The record, its history entry and the queued event go out together: the latter two
         # carry deterministic ids, so a retry repeats nothing, and an event that beats its
         # record is harmless (the scheduler waits for records; see orphan_grace).
@@ -86,6 +100,31 @@ class SubmitService:
             note = runtime.note(self.runtime, record["spec"]["image"])
             if note:
                 record["runtime_note"] = note
+    async def _submit_sweep(self, raw, members: list[dict], who: dict, source: str, event_id: str):
+        """Every member validated first (a bad one refuses the whole request), then written;
+        member i has CloudEvent id `<id>#<i>`, so a retried request creates nothing twice."""
+        sweep_id = sweep.SWEEP_PREFIX + job.job_id_for(who["user"], source, event_id)
+        specs = []
+        for m in members:
+            spec = self._prepare(sweep.member_spec(raw if isinstance(raw, dict) else {}, m), who)
+            spec["name"] = sweep.member_name(spec["name"], m["index"])
+            spec["env"] = dict(spec.get("env") or {}, SENTINELS_SWEEP_ID=sweep_id)
+            if m["array_index"] is not None:
+                spec["env"]["SENTINELS_ARRAY_INDEX"] = str(m["array_index"])
+            specs.append(spec)
+        gate = asyncio.Semaphore(256)
+
+        async def one(spec, m):
+            async with gate:
+                meta = {"id": sweep_id, "index": m["index"], "size": len(members), "values": m["values"]}
+                if m["array_index"] is not None:
+                    meta["array_index"] = m["array_index"]
+                return await self._submit_one(spec, who, source, f"{event_id}#{m['index']}", meta)
+
+        done = await asyncio.gather(*(one(s, m) for s, m in zip(specs, members)))
+        created = any(status == 201 for status, _ in done)
+        return (201 if created else 200), {"sweep": sweep_id, "size": len(members),
+                                           "jobs": [r["id"] for _, r in done]}
 
     async def _create(self, record: dict) -> bool:
         try:
@@ -117,6 +156,8 @@ class SubmitService:
         return record, rev
 
     async def cancel(self, data, who: dict) -> tuple[int, dict]:
+        if isinstance(data, dict) and data.get("sweep") is not None:
+            return await self.cancel_sweep(data["sweep"], who)
         record, _ = await self._owned(data, who)
         reason = f"cancelled by {who['user']}"
 
@@ -142,6 +183,31 @@ class SubmitService:
             await self.sink.emit(events.envelope(events.JOB_CANCEL_REQUESTED, SOURCE, f"{after['id']}:cancel", {"job": after["id"]},
                                                  after["updated_at"], subject=after["id"]))
         return 200, after
+
+    async def cancel_sweep(self, sweep_id, who: dict) -> tuple[int, dict]:
+        """Cancel every member of a sweep that has not ended (the owner's or an admin's)."""
+        if not isinstance(sweep_id, str) or not sweep_id.startswith(sweep.SWEEP_PREFIX) \
+                or not job.is_job_id(sweep_id[len(sweep.SWEEP_PREFIX):]):
+            raise InvalidSpec(f"sweep: {sweep_id!r} is not a sweep id", "sweep")
+        ids, cursor = [], None
+        while True:
+            page, cursor, _ = await self.jobs.listing("sweep", sweep=sweep_id, before=cursor, limit=1000)
+            ids += page
+            if cursor is None:
+                break
+        if not ids:
+            raise NotFound(f"sweep {sweep_id} not found", "sweep")
+        gate = asyncio.Semaphore(64)
+
+        async def one(job_id):
+            async with gate:
+                try:
+                    return (await self.cancel({"job": job_id}, who))[1]
+                except Refused:
+                    return None  # already ended
+
+        done = [r for r in await asyncio.gather(*(one(i) for i in ids)) if r]
+        return 200, {"sweep": sweep_id, "jobs": [{"id": r["id"], "state": r["state"]} for r in done]}
 
     async def reprioritize(self, data, who: dict) -> tuple[int, dict]:
         record, _ = await self._owned(data, who)

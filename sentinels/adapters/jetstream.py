@@ -24,11 +24,15 @@ from ..domain.events import subject_token
 from ..domain.names import (ALERTS_BUCKET, ALERTS_TTL, DUPLICATE_WINDOW, EVENTS_STREAM, EVENTS_SUBJECT,
                             EVENTS_SUBJECTS, HISTORY_STREAM, HISTORY_SUBJECT, HISTORY_SUBJECTS, JOBS_BUCKET,
                             QUEUE_STREAM, QUEUE_SUBJECT, QUEUE_SUBJECTS, REQUEUED_SUFFIX, STATE_BUCKET)
+from ..domain.states import TERMINAL
 from ..ports import Conflict
+from . import jetstream_index
+from .jetstream_index import JobIndex, filter_subject
 
 log = logging.getLogger("sentinels.jetstream")
 
 CAS_RETRIES = 20
+RETENTION_SECONDS = 30 * 86400.0  # finished records leave the jobs bucket after this (Nats-TTL)
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence check
 
 
@@ -42,6 +46,7 @@ def _stream_configs(replicas: int) -> list[api.StreamConfig]:
                          description="sentinels: every job state transition", **common),
         api.StreamConfig(name=EVENTS_STREAM, subjects=[EVENTS_SUBJECTS], max_age=7 * 86400.0,
                          description="sentinels: the embedded broker's CloudEvents", **common),
+        jetstream_index.stream_config(replicas),
     ]
 
 
@@ -97,11 +102,17 @@ def _covers(pattern: str, subject: str) -> bool:
     return len(p) == len(t)
 
 
-async def ensure(js, replicas: int = 1) -> None:
-    """Create the streams and the KV bucket if missing; extend subjects, never delete."""
+async def ensure(js, replicas: int = 1, history_max_age: float | None = None) -> None:
+    """Create the streams and the KV bucket if missing; extend subjects, never delete.
+
+    `history_max_age` (seconds) applies when SENTINELS_HISTORY is created; an existing
+    stream keeps its limits (narrowing them would delete history).
+    """
     from . import deadletters
 
     for cfg in _stream_configs(replicas) + [deadletters.stream_config(replicas)]:
+        if cfg.name == HISTORY_STREAM and history_max_age:
+            cfg.max_age = history_max_age
         try:
             info = await js.stream_info(cfg.name)
         except NotFoundError:
@@ -122,17 +133,30 @@ async def ensure(js, replicas: int = 1) -> None:
             await js.create_key_value(api.KeyValueConfig(
                 bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas, direct=True,
                 description=f"sentinels: {what}"))
+    info = await js.stream_info(f"KV_{JOBS_BUCKET}")
+    if not info.config.allow_msg_ttl:  # finished records expire by their own TTL (retention)
+        info.config.allow_msg_ttl = True
+        await js.update_stream(info.config)
 
 
 class JetStreamJobs:
-    """`JobStore` over the KV bucket; every update is a compare-and-set on revision."""
+    """`JobStore` over the KV bucket; every update is a compare-and-set on revision.
 
-    def __init__(self, kv):
+    The store keeps its own indexes (`jetstream_index`): a created job is listed as
+    active, a job that ends moves to the finished list. A finished record is written with
+    a rollup (older revisions dropped) and a TTL, so it leaves the bucket after the
+    retention period by itself; its history stays in SENTINELS_HISTORY.
+    """
+
+    def __init__(self, kv, js=None, retention_seconds: float = RETENTION_SECONDS):
         self.kv = kv
+        self.js = js
+        self.retention = retention_seconds
+        self.index = JobIndex(js, retention_seconds) if js is not None else None
 
     @classmethod
-    async def open(cls, js) -> "JetStreamJobs":
-        return cls(await js.key_value(JOBS_BUCKET))
+    async def open(cls, js, retention_seconds: float = RETENTION_SECONDS) -> "JetStreamJobs":
+        return cls(await js.key_value(JOBS_BUCKET), js, retention_seconds)
 
     async def get(self, job_id: str) -> Optional[tuple[dict, int]]:
         try:
@@ -144,16 +168,53 @@ class JetStreamJobs:
         return json.loads(entry.value), entry.revision
 
     async def create(self, record: dict) -> int:
-        try:
-            return await self.kv.create(record["id"], json.dumps(record).encode())
-        except KeyWrongLastSequenceError:
-            raise Conflict(record["id"]) from None
+        async def put():
+            try:
+                return await self.kv.create(record["id"], json.dumps(record).encode())
+            except KeyWrongLastSequenceError:
+                raise Conflict(record["id"]) from None
+
+        if self.index is None:
+            return await put()
+        rev, _ = await asyncio.gather(put(), self.index.added(record))
+        return rev
 
     async def update(self, record: dict, revision: int) -> int:
+        if record.get("state") not in TERMINAL or self.js is None:
+            try:
+                return await self.kv.update(record["id"], json.dumps(record).encode(), last=revision)
+            except KeyWrongLastSequenceError:
+                raise Conflict(record["id"]) from None
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-Rollup": "sub",
+                   "Nats-TTL": f"{int(self.retention)}s"}
         try:
-            return await self.kv.update(record["id"], json.dumps(record).encode(), last=revision)
-        except KeyWrongLastSequenceError:
-            raise Conflict(record["id"]) from None
+            ack = await self.js.publish(f"$KV.{JOBS_BUCKET}.{record['id']}", json.dumps(record).encode(), headers=headers)
+        except BadRequestError as e:
+            if getattr(e, "err_code", None) == 10071:  # wrong last sequence
+                raise Conflict(record["id"]) from None
+            raise
+        assert self.index is not None  # set whenever js is
+        await self.index.ended(record)
+        return ack.seq
+
+    async def listing(self, kind: str, owner=None, team=None, sweep=None, before: int | None = None,
+                      limit: int = 50) -> tuple[list[str], int | None, int]:
+        """Job ids of one list (`active`, `done`, `sweep`), newest first: (ids, next cursor, total)."""
+        if self.index is None:
+            raise TypeError("listings need the store opened with JetStreamJobs.open(js)")
+        page, cursor, total = await self.index.page(filter_subject(kind, owner, team, sweep), before, limit)
+        return [e["id"] for _, e in page], cursor, total
+
+    async def active(self) -> list[dict]:
+        """Every live record (from the active index, checked against the records)."""
+        ids, cursor = [], None
+        while True:
+            page, cursor, _ = await self.listing("active", before=cursor, limit=1000)
+            ids += page
+            if cursor is None:
+                break
+        got = await asyncio.gather(*(self.get(i) for i in ids))
+        return [g[0] for g in got if g and g[0].get("state") not in TERMINAL]
 
     async def mutate(self, job_id: str, fn):
         """Apply fn(record) -> new record (or None: no change) with CAS, retrying on conflict.
@@ -345,20 +406,7 @@ class JetStreamQueue:
 
     async def read(self, subject: str, limit: int) -> list[tuple[int, dict]]:
         """The first `limit` entries of one subject, in one batch through a throw-away consumer."""
-        cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL,
-                                 inactive_threshold=5.0, mem_storage=True, num_replicas=1)
-        sub = await self.js.pull_subscribe(subject, stream=QUEUE_STREAM, config=cfg)
-        out: list[tuple[int, dict]] = []
-        try:
-            while len(out) < limit:
-                try:
-                    msgs = await sub.fetch(min(limit - len(out), 1024), timeout=0.3)
-                except NatsTimeout:
-                    break
-                out += [(m.metadata.sequence.stream, json.loads(m.data)) for m in msgs]
-        finally:
-            await sub.unsubscribe()
-        return out
+        return await jetstream_index.read_from(self.js, QUEUE_STREAM, subject, 1, limit)
 
     async def heads(self, classes: list[str], limit: int) -> list[tuple[int, dict]]:
         """The first `limit` waiting entries in queue order (classes given highest first)."""

@@ -14,6 +14,7 @@ from typing import Callable
 from ..domain.job import undeclared
 from ..domain.names import DUPLICATE_WINDOW
 from ..domain.placement import Node
+from ..domain.states import TERMINAL
 from ..ports import Conflict
 
 
@@ -36,12 +37,22 @@ class _Dedupe:
 
 
 class MemoryJobs:
-    """Refuses records with fields `domain.job.JobRecord` does not declare (keeps the shape honest)."""
+    """Records plus the same three lists as the JetStream index (active, done, sweep).
+
+    Refuses records with fields `domain.job.JobRecord` does not declare (keeps the shape honest).
+    """
 
     def __init__(self, strict: bool = True):
         self.data: dict[str, tuple[dict, int]] = {}
         self._rev = itertools.count(1)
         self.strict = strict
+        self._seq = itertools.count(1)
+        self.lists: dict[tuple, dict[str, int]] = {}  # (kind, team, owner | sweep) -> id -> sequence
+
+    def _list(self, kind, record):
+        if kind == "sweep":
+            return self.lists.setdefault(("sweep", record["sweep"]["id"]), {})
+        return self.lists.setdefault((kind, record.get("team"), record.get("owner")), {})
 
     def _check(self, record):
         bad = undeclared(record) if self.strict else []
@@ -58,6 +69,9 @@ class MemoryJobs:
             raise Conflict(record["id"])
         rev = next(self._rev)
         self.data[record["id"]] = (copy.deepcopy(record), rev)
+        self._list("active", record).setdefault(record["id"], next(self._seq))
+        if record.get("sweep"):
+            self._list("sweep", record).setdefault(record["id"], next(self._seq))
         return rev
 
     async def update(self, record, revision):
@@ -66,7 +80,25 @@ class MemoryJobs:
             raise Conflict(record["id"])
         rev = next(self._rev)
         self.data[record["id"]] = (copy.deepcopy(record), rev)
+        if record.get("state") in TERMINAL:
+            self._list("active", record).pop(record["id"], None)
+            self._list("done", record).setdefault(record["id"], next(self._seq))
         return rev
+
+    async def listing(self, kind, owner=None, team=None, sweep=None, before=None, limit=50):
+        rows = []
+        for key, members in self.lists.items():
+            if key[0] != kind:
+                continue
+            if (kind == "sweep" and key[1] == sweep) or (kind != "sweep" and team in (None, key[1])
+                                                          and owner in (None, key[2])):
+                rows += [(seq, i) for i, seq in members.items() if before is None or seq < before]
+        rows.sort(reverse=True)
+        page = rows[:limit]
+        return [i for _, i in page], (page[-1][0] if len(rows) > limit else None), len(rows)
+
+    async def active(self):
+        return [copy.deepcopy(r) for r, _ in self.data.values() if r.get("state") not in TERMINAL]
 
     async def mutate(self, job_id, fn):
         while True:  # like the JetStream store: retry on a lost compare-and-set

@@ -162,7 +162,8 @@ class MlflowTracker:
         tags = {JOB_TAG: record["id"], "sentinels.image": image, "sentinels.runtime": record.get("runtime"),
                 "sentinels.owner": record.get("owner"),
                 "mlflow.user": record.get("owner"), "sentinels.priority": record.get("priority"),
-                "sentinels.attempts": str(record.get("attempts", 0))}
+                "sentinels.attempts": str(record.get("attempts", 0)),
+                "sentinels.sweep": (record.get("sweep") or {}).get("id")}  # members of one sweep share it
         return {k: str(v) for k, v in tags.items() if v not in (None, "")}
 
     def _log_missing_params(self, run, params: dict) -> None:

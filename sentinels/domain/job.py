@@ -40,6 +40,7 @@ class JobRecord(TypedDict, total=False):
     queue_seq: Optional[int]  # its entry in SENTINELS_QUEUE while QUEUED (None while BUILDING)
     order: Optional[int]  # its place in its class (the first queue sequence), kept across requeues
     cancel_requested: bool
+    sweep: dict[str, Any]  # a member of a sweep or array: {id, index, size, values[, array_index]}
     runtime: str  # the embedded default's local runtime (process, podman, docker)
     runtime_note: str  # what that runtime means for this image, for people
     build: dict[str, Any]  # a Dockerfile submit: {dockerfile, context} (domain.build.validate)

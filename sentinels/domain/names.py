@@ -22,6 +22,9 @@ EVENTS_SUBJECT = "sentinels.events.{}"  # .format(events.subject_token(type))
 DEADLETTER_STREAM = "SENTINELS_DEADLETTERS"  # events the embedded broker gave up on (replayable)
 DEADLETTER_SUBJECT = "sentinels.deadletter.{}"  # .format(trigger name)
 
+INDEX_STREAM = "SENTINELS_INDEX"  # the job store's listings: live, finished and sweep jobs
+INDEX_PREFIX = "sentinels.index"  # .active.<team>.<owner>.<id>, .done.<team>.<owner>.<id>, .sweep.<sweep>.<id>
+
 DUPLICATE_WINDOW = 120.0  # seconds in which a stream drops a message id seen before
 
 # --- core NATS request/reply --------------------------------------------------------------

@@ -35,19 +35,22 @@ _READ = ["$JS.API.INFO", "$JS.API.STREAM.INFO.>", "$JS.API.STREAM.NAMES", "$JS.A
          "$JS.API.CONSUMER.CREATE.SENTINELS_QUEUE.>", "$JS.API.CONSUMER.CREATE.SENTINELS_QUEUE",
          "$JS.API.CONSUMER.CREATE.KV_sentinels_jobs.>", "$JS.API.CONSUMER.CREATE.KV_sentinels_jobs",
          "$JS.API.CONSUMER.DELETE.SENTINELS_QUEUE.>", "$JS.API.CONSUMER.DELETE.KV_sentinels_jobs.>",
-         "$JS.API.CONSUMER.MSG.NEXT.SENTINELS_QUEUE.>", "$JS.FC.>"]
+         "$JS.API.CONSUMER.MSG.NEXT.SENTINELS_QUEUE.>", "$JS.FC.>",
+         "$JS.API.CONSUMER.CREATE.SENTINELS_INDEX.>", "$JS.API.CONSUMER.CREATE.SENTINELS_INDEX",
+         "$JS.API.CONSUMER.DELETE.SENTINELS_INDEX.>", "$JS.API.CONSUMER.MSG.NEXT.SENTINELS_INDEX.>"]
 _EVENTS = ["sentinels.events.>"]
 _JOBS = ["$KV.sentinels_jobs.>"]
 _STATE = ["$KV.sentinels_state.>"]
 _QUEUE = ["sentinels.queue.>", "$JS.API.STREAM.MSG.DELETE.SENTINELS_QUEUE"]
 _HISTORY = ["sentinels.history.*"]
+_INDEX = ["sentinels.index.>", "$JS.API.STREAM.PURGE.SENTINELS_INDEX"]  # the job store's listings
 _LOCAL = "sentinels.local.{}"
 
 PUBLISH = {
-    "submit": _JOBS + _QUEUE + _HISTORY + _EVENTS,
-    "schedule": _JOBS + _STATE + _QUEUE + _HISTORY + _EVENTS
+    "submit": _JOBS + _INDEX + _QUEUE + _HISTORY + _EVENTS,
+    "schedule": _JOBS + _INDEX + _STATE + _QUEUE + _HISTORY + _EVENTS
     + [_LOCAL.format(v) for v in ("nodes", "launch", "stop", "active", "jobs")],
-    "on_job_event": _JOBS + _STATE + _QUEUE + _HISTORY + _EVENTS
+    "on_job_event": _JOBS + _INDEX + _STATE + _QUEUE + _HISTORY + _EVENTS
     + [_LOCAL.format(v) for v in ("nodes", "stop", "active", "logs", "jobs")],
     "alert": ["$KV.sentinels_alerts.>"],
     "router": _EVENTS + ["sentinels.deadletter.>", "$JS.ACK.SENTINELS_EVENTS.>",

@@ -322,7 +322,7 @@ if __name__ == "__main__":
     main()
 
 
-def start_background(settings: Settings, timeout: float = 60) -> int:
+def start_background(settings: Settings, timeout: float = START_SECONDS + 30) -> int:
     """Start the supervisor detached; return its pid once the submit function answers."""
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "logs").mkdir(exist_ok=True)

@@ -1,0 +1,154 @@
+"""The read API's answers, over the ports only: one job, listings, the queue, history, logs.
+
+Listings walk the store's indexes (never every record) and check each entry against
+its record, so a stale index entry is skipped rather than shown. What another user's
+job reveals is decided by `domain.reads.ReadRules`.
+"""
+
+import asyncio
+from dataclasses import dataclass
+
+from sentinels.domain import job as jobmod
+from sentinels.domain import reads, states
+from sentinels.domain.errors import InvalidSpec, NotFound
+from sentinels.domain.names import WAITING_KEY
+from sentinels.domain.notify import NotifyConfig, job_links
+from sentinels.domain.priority import PriorityConfig
+from sentinels.ports import Board, History, JobQueue, JobStore, LogSource
+
+MAX_INDEX_PAGES = 10  # a filtered listing reads at most this many index pages per request
+FOLLOW_EVERY = 0.25   # seconds between looks at a followed job (server side; the client holds one stream)
+
+
+@dataclass
+class ReadService:
+    jobs: JobStore
+    queue: JobQueue
+    history: History
+    board: Board
+    logs: LogSource
+    priorities: PriorityConfig
+    rules: reads.ReadRules
+    notify: NotifyConfig
+
+    async def _record(self, job_id: str) -> dict:
+        got = await self.jobs.get(job_id) if jobmod.is_job_id(job_id) else None
+        if got is None:
+            raise NotFound(f"job {job_id} not found", "id")
+        return got[0]
+
+    async def _reasons(self) -> dict:
+        return ((await self.board.get(WAITING_KEY)) or {}).get("reasons") or {}
+
+    async def job(self, job_id: str, who: dict) -> dict:
+        record = await self._record(job_id)
+        if record["state"] == states.QUEUED:
+            reasons, position = await asyncio.gather(
+                self._reasons(),
+                self.queue.position(self.priorities.ordered(), record["priority"], record["queue_seq"],
+                                    record.get("queue_front", False)))
+            record["reason"] = reasons.get(job_id, record.get("reason"))
+            record["position"] = position
+        out = self.rules.view(who, record)
+        out["links"] = dict(job_links(record, self.notify))
+        return out
+
+    async def listing(self, *, owner=None, team=None, state=None, sweep=None, limit=50, cursor=None) -> dict:
+        kinds = reads.lists_for(state, sweep)
+        before = None
+        if cursor:
+            kind, seq = cursor
+            if kind not in kinds:
+                raise InvalidSpec("cursor: it belongs to a different listing (keep the same filters when paging)",
+                                  "cursor")
+            kinds, before = kinds[kinds.index(kind):], seq or None
+        rows: list[dict] = []
+        pages = 0
+        for i, kind in enumerate(kinds):
+            while len(rows) < limit and pages < MAX_INDEX_PAGES:
+                pages += 1
+                ids, before, _ = await self.jobs.listing(kind, owner=owner, team=team, sweep=sweep, before=before,
+                                                         limit=limit - len(rows))
+                got = await asyncio.gather(*(self.jobs.get(j) for j in ids))
+                for g in got:
+                    if g is None:
+                        continue  # expired or not yet written
+                    r = g[0]
+                    live = r["state"] not in states.TERMINAL
+                    if (kind == "active" and not live) or (kind == "done" and live) or not reads.matches(r, state):
+                        continue
+                    rows.append(reads.row(r))
+                if before is None:
+                    break
+            if before is not None:
+                return {"jobs": rows, "next": reads.make_cursor(kind, before)}
+            if len(rows) >= limit or pages >= MAX_INDEX_PAGES:
+                more = kinds[i + 1:]
+                return {"jobs": rows, "next": reads.make_cursor(more[0], 0) if more else None}
+        return {"jobs": rows, "next": None}
+
+    async def queue_view(self, limit: int = 50, klass: str | None = None) -> dict:
+        order = self.priorities.ordered()
+        if klass is not None and klass not in order:
+            raise InvalidSpec(f"class: {klass!r} is not a priority class (classes: {', '.join(order)})", "class")
+        classes = [klass] if klass else order
+        heads, counts, reasons = await asyncio.gather(self.queue.heads(classes, limit), self.queue.counts(),
+                                                      self._reasons())
+        got = await asyncio.gather(*(self.jobs.get(e["id"]) for _, e in heads))
+        ahead = sum(counts.get(k, 0) for k in order[: order.index(klass)]) if klass else 0
+        rows: list[dict] = []
+        for (seq, entry), rec in zip(heads, got):
+            record = rec[0] if rec else None
+            if record is None or record["state"] != states.QUEUED or record.get("queue_seq") != seq:
+                continue  # being scheduled or cancelled right now, or a stale copy
+            res = record["spec"].get("resources", {})
+            rows.append({"position": ahead + len(rows) + 1, "id": entry["id"], "name": record["name"],
+                         "class": entry["class"], "owner": record["owner"], "team": record.get("team"),
+                         "submitted_at": entry["submitted"],
+                         "resources": {k: res.get(k) for k in ("cpu", "memory", "gpu")},
+                         "reason": reasons.get(entry["id"], record.get("reason", ""))})
+        return {"total": sum(counts.values()), "by_class": counts, "jobs": rows}
+
+    async def history_of(self, job_id: str) -> list[dict]:
+        entries = await self.history.of(job_id) if jobmod.is_job_id(job_id) else []
+        if not entries:
+            await self._record(job_id)  # 404 for an unknown job
+        return entries
+
+    async def follow_history(self, job_id: str):
+        """Each transition as it happens, until the job ends (the stream behind `--wait`)."""
+        await self._record(job_id)
+        sent = 0
+        while True:
+            record = (await self.jobs.get(job_id) or ({"state": states.CANCELLED},))[0]
+            entries = await self.history.of(job_id)
+            for e in entries[sent:]:
+                yield e
+            sent = max(sent, len(entries))
+            if record["state"] in states.TERMINAL and any(e.get("to") == record["state"] for e in entries):
+                return
+            await asyncio.sleep(FOLLOW_EVERY)
+
+    async def log_lines(self, job_id: str, who: dict, tail: int | None, follow: bool, build: bool = False):
+        """The job's output (or its image build's), line by line; with `follow`, until it ends."""
+        record = await self._record(job_id)
+        self.rules.check_details(who, record, "logs")
+        if build and not record.get("build"):
+            raise InvalidSpec(f"job {job_id} was not built from a Dockerfile: it has no build log", "build")
+        if build:  # the build's own log file / Job
+            record = dict(record, log_file="build.log", k8s_job=record.get("build_job"))
+        lines, position = await self.logs.lines(record, tail)
+        for line in lines:
+            yield line
+        while follow:
+            more, position = await self.logs.more(record, position)
+            for line in more:
+                yield line
+            if not more:
+                got = await self.jobs.get(job_id)
+                if got is None or got[0]["state"] in states.TERMINAL or (build and got[0]["state"] != states.BUILDING):
+                    more, position = await self.logs.more(record, position)  # the last lines
+                    for line in more:
+                        yield line
+                    return
+                await asyncio.sleep(FOLLOW_EVERY)

@@ -1,0 +1,165 @@
+"""The HTTP read API on the submit function, over real HTTP on a real nats-server."""
+
+import json
+import urllib.request
+
+import pytest
+import yaml
+
+from tests.conftest import TOKENS, api_get, post_ce, submit_stack
+
+SUBMIT, CANCEL = "io.sentinels.job.submit", "io.sentinels.job.cancel"
+SPEC = {"image": "python:3.11", "command": ["python", "-c", "print(1)"], "env": {"SECRET_PATH": "/x"},
+        "params": {"lr": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    with submit_stack(home) as fn:
+        yield fn, home
+
+
+def submit(fn, who, **spec):
+    status, rec = post_ce(fn.url, SUBMIT, {"spec": {**SPEC, **spec}}, token=TOKENS[who])
+    assert status == 201, rec
+    return rec
+
+
+def test_whoami_and_tokens(stack):
+    fn, _ = stack
+    assert api_get(fn.url, "/v1/whoami", TOKENS["alice"]) == (
+        200, {"user": "alice", "team": "vision", "role": "user", "single_user": False})
+    status, body = api_get(fn.url, "/v1/whoami")
+    assert status == 401 and "bearer token" in body["error"]
+    assert api_get(fn.url, "/v1/jobs", "wrong")[0] == 401
+
+
+def test_one_job_with_position_and_read_rules(stack):
+    fn, _ = stack
+    a = submit(fn, "alice", name="first")
+    b = submit(fn, "alice", name="second")
+    status, got = api_get(fn.url, f"/v1/jobs/{b['id']}", TOKENS["alice"])
+    assert status == 200 and got["state"] == "QUEUED" and got["name"] == "second"
+    assert got["position"] == got_position(fn, a["id"]) + 1 and "links" in got
+    assert got["spec"]["env"] == {"SECRET_PATH": "/x"} and got["spec"]["params"] == {"lr": "0.1"}
+    # another team sees state, owner and reason, not env values or params
+    status, seen = api_get(fn.url, f"/v1/jobs/{b['id']}", TOKENS["bob"])
+    assert status == 200 and seen["owner"] == "alice" and seen["reason"]
+    assert seen["spec"]["env"] == {"SECRET_PATH": "(hidden)"} and seen["spec"]["params"] == {"lr": "(hidden)"}
+    assert "reads.details: team" in seen["hidden"]
+    # the same team and admins see everything
+    assert api_get(fn.url, f"/v1/jobs/{b['id']}", TOKENS["carol"])[1]["spec"]["env"] == {"SECRET_PATH": "/x"}
+    assert api_get(fn.url, f"/v1/jobs/{b['id']}", TOKENS["root"])[1]["spec"]["params"] == {"lr": "0.1"}
+
+
+def got_position(fn, job_id):
+    return api_get(fn.url, f"/v1/jobs/{job_id}", TOKENS["root"])[1]["position"]
+
+
+def test_unknown_job_is_404_with_the_id(stack):
+    fn, _ = stack
+    for job_id in ("aaaaaaaaaa", "not-an-id"):
+        for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/history", f"/v1/jobs/{job_id}/logs"):
+            status, body = api_get(fn.url, path, TOKENS["alice"])
+            assert status == 404 and job_id in body["error"], (path, body)
+    assert api_get(fn.url, "/v1/nothing", TOKENS["alice"])[0] == 404
+
+
+def test_listing_newest_first_paged_by_owner_and_state(stack):
+    fn, _ = stack
+    ids = [submit(fn, "bob", name=f"page-{i}")["id"] for i in range(5)]
+    status, page = api_get(fn.url, "/v1/jobs?owner=bob&limit=2", TOKENS["alice"])
+    assert status == 200 and [r["id"] for r in page["jobs"]] == ids[::-1][:2] and page["next"]
+    seen = [r["id"] for r in page["jobs"]]
+    while page["next"]:
+        page = api_get(fn.url, f"/v1/jobs?owner=bob&limit=2&cursor={page['next']}", TOKENS["alice"])[1]
+        seen += [r["id"] for r in page["jobs"]]
+    assert seen == ids[::-1]
+    assert post_ce(fn.url, CANCEL, {"job": ids[0]}, token=TOKENS["bob"])[0] == 200
+    live = [r["id"] for r in api_get(fn.url, "/v1/jobs?owner=bob&state=active", TOKENS["bob"])[1]["jobs"]]
+    done = api_get(fn.url, "/v1/jobs?owner=bob&state=finished", TOKENS["bob"])[1]["jobs"]
+    assert ids[0] not in live and [(r["id"], r["state"]) for r in done] == [(ids[0], "CANCELLED")]
+    everything = [r["id"] for r in api_get(fn.url, "/v1/jobs?owner=bob", TOKENS["bob"])[1]["jobs"]]
+    assert everything == ids[1:][::-1] + [ids[0]]  # live first, then finished
+    assert {r["owner"] for r in api_get(fn.url, "/v1/jobs?team=nlp", TOKENS["alice"])[1]["jobs"]} == {"bob"}
+
+
+@pytest.mark.parametrize("query,field", [
+    ("limit=0", "limit"), ("limit=abc", "limit"), ("limit=100000", "limit"), ("cursor=zz", "cursor"),
+    ("cursor=a", "cursor"), ("state=sleeping", "state"), ("colour=red", "colour")])
+def test_bad_listing_queries_are_400(stack, query, field):
+    fn, _ = stack
+    status, body = api_get(fn.url, f"/v1/jobs?{query}", TOKENS["alice"])
+    assert status == 400 and body["field"] == field, body
+
+
+def test_queue_in_order_with_positions(stack):
+    fn, _ = stack
+    hi = submit(fn, "alice", name="urgent", priority="high")
+    status, q = api_get(fn.url, "/v1/queue?limit=3", TOKENS["bob"])
+    assert status == 200 and q["jobs"][0]["id"] == hi["id"] and [r["position"] for r in q["jobs"]] == [1, 2, 3]
+    assert q["total"] == sum(q["by_class"].values()) and q["by_class"]["high"] >= 1
+    normal = api_get(fn.url, "/v1/queue?class=normal&limit=1", TOKENS["bob"])[1]["jobs"][0]
+    assert normal["class"] == "normal" and normal["position"] == q["by_class"]["high"] + 1
+    assert api_get(fn.url, "/v1/queue?class=urgent", TOKENS["bob"])[0] == 400
+    assert api_get(fn.url, "/v1/queue?limit=-1", TOKENS["bob"])[0] == 400
+
+
+def test_history_and_followed_history_end_with_the_job(stack):
+    fn, _ = stack
+    job = submit(fn, "alice", name="short")
+    assert post_ce(fn.url, CANCEL, {"job": job["id"]}, token=TOKENS["alice"])[0] == 200
+    status, h = api_get(fn.url, f"/v1/jobs/{job['id']}/history", TOKENS["bob"])
+    assert status == 200 and [e["to"] for e in h["history"]] == ["QUEUED", "CANCELLED"]
+    status, text = api_get(fn.url, f"/v1/jobs/{job['id']}/history?follow=true", TOKENS["alice"], raw=True)
+    assert [json.loads(line)["to"] for line in text.splitlines()] == ["QUEUED", "CANCELLED"]
+    assert api_get(fn.url, f"/v1/jobs/{job['id']}/history?follow=maybe", TOKENS["alice"])[0] == 400
+
+
+def test_logs_tail_and_who_may_read_them(stack):
+    fn, home = stack
+    job = submit(fn, "alice", name="chatty")
+    log = home / "jobs" / job["id"] / "log"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(f"line {i}\n" for i in range(1000)))
+    status, text = api_get(fn.url, f"/v1/jobs/{job['id']}/logs?tail=2", TOKENS["alice"], raw=True)
+    assert status == 200 and text == "line 998\nline 999\n"
+    assert api_get(fn.url, f"/v1/jobs/{job['id']}/logs", TOKENS["carol"], raw=True)[1].count("\n") == 1000
+    status, body = api_get(fn.url, f"/v1/jobs/{job['id']}/logs", TOKENS["bob"])
+    assert status == 403 and "reads.details: team" in body["error"]
+    assert api_get(fn.url, f"/v1/jobs/{job['id']}/logs?tail=x", TOKENS["alice"])[0] == 400
+    assert post_ce(fn.url, CANCEL, {"job": job["id"]}, token=TOKENS["alice"])[0] == 200
+    with open(log, "a") as f:
+        f.write("after the end\n")
+    status, text = api_get(fn.url, f"/v1/jobs/{job['id']}/logs?tail=1&follow=true", TOKENS["root"], raw=True)
+    assert status == 200 and text == "after the end\n"  # a finished job's follow ends by itself
+
+
+def test_openapi_document_lists_every_read(stack):
+    fn, _ = stack
+    with urllib.request.urlopen(fn.url + "/openapi.json", timeout=10) as resp:
+        doc = json.loads(resp.read())
+    assert {"/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/history", "/v1/jobs/{id}/logs", "/v1/queue",
+            "/v1/whoami", "/"} <= set(doc["paths"])
+    assert yaml.safe_dump(doc)  # plain data all the way down
+
+
+def test_a_retried_sweep_creates_nothing_twice_and_only_its_owner_cancels_it(stack):
+    fn, _ = stack
+    body = {"spec": {**SPEC, "name": "grid"}, "sweep": {"lr": [0.1, 0.2, 0.3]}, "array": "0-1"}
+    first = post_ce(fn.url, SUBMIT, body, token=TOKENS["alice"], event_id="sweep-1")
+    again = post_ce(fn.url, SUBMIT, body, token=TOKENS["alice"], event_id="sweep-1")
+    assert first[0] == 201 and again[0] == 200 and first[1] == again[1] and first[1]["size"] == 6
+    sweep_id = first[1]["sweep"]
+    page = api_get(fn.url, f"/v1/jobs?sweep={sweep_id}", TOKENS["bob"])[1]
+    assert sorted(r["id"] for r in page["jobs"]) == sorted(first[1]["jobs"])
+    one = api_get(fn.url, f"/v1/jobs/{first[1]['jobs'][5]}", TOKENS["alice"])[1]
+    assert one["sweep"]["index"] == 5 and one["spec"]["env"]["SENTINELS_ARRAY_INDEX"] == "1"
+    assert one["name"] == "grid-5" and one["spec"]["params"]["lr"] == "0.3"
+    status, body = post_ce(fn.url, CANCEL, {"sweep": sweep_id}, token=TOKENS["bob"])
+    assert status == 403 and "only its owner or an admin" in body["error"]
+    assert post_ce(fn.url, CANCEL, {"sweep": "sw-aaaaaaaaaa"}, token=TOKENS["alice"])[0] == 404
+    assert post_ce(fn.url, CANCEL, {"sweep": "nonsense"}, token=TOKENS["alice"])[0] == 400
+    status, body = post_ce(fn.url, CANCEL, {"sweep": sweep_id}, token=TOKENS["alice"])
+    assert status == 200 and {j["state"] for j in body["jobs"]} == {"CANCELLED"} and len(body["jobs"]) == 6
