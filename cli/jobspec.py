@@ -22,10 +22,14 @@ def load_file(path: str) -> dict:
     if size > MAX_SPEC_BYTES:
         raise CliError(f"--config {path}: {size} bytes is over the {MAX_SPEC_BYTES // 1024} KiB limit for a job spec")
     try:
+        from sentinels import yamlfile
+
         text = p.read_text()
-        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text)):  # before anything is expanded
+        raw = yamlfile.parse(text, f"--config {path}")  # aliases share objects here: nothing is expanded yet
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text)):
             raise CliError(f"--config {path}: YAML aliases (*name) are not allowed in a job spec; write the values out")
-        raw = yaml.safe_load(text)
+    except yamlfile.YamlError as e:
+        raise CliError(e.message) from None
     except UnicodeDecodeError:
         raise CliError(f"--config {path}: not a text file") from None
     except yaml.constructor.ConstructorError as e:

@@ -41,7 +41,7 @@ class SubmitService:
         members = sweep.members(data, self.sweep_max)
         if members is not None:
             return await self._submit_sweep(raw, members, who, source, event_id)
-        return await self._submit_one(self._prepare(raw, who), who, source, event_id)
+        return await self._submit_one(self._prepare(raw, who), who, source, event_id, raw=raw)
 
     def _prepare(self, raw, who: dict) -> dict:
         """The validated spec with its class resolved; refused here, before anything is written."""
@@ -52,7 +52,7 @@ class SubmitService:
         return spec
 
     async def _submit_one(self, spec: dict, who: dict, source: str, event_id: str,
-                          member: dict | None = None) -> tuple[int, dict]:
+                          member: dict | None = None, raw=None) -> tuple[int, dict]:
         job_id = job.job_id_for(who["user"], source, event_id)
         now = self.clock()
         entry = job.queue_entry(job_id=job_id, spec=spec, klass=spec["priority"], submitted_at=now,
@@ -61,7 +61,8 @@ class SubmitService:
         record = job.new_record(job_id=job_id, spec=spec, who=who, klass=spec["priority"], now=now,
                                 queue_seq=seq)
         self._runtime_fields(record)
-        record["config"] = job_config(raw if isinstance(raw, dict) else {}, spec)
+        if isinstance(raw, dict):  # what the job reads at SENTINELS_CONFIG (sweep members: their spec)
+            record["config"] = job_config(raw, spec)
         if member:
             record["sweep"] = member
         # The record, its history entry and the queued event go out together: the latter two
