@@ -261,7 +261,7 @@ def cmd_up(a) -> int:
             return supervisor.run_foreground(settings)
         pid = supervisor.start_background(settings)
     except ConfigError as e:
-        raise CliError(f"sentinels up: {e.message}") from None
+        raise CliError(f"up: {e.message}") from None
     ui = supervisor.running_info(settings).get("mlflow_ui")
     print(f"sentinels up (pid {pid}): submit at {settings.url}, JetStream at {settings.nats_url}, data in {settings.home}"
           + (f", MLflow UI at {ui}" if ui else ""))
