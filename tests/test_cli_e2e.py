@@ -193,7 +193,7 @@ def test_sweep_and_array_submit_many_jobs_in_one_request(env):
     assert sorted(m["state"] for m in members) == ["SUCCEEDED"] * 4 and {m["sweep"] for m in members} == {sweep_id}
     records = [json.loads(cli(env, "status", m["id"], "-o", "json").stdout) for m in members]
     assert sorted((rec["spec"]["params"]["lr"], rec["sweep"]["array_index"]) for rec in records) == [
-        ("0.1", 3), ("0.1", 4), ("0.2", 3), ("0.2", 4)]
+        (0.1, 3), (0.1, 4), (0.2, 3), (0.2, 4)]  # sweep values keep their types, as params do
     rec = records[0]
     assert cli(env, "logs", rec["id"]).stdout.strip() == f"idx {rec['sweep']['array_index']} {sweep_id}"
 
