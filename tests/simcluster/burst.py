@@ -6,7 +6,7 @@
 
 Counts come from the store (job records: SUCCEEDED, attempts > 1) and from the API
 server (every Job created over HTTP, by name and attempt: two for one attempt is a
-duplicate); lost = submitted jobs that did not end. bench/kubernetes.py runs a big one.
+duplicate); lost = submitted jobs that did not end. bench/simcluster.py runs a big one.
 
     python -m tests.simcluster.burst [--nodes 20] [--jobs 200] [--timeout 600]
 """

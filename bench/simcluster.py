@@ -9,7 +9,7 @@
    through the real Kubernetes adapter (capacity from its watch-fed cache) on the
    simulated API server.
 
-    python bench/kubernetes.py [--nodes 1000] [--jobs 10000] [--timeout 1800]
+    python bench/simcluster.py [--nodes 1000] [--jobs 10000] [--timeout 1800]
 """
 
 import argparse
