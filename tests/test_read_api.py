@@ -42,7 +42,7 @@ def test_one_job_with_position_and_read_rules(stack):
     status, got = api_get(fn.url, f"/v1/jobs/{b['id']}", TOKENS["alice"])
     assert status == 200 and got["state"] == "QUEUED" and got["name"] == "second"
     assert got["position"] == got_position(fn, a["id"]) + 1 and "links" in got
-    assert got["spec"]["env"] == {"SECRET_PATH": "/x"} and got["spec"]["params"] == {"lr": "0.1"}
+    assert got["spec"]["env"] == {"SECRET_PATH": "/x"} and got["spec"]["params"] == {"lr": 0.1}
     # another team sees state, owner and reason, not env values or params
     status, seen = api_get(fn.url, f"/v1/jobs/{b['id']}", TOKENS["bob"])
     assert status == 200 and seen["owner"] == "alice" and seen["reason"]
@@ -50,7 +50,7 @@ def test_one_job_with_position_and_read_rules(stack):
     assert "reads.details: team" in seen["hidden"]
     # the same team and admins see everything
     assert api_get(fn.url, f"/v1/jobs/{b['id']}", TOKENS["carol"])[1]["spec"]["env"] == {"SECRET_PATH": "/x"}
-    assert api_get(fn.url, f"/v1/jobs/{b['id']}", TOKENS["root"])[1]["spec"]["params"] == {"lr": "0.1"}
+    assert api_get(fn.url, f"/v1/jobs/{b['id']}", TOKENS["root"])[1]["spec"]["params"] == {"lr": 0.1}
 
 
 def got_position(fn, job_id):
@@ -156,7 +156,7 @@ def test_a_retried_sweep_creates_nothing_twice_and_only_its_owner_cancels_it(sta
     assert sorted(r["id"] for r in page["jobs"]) == sorted(first[1]["jobs"])
     one = api_get(fn.url, f"/v1/jobs/{first[1]['jobs'][5]}", TOKENS["alice"])[1]
     assert one["sweep"]["index"] == 5 and one["spec"]["env"]["SENTINELS_ARRAY_INDEX"] == "1"
-    assert one["name"] == "grid-5" and one["spec"]["params"]["lr"] == "0.3"
+    assert one["name"] == "grid-5" and one["spec"]["params"]["lr"] == 0.3
     status, body = post_ce(fn.url, CANCEL, {"sweep": sweep_id}, token=TOKENS["bob"])
     assert status == 403 and "only its owner or an admin" in body["error"]
     assert post_ce(fn.url, CANCEL, {"sweep": "sw-aaaaaaaaaa"}, token=TOKENS["alice"])[0] == 404

@@ -97,7 +97,7 @@ def test_image_pull_failure_fails_after_the_grace(sim):
 
 def test_deadline(sim):
     record = sim.wait(sim.submit(spec("general", {"duration": 60}, timeout="2s")), "FAILED", timeout=120)
-    assert record["reason"] == "deadline exceeded (activeDeadlineSeconds)"
+    assert record["reason"] == "timed out: deadline of 2s exceeded"
 
 
 def _running_node(sim, job: str) -> str:
