@@ -49,8 +49,8 @@ def test_bad_build_requests_name_the_field(raw, words):
 
 
 def test_a_local_dockerfile_builds_in_its_directory_by_default():
-    assert build.validate({"dockerfile": "/work/exp/Dockerfile"}) == {"dockerfile": "/work/exp/Dockerfile",
-                                                                     "context": "/work/exp"}
+    assert build.validate({"dockerfile": "/srv/exp/Dockerfile"}) == {"dockerfile": "/srv/exp/Dockerfile",
+                                                                     "context": "/srv/exp"}
     assert build.validate({"dockerfile": "https://h/D"}) == {"dockerfile": "https://h/D", "context": None}
 
 
