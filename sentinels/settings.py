@@ -8,7 +8,7 @@ several stacks can run side by side.
 """
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar
 from urllib.parse import urlparse
@@ -24,7 +24,7 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONFIG_KEYS = {"url", "nats_url", "token", "priorities", "tokens_file", "limits", "data_roots",
                "mlflow_tracking_uri", "user", "notify", "local", "backend", "scheduler", "lifecycle",
                "kubernetes", "nats_sync", "quotas", "fair_share", "preemption", "builds", "nats_replicas", "events",
-               "reads", "retention", "sweeps"}
+               "reads", "retention", "sweeps", "registries"}
 
 
 def _load_yaml_file(path: Path, what: str, max_bytes: int = 1 << 20):
@@ -115,6 +115,7 @@ class Settings:
         self.read_rules()
         self.retention()
         self.sweep_max()
+        self.registries()
         if self.backend() == "kubernetes":
             self.kubernetes()
         self.tick()
@@ -228,9 +229,57 @@ class Settings:
         return self._once("lifecycle", lambda: LifecycleConfig.from_dict(self.section("lifecycle")))
 
     def kubernetes(self):
+        """The `kubernetes:` block, with the imagePullSecret of each registry (`registries:`)."""
         from .adapters.kube_manifest import KubeConfig
 
-        return self._once("kubernetes", lambda: KubeConfig.from_dict(self.section("kubernetes")))
+        return self._once("kubernetes", lambda: replace(KubeConfig.from_dict(self.section("kubernetes")),
+                                                        registries=self.registries()))
+
+    def registries(self):
+        """Registry credentials by host (`registries:`, SENTINELS_REGISTRY_AUTH): every auth file
+        named is read and parsed now, so a bad one stops start-up with its key named."""
+        return self._once("registries", self._registries)
+
+    def _registries(self):
+        from .domain import registries
+
+        default = self.env.get("SENTINELS_REGISTRY_AUTH") or None
+        regs = registries.Registries.from_dict(self.file.get("registries"),
+                                               str(Path(default).expanduser()) if default else None)
+        regs = replace(regs, entries=tuple(replace(e, auth_file=str(Path(e.auth_file).expanduser())) if e.auth_file
+                                           else e for e in regs.entries))
+        for path, hosts in regs.auth_files().items():
+            where = "SENTINELS_REGISTRY_AUTH " + path if path == regs.default_auth_file and not hosts else \
+                f"registries.{hosts[0]}.auth_file {path}"
+            try:
+                text = Path(path).read_text(encoding="utf-8", errors="replace")
+            except OSError as e:
+                raise ConfigError(f"configuration: {where}: cannot read ({e.strerror})") from None
+            held = registries.auth_hosts(text, f"configuration: {where}")
+            missing = [h for h in hosts if h not in held]
+            if missing:
+                raise ConfigError(f"configuration: registries.{missing[0]}.auth_file {path}: holds no credentials "
+                                  f"for {missing[0]}")
+        return regs
+
+    def registry_notes(self) -> list[str]:
+        """What `sentinels up` says about registry credentials: which hosts, and auth files
+        other users can read (never their content)."""
+        regs = self.registries()
+        notes = []
+        if regs.entries or regs.default_auth_file:
+            hosts = ", ".join(e.host for e in regs.entries) or "none by host"
+            notes.append(f"registry credentials: {hosts}"
+                         + (f"; other hosts from {regs.default_auth_file}" if regs.default_auth_file else ""))
+        for path in regs.auth_files():
+            try:
+                mode = Path(path).stat().st_mode & 0o777
+            except OSError:
+                continue
+            if mode & 0o044:
+                notes.append(f"warning: the registry auth file {path} is readable by other users (mode {mode:04o}); "
+                             f"chmod 600 {path}")
+        return notes
 
     def local(self) -> dict:
         """The raw `local:` block; the executor turns it into what this machine offers."""

@@ -5,10 +5,13 @@ engine tests must skip, the test image is built here from scratch (Debian's stat
 busybox plus a marker file) and pushed to a registry this module starts on a free port.
 """
 
+import base64
+import json
 import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -80,15 +83,24 @@ def build(root: Path, tag: str) -> str:
 
 
 class Registry:
-    """`docker-registry serve` on a free loopback port, storage in a temporary directory."""
+    """`docker-registry serve` on a free loopback port, storage in a temporary directory;
+    with `users` ({name: password}) it asks for them (htpasswd, bcrypt, as the registry wants)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, users: Optional[dict] = None):
         self.port = natsd.free_port()
         self.host = f"127.0.0.1:{self.port}"
+        self.users = users or {}
         root.mkdir(parents=True, exist_ok=True)
         cfg = root / "registry.yml"
+        auth = ""
+        if self.users:
+            import bcrypt
+
+            (root / "htpasswd").write_text("".join(
+                f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=5)).decode()}\n" for u, p in self.users.items()))
+            auth = f"auth:\n  htpasswd:\n    realm: sentinels-tests\n    path: {root / 'htpasswd'}\n"
         cfg.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-                       f"http:\n  addr: {self.host}\nlog:\n  level: warn\n")
+                       f"http:\n  addr: {self.host}\nlog:\n  level: warn\n{auth}")
         self.log = root / "registry.log"
         self.proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=open(self.log, "wb"),
                                      stderr=subprocess.STDOUT)
@@ -97,15 +109,30 @@ class Registry:
             try:
                 with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1):
                     break
+            except urllib.error.HTTPError as e:  # 401: up, and asking for credentials
+                if e.code == 401 and self.users:
+                    break
+                raise
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("docker-registry did not start: " + self.log.read_text())
                 time.sleep(0.05)
 
     def push(self, local: str, name: str) -> str:
+        """Push with the first user's credentials on the command line: nothing is stored by a login."""
         ref = f"{self.host}/{name}"
-        podman("push", "--tls-verify=false", local, ref)
+        creds = ["--creds", ":".join(next(iter(self.users.items())))] if self.users else []
+        podman("push", "--tls-verify=false", *creds, local, ref)
         return ref
+
+    def auth_file(self, path: Path) -> Path:
+        """An auth file in the format Podman and Docker use, with the first user's credentials (mode 0600)."""
+        user, password = next(iter(self.users.items()))
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"auths": {self.host: {"auth": token}}}))
+        path.chmod(0o600)
+        return path
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -114,3 +141,39 @@ class Registry:
 
 def unique_tag(prefix: str = "sentinels-test") -> str:
     return f"localhost/{prefix}:{uuid.uuid4().hex[:8]}"
+
+
+def stack_env(home: Path, config: dict, **extra) -> dict:
+    """The environment of an embedded default in `home` with `config` (config.yaml), on free ports."""
+    import yaml
+
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text(yaml.safe_dump(config))
+    base = natsd.free_block(6)
+    env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_URL": f"http://127.0.0.1:{base}",
+           "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "1", **extra}
+    env.pop("SENTINELS_RUNTIME", None)  # the configuration says which runtime
+    return env
+
+
+def supervise(env: dict, ready: str, timeout: float) -> subprocess.Popen:
+    """The supervisor `up -d` starts, without its 60 s start-up limit (a loaded machine needs
+    more): started in its own session, returned once its log says `ready`."""
+    import sys
+
+    log = Path(env["SENTINELS_HOME"]) / "up.log"
+    proc = subprocess.Popen([sys.executable, "-m", "sentinels.embedded.supervisor"], env=env,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while ready not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.terminate()
+            raise AssertionError(log.read_text())
+        time.sleep(0.5)
+    return proc
+
+
+def stop(proc: Optional[subprocess.Popen]) -> None:
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -155,6 +155,7 @@ def test_cancel_a_running_job_stops_its_process(env):
     ("colour: blue\n", "unknown key(s) colour"),
     ("limits: {cpu: lots}\n", "bad limits"),
     ("local: {slots: 0}\n", "local.slots"),
+    ("registries: {ghcr.io: {secret: Bad_Name}}\n", "registries.ghcr.io.secret: 'Bad_Name' is not a DNS-1123 name"),
 ])
 def test_up_refuses_a_bad_configuration_at_start(tmp_path, config, words):
     (tmp_path / "config.yaml").write_text(config)

@@ -5,16 +5,11 @@ their outputs come back as the run's artifacts."""
 
 import http.client
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
-import yaml
 
-from sentinels.embedded import natsd
 from tests import engines
 from tests.test_cli_e2e import cli
 from tests.test_container_runtime import containers
@@ -30,35 +25,19 @@ def stack(tmp_path_factory):
     reg = engines.Registry(root / "registry")
     local = engines.unique_tag()
     image = f"{reg.host}/sentinels-e2e:1"
-    home = root / "home"
-    home.mkdir()
-    (home / "config.yaml").write_text(yaml.safe_dump({
+    env = engines.stack_env(root / "home", {
         "local": {"runtime": "podman", "insecure_registries": [reg.host], "stop_grace": "2s"},
-        "lifecycle": {"image_pull_grace_seconds": 3}}))
-    base = natsd.free_block(6)
-    env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_URL": f"http://127.0.0.1:{base}",
-           "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "1",
-           "SENTINELS_MLFLOW_SERVER": "on"}
-    env.pop("SENTINELS_RUNTIME", None)  # the configuration says podman
+        "lifecycle": {"image_pull_grace_seconds": 3}}, SENTINELS_MLFLOW_SERVER="on")
     env.pop("MLFLOW_TRACKING_URI", None)
     supervisor = None
     try:
         reg.push(engines.build(root, local), "sentinels-e2e:1")
-        # the supervisor `up -d` starts, without its 60 s start-up limit: a loaded machine needs more
-        log = home / "up.log"
-        supervisor = subprocess.Popen([sys.executable, "-m", "sentinels.embedded.supervisor"], env=env,
-                                      stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        ui = f"http://127.0.0.1:{base + 5}"
-        deadline = time.monotonic() + MLFLOW_START
-        while f"MLflow UI at {ui}" not in log.read_text():
-            assert supervisor.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
-        assert "runtime: podman" in log.read_text()
+        ui = f"http://127.0.0.1:{int(env['SENTINELS_URL'].rsplit(':', 1)[1]) + 5}"
+        supervisor = engines.supervise(env, f"MLflow UI at {ui}", MLFLOW_START)
+        assert "runtime: podman" in (root / "home" / "up.log").read_text()
         yield env, image, ui
     finally:
-        if supervisor is not None:
-            supervisor.terminate()
-            supervisor.wait(timeout=60)
+        engines.stop(supervisor)
         engines.podman("rmi", "--force", local, image, check=False)
         reg.stop()
 

@@ -174,6 +174,31 @@ def test_config_map_carries_the_functions_configuration():
         [d for d in OFF if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sentinels-config"][0]["data"]["config.yaml"])
 
 
+def test_registries_reach_the_configuration_by_secret_name_and_made_secrets_stay_out_of_it():
+    from sentinels.domain.registries import Registries, auth_hosts
+
+    values = {"jobsNamespace": "ml", "registries": {
+        "ghcr.io": {"secret": "ghcr-pull"},
+        "registry.vision.internal:5000": {"secret": "vision-pull", "teams": ["vision"],
+                                          "create": {"username": "vision-bot", "password": "pw-from-values"}}}}
+    docs = hc.render_all(values)
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sentinels-config"]
+    assert "pw-from-values" not in cm["data"]["config.yaml"]
+    regs = Registries.from_dict(yaml.safe_load(cm["data"]["config.yaml"])["registries"])
+    assert regs.secret_for("ghcr.io/acme/x:1") == "ghcr-pull"
+    assert (regs.secret_for("registry.vision.internal:5000/r:1", "vision"),
+            regs.secret_for("registry.vision.internal:5000/r:1", "nlp")) == ("vision-pull", None)
+    (secret,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "vision-pull"]
+    kubernetes_validate.validate(secret, "1.31", strict=True)
+    assert secret["type"] == "kubernetes.io/dockerconfigjson" and secret["metadata"]["namespace"] == "ml"
+    import base64
+
+    text = base64.b64decode(secret["data"][".dockerconfigjson"]).decode()
+    assert auth_hosts(text, "the chart's Secret") == {"registry.vision.internal:5000"}
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "ghcr-pull"]  # referenced only
+    assert not [d for d in DEFAULTS if d["kind"] == "Secret" and "registry" in json.dumps(d["metadata"]["labels"])]
+
+
 def test_nats_replicas_setting_is_checked(tmp_path):
     from sentinels.domain.errors import ConfigError
     from sentinels.settings import Settings
@@ -230,6 +255,10 @@ BAD_VALUES = [
     ({"config": {"kubernetes": {"namespace": "x"}}}, "/config/kubernetes"),
     ({"secrets": {"slack": {"name": "Slack Secret"}}}, "/secrets/slack/name"),
     ({"unknownKey": 1}, "unknownKey"),
+    ({"registries": {"ghcr.io": {"secret": "GHCR_Pull"}}}, "/registries/ghcr.io/secret"),
+    ({"registries": {"ghcr.io": {"teams": ["vision"]}}}, "/registries/ghcr.io"),
+    ({"registries": {"ghcr.io": {"secret": "x", "password": "p"}}}, "/registries/ghcr.io"),
+    ({"registries": {"ghcr.io": {"secret": "x", "create": {"username": "bot"}}}}, "/registries/ghcr.io/create"),
 ]
 
 

@@ -68,6 +68,11 @@ def test_readme_yaml_block_is_accepted(block, tmp_path, monkeypatch):
         text = text.replace(doc["priorities"], str(prio))
     if isinstance(doc.get("tokens_file"), str):
         text = text.replace(doc["tokens_file"], str(tokens))
+    for host, entry in (doc.get("registries") or {}).items():  # an auth file for the host, made here
+        if entry.get("auth_file"):
+            auth = tmp_path / f"auth-{len(text)}.json"
+            auth.write_text('{"auths": {"%s": {"auth": "dXNlcjpwYXNzd29yZA=="}}}' % host)
+            text = text.replace(entry["auth_file"], str(auth))
     (tmp_path / "config.yaml").write_text(text)
     for var in ("SENTINELS_PRIORITIES", "SENTINELS_TOKENS_FILE", "SENTINELS_NOTIFY", "SENTINELS_BACKEND",
                 "SLACK_BOT_TOKEN", "SLACK_WEBHOOK_URL", "SLACK_CHANNEL"):

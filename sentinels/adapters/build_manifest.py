@@ -7,8 +7,9 @@ rootless example needs), pushing `<builds.registry>/<name>:<job id>`. The contex
 URL given (a git or https tar URL BuildKit fetches itself); a Dockerfile URL is fetched
 by an init container into an emptyDir. Pure: the manifest is built from the record
 without I/O, and labelled `sentinels.io/component: build`, so its events reach the
-lifecycle on the same path as the job's own Job. Registry credentials (issue 17) would be
-mounted at /home/user/.docker here.
+lifecycle on the same path as the job's own Job. The Secret `registries:` names for the
+push registry's host (a kubernetes.io/dockerconfigjson one, as for pulls) is mounted as
+BuildKit's /home/user/.docker/config.json: it pushes there and pulls base images with it.
 """
 
 from ..domain import build as builds
@@ -40,6 +41,11 @@ def build_job(record: dict, bcfg: builds.BuildConfig, cfg: KubeConfig) -> dict:
     volumes: list[dict] = [{"name": "buildkitd", "emptyDir": {}}]
     mounts: list[dict] = [{"name": "buildkitd", "mountPath": "/home/user/.local/share/buildkit"}]
     init: list[dict] = []
+    secret = cfg.registries.secret_for(image, record.get("team"))
+    if secret:
+        volumes.append({"name": "registry-auth", "secret": {"secretName": secret, "defaultMode": 0o444, "items": [
+            {"key": ".dockerconfigjson", "path": "config.json"}]}})
+        mounts.append({"name": "registry-auth", "mountPath": "/home/user/.docker", "readOnly": True})
     if build.get("context"):
         args += ["--opt", f"context={build['context']}"]
     if build.get("dockerfile"):

@@ -17,6 +17,7 @@ from ..domain.job import base_labels, is_job_id
 from ..domain.names import (ATTEMPT_ANNOTATION, CONTAINER, JOB_ID_LABEL, JOB_NAME_LABEL, MANAGED_BY,  # noqa: F401
                             MANAGED_BY_LABEL, is_job_name, job_name)
 from ..domain.placement import GPU_TAINT
+from ..domain.registries import Registries
 from ..domain.spec import DNS1123_LABEL, ENV_NAME, config_of, label_value
 
 CONFIG_KEY = "job.yaml"
@@ -41,7 +42,8 @@ class KubeConfig:
     ttl_seconds_after_finished: int = 3600
     data_volume: Optional[DataVolume] = None
     outputs_claim: Optional[str] = None  # PVC for outputs (subPath = job id); emptyDir when unset
-    image_pull_secrets: tuple[str, ...] = ()
+    image_pull_secrets: tuple[str, ...] = ()  # for every job, whatever its registry
+    registries: Registries = Registries()  # per registry host (`registries:`): the platform picks the Secret
     service_account: Optional[str] = None  # its token is never mounted
     run_as_non_root: bool = False  # most ML images run as root; opt in per cluster
     config_dir: str = "/etc/sentinels"  # where job.yaml is mounted (SENTINELS_CONFIG)
@@ -241,8 +243,9 @@ def job(record: dict, extra_env: Mapping, cfg: KubeConfig) -> dict:
     }
     if cfg.service_account:
         pod["serviceAccountName"] = cfg.service_account
-    if cfg.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": s} for s in cfg.image_pull_secrets]
+    secrets = pull_secrets(spec["image"], record.get("team"), cfg)
+    if secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in secrets]
     if spec.get("node_selector"):
         pod["nodeSelector"] = dict(spec["node_selector"])
     if res.get("gpu"):
@@ -261,6 +264,13 @@ def job(record: dict, extra_env: Mapping, cfg: KubeConfig) -> dict:
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": name, "namespace": cfg.namespace, "labels": labels, "annotations": annotations},
             "spec": job_spec}
+
+
+def pull_secrets(image: str, team: Optional[str], cfg: KubeConfig) -> list[str]:
+    """The imagePullSecrets of a pod pulling `image` for `team`: its registry's Secret (chosen
+    by host, never by the job), then those configured for every job."""
+    own = cfg.registries.secret_for(image, team)
+    return list(dict.fromkeys(([own] if own else []) + list(cfg.image_pull_secrets)))
 
 
 def _check_record(record: dict) -> None:

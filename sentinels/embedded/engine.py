@@ -15,8 +15,10 @@ stack's MLflow server on 127.0.0.1), the spec file read-only at SENTINELS_CONFIG
 data path read-only, the outputs directory read-write, CPU and memory limits, and GPUs by
 index (CDI for Podman, `--gpus` for Docker).
 
-Registry credentials (issue 17) go in `pull_options()`: the one place that adds flags for
-reaching a registry.
+Registry credentials: `pull_options()` is the one place that adds flags for reaching a
+registry. The auth file of the image's registry host (`registries:` or
+SENTINELS_REGISTRY_AUTH) goes to Podman as `--authfile`, to Docker as DOCKER_CONFIG (the
+directory of a `config.json`); only its path is ever on a command line or in a record.
 """
 
 import functools
@@ -27,7 +29,9 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from ..domain.errors import ConfigError
 from ..domain.quantity import format_cpu
+from ..domain.registries import registry_host
 from .runtimes import Ending, Launch, RuntimeConfig, default_ulimits
 from . import processes
 
@@ -71,13 +75,6 @@ def probe(name: str, cfg: RuntimeConfig) -> Optional[str]:
 
 def container_name(job_id: str, generation: int, attempt: int) -> str:
     return f"sentinels-{job_id}-{generation}-{attempt}"
-
-
-def registry_of(image: str) -> Optional[str]:
-    first = image.split("/", 1)[0]
-    if "/" in image and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return None
 
 
 def _oom_kills() -> Optional[int]:
@@ -124,6 +121,11 @@ class EngineRuntime:
         self.exe = shutil.which(name) or name
         self.options = _options(name, cfg)
         self.ulimits = {**default_ulimits(), **dict(cfg.ulimits)}
+        if name == "docker":
+            bad = [p for p in cfg.registries.auth_files() if Path(p).name != "config.json"]
+            if bad:
+                raise ConfigError(f"registries: Docker reads credentials from a directory's config.json; name the "
+                                  f"auth file {bad[0]} config.json (or use Podman)")
 
     def needs_command(self) -> bool:
         return False  # the image's entrypoint runs when the spec has no command
@@ -132,11 +134,20 @@ class EngineRuntime:
         return f"{self.name} (jobs run in their images)"
 
     # --- building the command line ------------------------------------------------------
-    def pull_options(self, image: str) -> list[str]:
-        """Flags for reaching the image's registry (an auth file goes here)."""
-        if self.name == "podman" and registry_of(image) in self.cfg.insecure_registries:
-            return ["--tls-verify=false"]
-        return []
+    def pull_options(self, image: str, team: Optional[str] = None) -> list[str]:
+        """Flags for reaching the image's registry: plain HTTP, and Podman's auth file."""
+        flags = []
+        if self.name == "podman" and registry_host(image) in self.cfg.insecure_registries:
+            flags.append("--tls-verify=false")
+        auth = self.cfg.registries.auth_file_for(image, team)
+        if self.name == "podman" and auth:
+            flags += ["--authfile", auth]
+        return flags
+
+    def pull_env(self, image: str, team: Optional[str] = None) -> dict:
+        """The engine's environment for a pull: Docker finds its auth file through DOCKER_CONFIG."""
+        auth = self.cfg.registries.auth_file_for(image, team)
+        return {"DOCKER_CONFIG": str(Path(auth).parent)} if self.name == "docker" and auth else {}
 
     def _gpu_flags(self, gpus: list) -> list[str]:
         if not gpus:
@@ -172,7 +183,7 @@ class EngineRuntime:
         argv += self._gpu_flags(launch.gpus)
         for key in sorted(self.container_env(launch)):
             argv += ["--env", key]  # the value comes from the engine's environment: never in `ps`
-        argv += self.pull_options(spec["image"])
+        argv += self.pull_options(spec["image"], launch.team)
         command = list(spec.get("command") or [])
         if command:
             argv += ["--entrypoint", command[0]]
@@ -186,7 +197,7 @@ class EngineRuntime:
     # --- the port ------------------------------------------------------------------------------
     def start(self, launch: Launch) -> tuple[processes.Started, dict]:
         cidfile(launch.job_dir, launch.attempt).unlink(missing_ok=True)  # a retried pull reuses the name
-        env = {**launch.host_env, **self.container_env(launch)}
+        env = {**launch.host_env, **self.pull_env(launch.spec["image"], launch.team), **self.container_env(launch)}
         started = processes.spawn(self.argv(launch), env=env, cwd=launch.job_dir / "work", log=launch.log,
                                   result=launch.result)
         return started, {"container": container_name(launch.job_id, launch.generation, launch.attempt),

@@ -123,7 +123,7 @@ def main() -> None:
     try:
         settings = Settings.load()
         capacity = machine.capacity(settings.local(), settings.home / "jobs")
-        runtime = runtimes.select(runtimes.RuntimeConfig.from_dict(settings.local(), settings.env))
+        runtime = runtimes.select(runtimes.RuntimeConfig.from_dict(settings.local(), settings.env, settings.registries()))
         lock = _lock(settings)
         asyncio.run(_main(settings, capacity, runtime))
         lock.close()

@@ -209,7 +209,8 @@ class Kubelet:
         return Launch(job_id=state["job"], generation=state["generation"], attempt=attempt, spec=spec, env=env,
                       host_env={k: os.environ[k] for k in BASIC_ENV if k in os.environ}, gpus=gpus,
                       job_dir=job_dir, log=job_dir / f"attempt-{attempt}.log",
-                      result=job_dir / f"attempt-{attempt}.exit", run_as=self.cap.run_as, log_max=self.cap.log_max)
+                      result=job_dir / f"attempt-{attempt}.exit", run_as=self.cap.run_as, log_max=self.cap.log_max,
+                      team=state["record"].get("team"))
 
     def _start_attempt(self, state: dict, gpus: list[int]) -> None:
         """Start the next attempt (a new pod) of a live run and record it."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Protocol
 
 from ..domain.errors import ConfigError
+from ..domain.registries import Registries
 from ..domain.runtime import PROCESS, RUNTIMES
 from . import processes
 
@@ -31,10 +32,13 @@ class RuntimeConfig:
     engine_options: Optional[tuple[str, ...]] = None  # global engine flags; None: chosen for this host
     insecure_registries: tuple[str, ...] = ()  # registries reached over plain HTTP (tests, a LAN mirror)
     ulimits: tuple[tuple[str, str], ...] = ()  # (name, "soft:hard") for containers
+    registries: Registries = Registries()  # auth files by registry host (`Settings.registries`)
 
     @classmethod
-    def from_dict(cls, raw: Optional[dict], env: Mapping[str, str]) -> "RuntimeConfig":
-        """`env` is `Settings.env` (SENTINELS_RUNTIME wins over `local.runtime`)."""
+    def from_dict(cls, raw: Optional[dict], env: Mapping[str, str],
+                  registries: Optional[Registries] = None) -> "RuntimeConfig":
+        """`env` is `Settings.env` (SENTINELS_RUNTIME wins over `local.runtime`); `registries`
+        is `Settings.registries()`, already checked."""
         raw = raw or {}
         name = env.get("SENTINELS_RUNTIME") or raw.get("runtime") or "auto"
         if name not in RUNTIMES:
@@ -50,7 +54,8 @@ class RuntimeConfig:
                                                     for k, v in ulimits.items()):
             raise ConfigError("configuration: local.ulimits must map a limit name to \"soft:hard\"")
         return cls(runtime=name, engine_options=tuple(opts) if opts is not None else None,
-                   insecure_registries=tuple(regs), ulimits=tuple((k, str(v)) for k, v in sorted(ulimits.items())))
+                   insecure_registries=tuple(regs), ulimits=tuple((k, str(v)) for k, v in sorted(ulimits.items())),
+                   registries=registries or Registries())
 
 
 @dataclass
@@ -69,6 +74,7 @@ class Launch:
     result: Path
     run_as: Optional[str] = None  # the unprivileged user the command runs as (process runtime)
     log_max: Optional[int] = None  # the log rotates at this size (process runtime)
+    team: Optional[str] = None  # the owner's team: registry credentials kept to teams
 
 
 @dataclass

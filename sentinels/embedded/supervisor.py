@@ -103,7 +103,7 @@ def local_runtime(settings: Settings):
     """The runtime local jobs get (`local.runtime`); ConfigError when a named engine is absent."""
     from . import runtimes
 
-    return runtimes.select(runtimes.RuntimeConfig.from_dict(settings.local(), settings.env))
+    return runtimes.select(runtimes.RuntimeConfig.from_dict(settings.local(), settings.env, settings.registries()))
 
 
 def check_config(settings: Settings) -> list[str]:
@@ -121,6 +121,7 @@ def check_config(settings: Settings) -> list[str]:
     from .router import retry_settings
 
     retry_settings(settings)
+    notes += settings.registry_notes()
     notify = settings.notify()
     ids = settings.identities()
     try:
