@@ -7,6 +7,7 @@ the job store writes: queue entries, records, index entries), then measured thro
 real CLI and the real HTTP API.
 """
 
+import argparse
 import asyncio
 import getpass
 import http.client
@@ -20,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import ROOT, median, ms, natsd, pct, wait_http
+from common import ROOT, load, median, ms, natsd, pct, wait_http
 
 from sentinels.adapters import jetstream
 from sentinels.adapters.jetstream_index import INDEX_STREAM, JobIndex, subject
@@ -79,7 +80,7 @@ async def fill(nats_url: str, prio: PriorityConfig) -> str:
     for i, ((job_id, klass), ack) in enumerate(zip(queued, acks)):
         who = {"user": ME if i < MINE_ACTIVE else f"user{i % 97}", "team": None}
         records.append(job.new_record(job_id=job_id, spec=dict(spec, priority=klass), who=who, klass=klass,
-                                      now=now, event_id=job_id, queue_seq=ack.seq))
+                                      now=now, queue_seq=ack.seq))
     await publish_all(js, ((f"$KV.{JOBS_BUCKET}.{r['id']}", json.dumps(r).encode(), None) for r in records))
     await publish_all(js, ((subject("active", r), json.dumps(JobIndex.entry(r)).encode(), None) for r in records))
     print(f"  filled {QUEUED:,} queued jobs", flush=True)
@@ -91,7 +92,7 @@ async def fill(nats_url: str, prio: PriorityConfig) -> str:
         for i in range(start, min(start + 100_000, FINISHED)):
             job_id = job.job_id_for("f", "bench", str(i))
             r = job.new_record(job_id=job_id, spec=spec, who={"user": owner(i), "team": None}, klass="normal",
-                               now=now, event_id=job_id, queue_seq=0)
+                               now=now, queue_seq=0)
             r.update(state="SUCCEEDED", reason="exit code 0", timestamps={"QUEUED": now, "SUCCEEDED": now})
             done.append(r)
         await publish_fast(nc, ((f"$KV.{JOBS_BUCKET}.{r['id']}", json.dumps(r).encode(), ttl) for r in done))
@@ -145,6 +146,12 @@ def report(label: str, value: float, target: float, extra: str = "") -> None:
 
 
 def main() -> None:
+    global QUEUED, FINISHED
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queued", type=int, default=QUEUED)
+    parser.add_argument("--finished", type=int, default=FINISHED)
+    args = parser.parse_args()
+    QUEUED, FINISHED = args.queued, args.finished
     home = Path(tempfile.mkdtemp(prefix="sentinels-bench-"))
     nport, sport = natsd.free_port(), natsd.free_port()
     nats = natsd.start(home / "js", nport)
@@ -160,10 +167,15 @@ def main() -> None:
         job_id = asyncio.run(fill(env["SENTINELS_NATS_URL"], prio))
         sentinels = shutil.which("sentinels", path=str(Path(sys.executable).parent)) or "sentinels"
         py = sys.executable
-        print(f"\nwhole processes, median of 15 interleaved runs ({QUEUED:,} queued, {FINISHED:,} finished in the store):")
+        # as installed: byte-compiled (pip compiles what it installs; PYTHONDONTWRITEBYTECODE
+        # in the environment would otherwise make every run compile the CLI from source)
+        subprocess.run([py, "-m", "compileall", "-q", "cli", "sentinels"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        print(f"\nwhole processes, median of 15 interleaved runs ({QUEUED:,} queued, {FINISHED:,} finished in the "
+              f"store; {load()}):")
         t = processes({
             "python -c pass": [py, "-c", "pass"],
-            "python3 -c pass (system)": ["python3", "-c", "pass"],
+            "python3 -c pass (system)": [getattr(sys, "_base_executable", py), "-c", "pass"],
             "sentinels status ID": [sentinels, "status", job_id],
             "sentinels queue": [sentinels, "queue"],
             "sentinels submit": [sentinels, "submit", "python:3.11", "--cpu", "60", "--", "true"],
@@ -172,13 +184,13 @@ def main() -> None:
         }, env)
         base = t["python -c pass"]
         print(f"{'python -c pass (same interpreter as the CLI)':<52} {ms(base):>10}")
-        print(f"{'python3 -c pass (system python, no venv)':<52} {ms(t['python3 -c pass (system)']):>10}")
+        print(f"{'python3 -c pass (the base interpreter, no venv)':<52} {ms(t['python3 -c pass (system)']):>10}")
         for name in ("sentinels status ID", "sentinels queue", "sentinels submit"):
             report(name, t[name], TARGET_CLI, f"  ({ms(t[name] - base)} above python -c pass)")
         for name in ("sentinels ls (my active jobs)", "sentinels ls --all --limit 50"):
             report(name, t[name], TARGET_LS, f"  ({ms(t[name] - base)} above python -c pass)")
 
-        print(f"\nHTTP API, keep-alive client, 300 requests each ({QUEUED:,} queued, {FINISHED:,} finished):")
+        print(f"\nHTTP API, keep-alive client, 300 requests each ({QUEUED:,} queued, {FINISHED:,} finished; {load()}):")
         p50, p99 = http_p50(sport, f"/v1/jobs/{job_id}")
         report("GET /v1/jobs/{id} (queued: position + reason) p50", p50, TARGET_GET, f"  p99 {ms(p99)}")
         p50, p99 = http_p50(sport, "/v1/queue?limit=50")
@@ -188,7 +200,7 @@ def main() -> None:
         p50, p99 = http_p50(sport, "/v1/jobs?limit=50", 100)
         report("GET /v1/jobs?limit=50 (everyone's) p50", p50, TARGET_LS, f"  p99 {ms(p99)}")
 
-        print("\nsweep:")
+        print(f"\nsweep ({load()}):")
         body = json.dumps({"spec": SPEC, "array": "1-1000"}).encode()
         conn = http.client.HTTPConnection("127.0.0.1", sport, timeout=60)
         t0 = time.perf_counter()

@@ -139,5 +139,11 @@ def wait_http(url, timeout=30):
     raise SystemExit(f"{url} did not start")
 
 
+def load() -> str:
+    """The machine's load average, printed with every benchmark: numbers under load are inflated."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} cores"
+
+
 def median(values):
     return statistics.median(values) if values else float("nan")

@@ -8,7 +8,6 @@ CloudEvent id that is reused on retry, so a retried submit never creates a secon
 
 import json
 import time
-import uuid
 from urllib.parse import urlencode
 
 from . import wire
@@ -100,6 +99,8 @@ class Api:
 
     def post_event(self, event_type: str, data: dict, retries: int = 3) -> dict:
         """POST a binary-mode CloudEvent; retry transport errors and 503 with the same id."""
+        import uuid  # only writes need it (it pulls in `platform`)
+
         body = json.dumps(data).encode()
         headers = self._headers({"Content-Type": "application/json", "ce-specversion": "1.0", "ce-type": event_type,
                                  "ce-source": SOURCE, "ce-id": str(uuid.uuid4())})

@@ -16,6 +16,7 @@ FORMATS = ("table", "json", "yaml")
 EVENTS = {"submit": "io.sentinels.job.submit", "cancel": "io.sentinels.job.cancel",
           "priority": "io.sentinels.job.reprioritize"}
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+COMMANDS = ("submit", "status", "ls", "queue", "cancel", "priority", "logs", "history", "whoami", "events", "up", "down")
 
 
 def _settings():
@@ -286,7 +287,7 @@ def _format(value: str) -> str:
 
 
 def _job_id(value: str) -> str:
-    from sentinels.domain.job import is_job_id
+    from sentinels.domain.names import is_job_id
 
     if not is_job_id(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a job id (10 characters, a-z and 2-7)")
@@ -297,11 +298,23 @@ def _output(p):
     p.add_argument("-o", "--output", default="table", type=_format, help="table, json or yaml")
 
 
-def parser() -> argparse.ArgumentParser:
+class _Skipped:
+    """Stands in for the parser of a command not being run: its arguments cost nothing."""
+
+    def add_argument(self, *args, **kwargs) -> None:
+        pass
+
+
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (`only`) just the command being run: building every
+    subcommand's parser is a tenth of a command's start-up."""
     top = argparse.ArgumentParser(prog="sentinels", description="sentinels: a priority job queue for ML experiments.")
-    sub = top.add_subparsers(dest="command_name", metavar="COMMAND")
+    # an explicit prog spares argparse a help formatter (and its terminal-size probe) up front
+    sub = top.add_subparsers(dest="command_name", metavar="COMMAND", prog="sentinels")
 
     def command(name, fn, help_):
+        if only is not None and name != only:
+            return _Skipped()
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
         return p
@@ -389,7 +402,7 @@ def main(argv=None) -> None:
     if "--" in argv:  # everything after `--` is the job's command, options included
         cut = argv.index("--")
         argv, after = argv[:cut], argv[cut + 1:]
-    p = parser()
+    p = parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = p.parse_args(argv)
     if after:
         if getattr(args, "fn", None) is not cmd_submit:

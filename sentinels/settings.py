@@ -7,17 +7,22 @@ The same variables tell `sentinels up` where to listen and the CLI where to conn
 several stacks can run side by side.
 """
 
+from __future__ import annotations
+
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar
 from urllib.parse import urlparse
 
 from .domain import duration
 from .domain.errors import ConfigError
 
+TYPE_CHECKING = False  # the CLI reads its URL and token here: no typing or dataclasses at run time
 if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, Optional, TypeVar
+
     from .domain.spec import Limits
+
+    T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -42,18 +47,24 @@ def _load_yaml_file(path: Path, what: str, max_bytes: int = 1 << 20):
         raise ConfigError(e.message) from None
 
 
-T = TypeVar("T")
-
-
-@dataclass
 class Settings:
-    home: Path
-    url: str = DEFAULT_URL
-    nats_url: str = DEFAULT_NATS_URL
-    token: str | None = None
-    file: dict = field(default_factory=dict)
-    env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
-    _parsed: dict = field(default_factory=dict, repr=False, compare=False)
+    """Where things are (home, URLs, token), the config file's sections, the environment.
+
+    A plain class rather than a dataclass: every CLI command loads it, and importing
+    dataclasses costs a tenth of a command's start-up."""
+
+    def __init__(self, home: Path, url: str = DEFAULT_URL, nats_url: str = DEFAULT_NATS_URL,
+                 token: str | None = None, file: dict | None = None, env: Mapping[str, str] | None = None):
+        self.home = home
+        self.url = url
+        self.nats_url = nats_url
+        self.token = token
+        self.file: dict = {} if file is None else file
+        self.env: Mapping[str, str] = os.environ if env is None else env
+        self._parsed: dict = {}
+
+    def __repr__(self) -> str:
+        return f"Settings(home={self.home!r}, url={self.url!r}, nats_url={self.nats_url!r})"
 
     def _once(self, key: str, parse: Callable[[], T]) -> T:
         """Parse a section the first time it is asked for; keep the typed result."""
@@ -230,6 +241,8 @@ class Settings:
 
     def kubernetes(self):
         """The `kubernetes:` block, with the imagePullSecret of each registry (`registries:`)."""
+        from dataclasses import replace
+
         from .adapters.kube_manifest import KubeConfig
 
         return self._once("kubernetes", lambda: replace(KubeConfig.from_dict(self.section("kubernetes")),
@@ -241,6 +254,8 @@ class Settings:
         return self._once("registries", self._registries)
 
     def _registries(self):
+        from dataclasses import replace
+
         from .domain import registries
 
         default = self.env.get("SENTINELS_REGISTRY_AUTH") or None

@@ -163,3 +163,38 @@ def test_a_retried_sweep_creates_nothing_twice_and_only_its_owner_cancels_it(sta
     assert post_ce(fn.url, CANCEL, {"sweep": "nonsense"}, token=TOKENS["alice"])[0] == 400
     status, body = post_ce(fn.url, CANCEL, {"sweep": sweep_id}, token=TOKENS["alice"])
     assert status == 200 and {j["state"] for j in body["jobs"]} == {"CANCELLED"} and len(body["jobs"]) == 6
+
+
+# What the CLI's common commands may not load: every one is a whole process, and each of
+# these costs tens of milliseconds (or pulls in a client the CLI must not need).
+HEAVY = ("nats", "kubernetes", "mlflow", "yaml", "pydantic", "httpx", "starlette", "functions_framework",
+         "cloudevents", "urllib.request", "email", "dataclasses", "typing", "sentinels.adapters",
+         "sentinels.embedded", "sentinels.wiring", "sentinels.domain.spec")
+RUN_CLI = """
+import atexit, json, sys
+atexit.register(lambda: open(sys.argv[1], "w").write(json.dumps(sorted(sys.modules))))
+from cli.main import main
+main(sys.argv[2:])
+"""
+
+
+def test_the_cli_common_commands_import_nothing_heavy(stack, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    fn, home = stack
+    env = {**os.environ, "SENTINELS_URL": fn.url, "SENTINELS_TOKEN": TOKENS["alice"], "SENTINELS_HOME": str(home)}
+    job_id = submit(fn, "alice")["id"]
+    for argv in (["submit", "python:3.11", "--cpu", "1", "--", "true"], ["status", job_id], ["queue"], ["ls"],
+                 ["ls", "--all", "--limit", "5"], ["history", job_id], ["cancel", job_id]):
+        dump = tmp_path / "modules.json"
+        r = subprocess.run([sys.executable, "-c", RUN_CLI, str(dump), *argv], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (argv, r.stderr)
+        loaded = json.loads(dump.read_text())
+        assert "cli.wire" in loaded  # it did talk to the API
+        heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+        assert heavy == [], f"sentinels {' '.join(argv)} imported {heavy}"

@@ -6,14 +6,11 @@ retried submit lands on the same record instead of creating a second job.
 
 import base64
 import hashlib
-import re
-from typing import Any, Optional, TypedDict, TypeGuard
+from typing import Any, Optional, TypedDict
 
-from .names import JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, PRIORITY_LABEL, job_name
+from .names import JOB_ID, JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, PRIORITY_LABEL, is_job_id, job_name
 from .spec import label_value
 from .states import QUEUED
-
-JOB_ID = re.compile(r"^[a-z2-7]{10}$")
 
 
 class JobRecord(TypedDict, total=False):
@@ -76,10 +73,6 @@ def undeclared(record: dict) -> list[str]:
 def job_id_for(owner: str, source: str, event_id: str) -> str:
     digest = hashlib.sha256(f"{owner}\x00{source}\x00{event_id}".encode()).digest()
     return base64.b32encode(digest).decode().lower()[:10]
-
-
-def is_job_id(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and bool(JOB_ID.match(value))
 
 
 def new_record(*, job_id: str, spec: dict, who: dict, klass: str, now: str, queue_seq: Optional[int]) -> dict:

@@ -2,8 +2,21 @@
 
 These are the public contract the `nats` CLI (and an operator) must make sense of, so
 they live in one place instead of as literals spread over adapters, functions and CLI.
-Plain data: no I/O.
+Plain data: no I/O, and nothing heavier than `re` imported (the CLI checks job ids with it).
 """
+
+import re
+
+TYPE_CHECKING = False  # typing stays unimported at run time (the CLI's start-up)
+if TYPE_CHECKING:
+    from typing import TypeGuard
+
+JOB_ID = re.compile(r"^[a-z2-7]{10}$")  # what `job.job_id_for` derives: 10 base32 characters
+
+
+def is_job_id(value: object) -> "TypeGuard[str]":
+    return isinstance(value, str) and bool(JOB_ID.match(value))
+
 
 # --- streams and their subjects ---------------------------------------------------------
 QUEUE_STREAM = "SENTINELS_QUEUE"  # one message per waiting job

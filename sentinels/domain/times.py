@@ -10,7 +10,6 @@ scheduler placing it (`SCHEDULED`, else `RUNNING`); run time from `RUNNING` to i
 """
 
 from datetime import datetime, timezone
-from typing import Optional
 
 from .states import QUEUED, RUNNING, SCHEDULED, TERMINAL
 
@@ -20,7 +19,7 @@ def parse(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def seconds(text: object) -> Optional[float]:
+def seconds(text: object) -> float | None:
     """Like `parse`, but None for a missing, malformed or zone-less value."""
     if not isinstance(text, str) or not text:
         return None
@@ -36,7 +35,7 @@ def iso(t: float, timespec: str = "milliseconds") -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
-def job_times(record: dict, now: Optional[float] = None) -> tuple[Optional[float], Optional[float]]:
+def job_times(record: dict, now: float | None = None) -> tuple[float | None, float | None]:
     """(time in queue, run time) in seconds of the job's last attempt; None where unknown.
 
     `now` ends the run time of a job that has not finished (None: no run time for it).
