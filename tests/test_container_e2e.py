@@ -81,7 +81,6 @@ def test_cancel_stops_a_running_container(stack):
         time.sleep(0.3)
 
 
-@pytest.mark.skip(reason="failed in the final clean-clone run after the last merges (a conflict between merged changes or timing); to be fixed next session, see the closing note")
 def test_a_dockerfile_submit_builds_then_runs_and_a_broken_one_fails_with_its_words(stack, tmp_path):
     env, _, _ = stack
     ctx = engines.context_dir(tmp_path)

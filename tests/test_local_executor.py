@@ -282,7 +282,6 @@ async def test_free_capacity_shrinks_while_jobs_run_and_gpus_are_handed_out(stac
     assert await stack.cluster.active() == {"gggggggggg": "sentinels-gggggggggg"}
 
 
-@pytest.mark.skip(reason="failed in the final clean-clone run after the last merges (a conflict between merged changes or timing); to be fixed next session, see the closing note")
 async def test_a_timeout_kills_the_job_with_deadline_exceeded(stack):
     rec = make_record("iiiiiiiiii", ["sleep", "60"], timeout=1, retries=2)
     began = time.monotonic()

@@ -32,7 +32,10 @@ class Cluster:
     def __init__(self, api):
         self.api = api
         self.jobs, self.queue, self.history, self.sink = MemoryJobs(), MemoryQueue(), MemoryHistory(), MemorySink()
-        kube = KubernetesCluster(KubeConfig.from_dict({"namespace": NS, "host": api.test_url, "request_timeout": 5}))
+        # the listing path (kmock's emulator holds watch streams open past the test; the watch-fed
+        # cache is tested against the simulated API server)
+        kube = KubernetesCluster(KubeConfig.from_dict({"namespace": NS, "host": api.test_url, "request_timeout": 5}),
+                                 informer=False)
         prio = PriorityConfig.from_dict(None)
         self.submitter = SubmitService(self.jobs, self.queue, self.history, self.sink, prio, Limits(), clock.now_iso)
         self.sched = ScheduleService(self.jobs, self.queue, self.history, self.sink, kube, prio, SchedulerConfig(),
@@ -81,7 +84,6 @@ def pod_of(record: dict, phase="Running", **status) -> dict:
     return pod
 
 
-@pytest.mark.skip(reason="failed in the final clean-clone run after the last merges (a conflict between merged changes or timing); to be fixed next session, see the closing note")
 async def test_a_new_node_lets_queued_work_start(api):
     c = Cluster(api)
     await c.node(plain_node("small", cpu="2"))
@@ -98,7 +100,6 @@ async def test_a_new_node_lets_queued_work_start(api):
     assert await c.kube_jobs() == [started["k8s_job"]]
 
 
-@pytest.mark.skip(reason="failed in the final clean-clone run after the last merges (a conflict between merged changes or timing); to be fixed next session, see the closing note")
 async def test_draining_a_node_requeues_its_jobs_and_they_run_elsewhere(api):
     c = Cluster(api)
     rec = await c.running_on_a()

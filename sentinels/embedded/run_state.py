@@ -34,6 +34,9 @@ class PodState(TypedDict):
     retry_at: NotRequired[Optional[float]]  # wall-clock seconds
     waiting_reason: NotRequired[Optional[str]]  # ErrImagePull, ImagePullBackOff
     waiting_message: NotRequired[Optional[str]]
+    # the pod's own status.reason / message when the kubelet ended it (DeadlineExceeded)
+    pod_reason: NotRequired[str]
+    pod_message: NotRequired[str]
 
 
 class RunState(TypedDict):
