@@ -186,3 +186,16 @@ def test_a_whole_stack_runs_with_authentication_and_no_violation(tmp_path):
         subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, timeout=60)
     log = (tmp_path / "logs" / "nats.log").read_text()
     assert "Permissions Violation" not in log, [line for line in log.splitlines() if "Violation" in line][:5]
+
+
+def test_each_executor_verb_is_published_by_the_component_that_calls_it():
+    # the scheduler starts Dockerfile builds as well as launches (a build asked without this
+    # permission was dropped by the server and the job stayed BUILDING)
+    from sentinels.adapters.local import VERBS
+    from sentinels.embedded.natsauth import permissions
+
+    callers = {"launch": "schedule", "build": "schedule", "nodes": "schedule", "active": "schedule",
+               "jobs": "on_job_event", "stop": "on_job_event", "logs": "on_job_event"}
+    assert set(callers) == set(VERBS)
+    for verb, user in callers.items():
+        assert f"sentinels.local.{verb}" in permissions(user)["publish"]["allow"], (verb, user)

@@ -49,7 +49,7 @@ _LOCAL = "sentinels.local.{}"
 PUBLISH = {
     "submit": _JOBS + _INDEX + _QUEUE + _HISTORY + _EVENTS,
     "schedule": _JOBS + _INDEX + _STATE + _QUEUE + _HISTORY + _EVENTS
-    + [_LOCAL.format(v) for v in ("nodes", "launch", "stop", "active", "jobs")],
+    + [_LOCAL.format(v) for v in ("nodes", "launch", "stop", "active", "build", "jobs")],
     "on_job_event": _JOBS + _INDEX + _STATE + _QUEUE + _HISTORY + _EVENTS
     + [_LOCAL.format(v) for v in ("nodes", "stop", "active", "logs", "jobs")],
     "alert": ["$KV.sentinels_alerts.>"],
