@@ -131,3 +131,94 @@ async def test_reclaim_takes_back_borrowed_capacity():
     await w.run_preemptions()
     await w.sched.trigger()
     assert w.cluster.launches[-1] == mine
+
+
+class AnswersLate(MemoryCluster):
+    """A launch that happens but whose answer is lost (a NATS request timing out on a loaded
+    machine), or that is held until the test lets it answer."""
+
+    def __init__(self, nodes):
+        super().__init__(nodes)
+        self.lose_answer: set = set()
+        self.hold = None  # an asyncio.Event a launch waits for
+
+    async def launch(self, record, extra_env):
+        await super().launch(record, extra_env)
+        if self.hold is not None:
+            await self.hold.wait()
+        if record["id"] in self.lose_answer:
+            from sentinels.domain.errors import Unavailable
+            raise Unavailable("local executor: no answer within 5s")
+
+
+def borrowing_world():
+    w = World([gpu_node("g", 2)], quotas={"teams": {"vision": {"gpu": 1, "borrowing": {"gpu": 1}}, "nlp": {"gpu": 1}}})
+    w.cluster = w.sched.cluster = w.sched.holdings.cluster = w.life.cluster = AnswersLate([gpu_node("g", 2)])
+    return w
+
+
+async def test_a_borrower_whose_launch_answer_was_lost_is_still_reclaimed():
+    """The sharing end-to-end test failed on a loaded machine with the reclaiming job stuck on
+    "needs 1 CPU": the borrower's launch had answered too late, the timer's reconcile repaired its
+    record without a node, and a running job without a node was invisible to quotas and
+    preemption (its team was not seen borrowing)."""
+    w = borrowing_world()
+    v1 = await w.submit("vision")
+    await w.sched.trigger()
+    v2 = await w.submit("vision")
+    w.cluster.lose_answer.add(v2)
+    await w.sched.trigger()
+    assert v2 in w.cluster.running and (await w.state(v2))["state"] == "QUEUED"  # it runs; the record lags
+    assert await w.sched.reconcile() == 1
+    assert (await w.state(v2))["node"] == "g"
+    n1 = await w.submit("nlp")
+    await w.sched.trigger()
+    assert (await w.state(v2))["preempted_by"] == n1 and (await w.state(v1)).get("preempted_by") is None
+    assert (await w.reason(n1)).startswith("preempting 1 job on g")
+
+
+async def test_reconcile_waits_for_the_pass_that_is_launching():
+    """A job launched by a pass in flight is not "repaired" by the timer's reconcile (which would
+    take the record from the pass and leave it without its node)."""
+    import asyncio
+
+    w = borrowing_world()
+    j = await w.submit("vision")
+    w.cluster.hold = asyncio.Event()
+    pass_ = asyncio.create_task(w.sched.trigger())
+    while j not in w.cluster.running:
+        await asyncio.sleep(0)
+    fix = asyncio.create_task(w.sched.reconcile())
+    await asyncio.sleep(0.01)
+    w.cluster.hold.set()
+    await pass_
+    assert await fix == 0
+    rec = await w.state(j)
+    assert rec["state"] == "SCHEDULED" and rec["node"] == "g" and rec["reason"] == "scheduled on g"
+
+
+async def test_a_repaired_record_gets_its_node_from_the_running_pod():
+    from sentinels.domain import observe
+
+    rec = {"id": "abcdefghij", "state": "SCHEDULED", "attempts": 1, "k8s_job": "sentinels-abcdefghij", "spec": {}}
+    obs = observe.Observation(what=observe.RUNNING, kind="Pod", job_id=rec["id"], reason="running on g", node_name="g")
+    step = lifecycle.decide(rec, obs, 0.0)
+    assert step.to == "RUNNING" and step.changes == {"node": "g"}
+    assert lifecycle.decide(dict(rec, node="g"), obs, 0.0).changes == {}
+
+
+async def test_the_end_of_a_preempted_job_requeues_it_even_before_the_preemption_is_applied():
+    """The local executor reports the stopped run's end at once; if that event is handled before
+    the lifecycle's own requeue, it is still a preemption, never a failure."""
+    w = World([gpu_node("g", 2)], preemption={"classes": ["critical"]})
+    low = await w.submit("nlp", gpu=2, priority="low")
+    await w.sched.trigger()
+    urgent = await w.submit("vision", gpu=2, priority="critical")
+    await w.sched.trigger()
+    from sentinels.domain import observe
+
+    rec = await w.state(low)
+    obs = observe.Observation(what=observe.FAILED, kind="Pod", job_id=low, reason="exit code 143", exit_code=143,
+                              attempt=rec["attempts"])
+    step = lifecycle.decide(dict(rec, state="RUNNING"), obs, 0.0)
+    assert step.to == "QUEUED" and step.reason.startswith(f"preempted by {urgent}")

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -58,10 +59,12 @@ def wait_for(env, job_id, check, timeout=60.0):
         if check(record):
             return record
         time.sleep(0.3)
-    raise AssertionError(f"{job_id}: {record['state']} / {record['reason']}")
+    logs = Path(env["SENTINELS_HOME"]) / "logs"
+    tails = "\n".join(f"--- {name}\n" + "\n".join((logs / name).read_text(errors="replace").splitlines()[-60:])
+                      for name in ("schedule.log", "on_job_event.log", "executor.log") if (logs / name).exists())
+    raise AssertionError(f"{job_id}: {record['state']} / {record['reason']}\n{tails}")
 
 
-@pytest.mark.skip(reason="failed in the final clean-clone run after the last merges (a conflict between merged changes or timing); to be fixed next session, see the closing note")
 def test_borrowing_reclaim_and_preemption(env):
     sleep = ["--", sys.executable, "-c", "import time; time.sleep(600)"]
     v1 = cli(env, "vera-token", "submit", "python:3.11", "--name", "v1", *sleep)

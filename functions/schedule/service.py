@@ -56,6 +56,7 @@ class ScheduleService:
     _dirty: bool = False
     _reasons: dict = field(default_factory=dict)
     _refused: dict = field(default_factory=dict)  # job id -> (retry at, count, placement.Wait): per-job back-off
+    _tried_on: dict = field(default_factory=dict)  # job id -> node of a launch that answered with an error (it may run)
     last: dict = field(default_factory=dict)
 
     async def trigger(self) -> dict | None:
@@ -136,8 +137,10 @@ class ScheduleService:
             return False
         except SentinelsError as e:  # for now: this job backs off; its room goes to others meanwhile
             self._back_off(job_id, now, e)
+            self._tried_on[job_id] = node  # a timeout may hide a launch that happened: reconcile needs the node
             return False
         self._refused.pop(job_id, None)
+        self._tried_on.pop(job_id, None)
         extra: dict = {"node": node}
         if run:
             extra.update(mlflow_run_id=run.get("run_id"), mlflow=run, links={**record.get("links", {}), "mlflow": run.get("url")})
@@ -310,7 +313,14 @@ class ScheduleService:
         return "building"
 
     async def reconcile(self) -> int:
-        """Repair what a crash left: jobs the cluster runs that the store does not know as running."""
+        """Repair what a crash left: jobs the cluster runs that the store does not know as running.
+
+        Never during a pass: a job the pass has just launched is running but still QUEUED
+        until the pass records it (with its node, which quotas and preemption need)."""
+        async with self._lock:
+            return await self._reconcile()
+
+    async def _reconcile(self) -> int:
         repaired = 0
         for job_id, name in (await self.cluster.active()).items():
             got = await self.jobs.get(job_id)
@@ -323,15 +333,19 @@ class ScheduleService:
             elif record["state"] == states.QUEUED and name == record.get("k8s_job"):
                 # (a requeued job's earlier attempt, still being deleted, proves nothing about this one)
                 seq = record.get("queue_seq")
+                # the node its launch was tried on; else the lifecycle records it from the pod
+                extra = {"node": self._tried_on[job_id]} if job_id in self._tried_on else {}
 
                 def decide(r):
                     if r["state"] != states.QUEUED:
                         return None
                     return states.transition(r, states.SCHEDULED, now=self.clock(),
-                                             reason="found running in the cluster; record repaired")
+                                             reason="found running in the cluster; record repaired", **extra)
 
                 done = await self.jobs.mutate(job_id, decide)
                 if done:
+                    self._refused.pop(job_id, None)
+                    self._tried_on.pop(job_id, None)
                     if seq is not None:
                         await self.queue.remove(seq)
                     await announce(self.history, self.sink, SOURCE, done[0], done[1], events.JOB_SCHEDULED)

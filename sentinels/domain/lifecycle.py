@@ -129,8 +129,9 @@ def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Polic
     if state in states.TERMINAL or state == states.BUILDING or _stale(record, obs):
         return None
     what = obs.what
-    if what == ob.RUNNING:
-        return Step(states.RUNNING, obs.reason) if state == states.SCHEDULED else None
+    if what == ob.RUNNING:  # the pod names its node: a record repaired without one gets it here
+        node = {"node": obs.node_name} if obs.node_name and not record.get("node") else {}
+        return Step(states.RUNNING, obs.reason, (), node) if state == states.SCHEDULED else None
     ran = states.RUNNING if state == states.SCHEDULED else None  # it ended, so it ran
     if what == ob.SUCCEEDED:
         return Step(states.SUCCEEDED, "completed", (CAPACITY,), {"exit_code": obs.exit_code or 0}, ran) \
@@ -138,6 +139,8 @@ def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Polic
     if what == ob.FAILED:
         if state not in states.ACTIVE:
             return None
+        if record.get("preempted_by"):  # ended by the preemption's stop (its end can beat the requeue)
+            return preempted(record)
         code = {"exit_code": obs.exit_code} if obs.exit_code is not None else {}
         if obs.deadline:
             return Step(states.FAILED, timed_out(record), (LOGS, CAPACITY), code,
