@@ -82,7 +82,7 @@ class Api:
         raise Refused(message, status)
 
     def _target(self, path: str, params: dict) -> str:
-        query = {k: v for k, v in params.items() if v not in (None, False, "")}
+        query = {k: v for k, v in params.items() if v is not None and v is not False and v != ""}  # 0 is sent
         return path + ("?" + urlencode(query) if query else "")
 
     def get(self, path: str, **params) -> dict:

@@ -116,6 +116,12 @@ def _mlflow_ui(settings) -> str | None:
     return running_info(settings).get("mlflow_ui")
 
 
+def _waits_for(r: dict) -> str | None:
+    """A queued job's reason code (and the resource that is short), as the scheduler gave it."""
+    code = r.get("reason_code")
+    return None if not code else code + (f" ({r['short']})" if r.get("short") else "")
+
+
 def cmd_status(a) -> int:
     settings = _settings()
     r = Api(settings.url, settings.token).get(f"/v1/jobs/{a.job_id}")
@@ -129,6 +135,7 @@ def cmd_status(a) -> int:
         ("job", f"{r['id']}  ({r.get('name')})"),
         ("state", r["state"] + (" (cancel requested)" if r.get("cancel_requested") else "")),
         ("reason", r.get("reason")),
+        ("waits for", _waits_for(r)),
         ("position", r.get("position")),
         ("priority", r.get("priority")),
         ("owner", r["owner"] + (f" / {r['team']}" if r.get("team") else "")),
@@ -140,7 +147,7 @@ def cmd_status(a) -> int:
         ("attempts", r.get("attempts", 0)),
         ("submitted", f"{r['submitted_at']} ({_ago(r['submitted_at'])} ago)"),
         *[(s.lower(), t) for s, t in (r.get("timestamps") or {}).items() if s != "QUEUED"],
-        ("kubernetes job", r.get("k8s_job") if r["state"] != "QUEUED" else None),
+        ("kubernetes job", r.get("k8s_job") if r["state"] != "QUEUED" and not r.get("runtime") else None),  # local: none
         ("mlflow run", r.get("mlflow_run_id")),
         ("mlflow ui", _mlflow_ui(settings)),
         *[(label.lower(), url) for label, url in (r.get("links") or {}).items()],
@@ -217,14 +224,16 @@ def cmd_priority(a) -> int:
 def cmd_history(a) -> int:
     rows = _api().get(f"/v1/jobs/{a.job_id}/history")["history"]
     _emit(rows, a.output, [("AT", "at"), ("FROM", "from"), ("TO", "to"), ("ATTEMPTS", "attempts"),
-                           ("REASON", "reason")])
+                           ("EXIT", "exit_code"), ("REASON", "reason")])
     return 0
 
 
 def cmd_logs(a) -> int:
     out = sys.stdout
+    if a.attempt is not None and a.build:
+        raise CliError("--attempt and --build do not go together: a build has one log", 2)
     for line in _api().lines(f"/v1/jobs/{a.job_id}/logs", tail=a.tail, follow="true" if a.follow else None,
-                             build="true" if a.build else None):
+                             build="true" if a.build else None, attempt=a.attempt):
         out.write(line + "\n")
         if a.follow:
             out.flush()
@@ -294,6 +303,19 @@ def _job_id(value: str) -> str:
     return value
 
 
+def _count(least: int):
+    """An argparse type: a whole number of at least `least` (a count of rows, lines or an attempt)."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = None
+        if n is None or n < least:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least {least}")
+        return n
+    return parse
+
+
 def _output(p):
     p.add_argument("-o", "--output", default="table", type=_format, help="table, json or yaml")
 
@@ -333,7 +355,7 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", help="k=v MLflow param, repeatable")
     p.add_argument("--experiment", help="MLflow experiment (default: name)")
     p.add_argument("--timeout", help="hard deadline, e.g. 2h")
-    p.add_argument("--retries", type=int, help="re-runs after the job's own failure")
+    p.add_argument("--retries", type=_count(0), help="re-runs after the job's own failure")
     p.add_argument("--sweep", action="append", metavar="K=V1,V2", help="one job per combination of values "
                    "(repeatable: the cartesian product), each value given as param K")
     p.add_argument("--array", metavar="1-100", help="one job per index (range or list), in SENTINELS_ARRAY_INDEX")
@@ -352,12 +374,12 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--user", help="only this user's jobs")
     p.add_argument("-A", "--all-users", action="store_true", help="every user's jobs")
     p.add_argument("--sweep", help="the members of one sweep or array (sw-...)")
-    p.add_argument("-n", "--limit", type=int, default=50, help="how many (newest first)")
+    p.add_argument("-n", "--limit", type=_count(1), default=50, help="how many (newest first)")
     p.add_argument("--cursor", help="continue a listing (printed after a full page)")
     _output(p)
 
     p = command("queue", cmd_queue, "The next jobs to run, in order: position, class, wait time, resources.")
-    p.add_argument("-n", "--limit", type=int, default=50, help="how many to show")
+    p.add_argument("-n", "--limit", type=_count(1), default=50, help="how many to show")
     p.add_argument("--class", dest="klass", help="only this priority class")
     _output(p)
 
@@ -373,7 +395,8 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     p = command("logs", cmd_logs, "The job's output (local log file in the embedded default, pod logs on Kubernetes).")
     p.add_argument("job_id", type=_job_id)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
-    p.add_argument("-n", "--tail", type=int, help="only the last N lines")
+    p.add_argument("-n", "--tail", type=_count(0), help="only the last N lines")
+    p.add_argument("--attempt", type=_count(1), metavar="N", help="the output of attempt N (default: the last)")
     p.add_argument("--build", action="store_true", help="the image build's output (a --dockerfile job)")
 
     p = command("history", cmd_history, "Every state transition of a job.")
@@ -387,7 +410,7 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
                 "(count, list, replay).")
     p.add_argument("--dead", action="store_true", help="list the events the broker gave up on")
     p.add_argument("--replay", metavar="SEQ|all", help="deliver a dead letter again (its SEQ, or all)")
-    p.add_argument("-n", "--limit", type=int, default=100, help="how many to list or replay")
+    p.add_argument("-n", "--limit", type=_count(1), default=100, help="how many to list or replay")
     _output(p)
 
     p = command("up", cmd_up, "Start the embedded default: NATS JetStream, the functions, the router.")

@@ -3,6 +3,7 @@ NATS JetStream, the four functions, the router and the local executor, all real.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ def test_submit_runs_to_the_end_with_status_logs_and_history(env):
         status = json.loads(cli(env, "status", job_id, "-o", "json").stdout)
     assert status["mlflow_run_id"] and status["mlflow"]["synced_state"] == "SUCCEEDED"
     assert "hello from the job" in cli(env, "logs", job_id).stdout
+    assert "kubernetes job" not in cli(env, "status", job_id).stdout  # a local run has no Kubernetes Job
     hist = yaml.safe_load(cli(env, "history", job_id, "-o", "yaml").stdout)
     assert [h["to"] for h in hist] == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
     assert job_id in cli(env, "ls", "--all").stdout and job_id not in cli(env, "ls").stdout
@@ -75,8 +77,12 @@ def test_waiting_job_says_why_and_can_be_reprioritized_and_cancelled(env):
         time.sleep(0.2)
     assert status["state"] == "QUEUED" and status["position"] == 1
     table = cli(env, "status", job_id).stdout
-    assert "can never fit" in table and "position:" in table
+    assert "can never fit" in table and "position:" in table and re.search(r"waits for: +never_fits \(cpu\)", table)
     assert "huge" in cli(env, "queue").stdout
+    row = next(r for r in json.loads(cli(env, "ls", "-o", "json").stdout)["jobs"] if r["id"] == job_id)
+    queued = json.loads(cli(env, "queue", "-o", "json").stdout)["jobs"][0]
+    assert row["reason"] == queued["reason"] == status["reason"]  # one source for ls, queue and status
+    assert row["reason_code"] == queued["reason_code"] == status["reason_code"] == "never_fits"
     assert "high" in cli(env, "priority", job_id, "high").stdout
     q = json.loads(cli(env, "queue", "-o", "json").stdout)
     assert q["by_class"] == {"high": 1} and q["jobs"][0]["id"] == job_id
@@ -128,6 +134,35 @@ def test_nothing_listening_names_the_address(tmp_path):
                  ["logs", "aaaaaaaaaa", "-f"]):
         r = cli(env, *args, check=False)
         assert r.returncode == 1 and r.stderr.count(f"http://127.0.0.1:{port}") == 1 and "sentinels up" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["queue", "-n", "0"], ["queue", "-n", "-3"], ["ls", "-n", "0"],
+                                  ["events", "--dead", "-n", "0"], ["logs", "aaaaaaaaaa", "-n", "-1"],
+                                  ["logs", "aaaaaaaaaa", "--attempt", "0"], ["queue", "-n", "x"]])
+def test_counts_below_their_least_are_refused_before_any_request(tmp_path, args):
+    port = natsd.free_port()  # nothing listens: a refusal must come before any request
+    env = {**os.environ, "SENTINELS_HOME": str(tmp_path), "SENTINELS_URL": f"http://127.0.0.1:{port}"}
+    r = cli(env, *args, check=False)
+    assert r.returncode == 2 and "cannot reach" not in r.stderr
+    assert "is not a whole number of at least" in r.stderr.strip().splitlines()[-1]  # after argparse's usage
+
+
+def test_every_attempt_has_its_log_and_its_exit_code_in_history(env):
+    script = ("import os, sys; n = len([f for f in os.listdir('.') if f.startswith('ran-')]); open(f'ran-{n}', 'w').close(); "
+              "print(f'attempt {n + 1} here'); sys.exit(10 + n)")
+    r = cli(env, "submit", "python:3.11", "--name", "twice", "--retries", "1", "--wait", "--",
+            sys.executable, "-c", script, check=False, timeout=180)
+    job_id = r.stdout.strip()
+    assert r.returncode == 1, r.stderr
+    assert cli(env, "logs", job_id).stdout == "attempt 2 here\n"  # the last by default
+    assert cli(env, "logs", job_id, "--attempt", "1").stdout == "attempt 1 here\n"
+    assert cli(env, "logs", job_id, "--attempt", "2").stdout == "attempt 2 here\n"
+    r = cli(env, "logs", job_id, "--attempt", "3", check=False)
+    assert r.returncode == 1 and "has made 2 attempt(s)" in r.stderr
+    hist = yaml.safe_load(cli(env, "history", job_id, "-o", "yaml").stdout)
+    assert [(h["attempts"], h.get("exit_code")) for h in hist if h.get("exit_code") is not None] == [(1, 10), (2, 11)]
+    table = cli(env, "history", job_id).stdout.splitlines()
+    assert "EXIT" in table[0].split() and table[-1].split()[3:5] == ["2", "11"]
 
 
 def test_cancel_a_running_job_stops_its_process(env):

@@ -209,6 +209,24 @@ async def test_logs_of_the_newest_pod(api, cluster):
     assert seen[0].params == {"container": "main", "tailLines": "3"}
 
 
+async def test_logs_of_an_earlier_attempt_are_the_pod_of_that_attempt(api, cluster):
+    record = make_record()
+    requeued = "sentinels-" + record["id"] + "-a2"  # the second Job, after a requeue
+    for name, job, created in (("first", record["k8s_job"], "2026-11-28T05:00:00Z"),
+                               ("retry", record["k8s_job"], "2026-11-28T05:01:00Z"),
+                               ("later", requeued, "2026-11-28T05:05:00Z")):
+        p = pod(f"{job}-{name}", "n1", "Failed", namespace=NS)
+        p["metadata"].update(creationTimestamp=created, labels={"batch.kubernetes.io/job-name": job,
+                                                                "sentinels.io/job-id": record["id"]})
+        await post(api, f"/api/v1/namespaces/{NS}/pods", p)
+        api[f"get /api/v1/namespaces/{NS}/pods/{job}-{name}/log"] << f"{name} ran\n".encode()
+    await post(api, f"/api/v1/namespaces/{NS}/pods", pod("unrelated", "n1", "Running", namespace=NS))
+    assert await cluster.logs(dict(record, log_attempt=1)) == ["first ran"]
+    assert await cluster.logs(dict(record, log_attempt=2)) == ["retry ran"]
+    assert await cluster.logs(dict(record, log_attempt=3)) == ["later ran"]
+    assert await cluster.logs(dict(record, log_attempt=4)) == []  # no such pod (any more)
+
+
 async def test_api_errors_become_unavailable_or_invalid(api, cluster):
     api["get /api/v1/nodes"] << 503
     with pytest.raises(Unavailable, match="503 while listing nodes"):

@@ -198,3 +198,79 @@ def test_the_cli_common_commands_import_nothing_heavy(stack, tmp_path):
         assert "cli.wire" in loaded  # it did talk to the API
         heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)]
         assert heavy == [], f"sentinels {' '.join(argv)} imported {heavy}"
+
+
+async def test_logs_of_any_attempt_default_the_last(tmp_path):
+    """`logs --attempt N`: the local executor keeps `attempt-<n>.log` per run, `log` links the last."""
+    from functions.submit.reads import ReadService
+    from sentinels.adapters.logs import LocalLogs
+    from sentinels.adapters.memory import MemoryBoard, MemoryHistory, MemoryJobs, MemoryQueue
+    from sentinels.domain.errors import InvalidSpec
+    from sentinels.domain.job import new_record
+    from sentinels.domain.notify import NotifyConfig
+    from sentinels.domain.priority import PriorityConfig
+    from sentinels.domain.reads import ReadRules
+    from sentinels.domain.spec import validate
+
+    jobs = MemoryJobs()
+    record = new_record(job_id="ab2cd3ef4g", spec=validate(SPEC), who={"user": "alice"}, klass="normal",
+                        now="2026-11-28T05:10:28.102Z", queue_seq=1)
+    record.update(state="FAILED", runs=[{"run": n, "generation": 1, "exit_code": n} for n in (1, 2)])
+    await jobs.create(record)
+    folder = tmp_path / record["id"]
+    folder.mkdir()
+    for n in (1, 2):
+        (folder / f"attempt-{n}.log").write_text(f"attempt {n} ran\n")
+    (folder / "log").symlink_to("attempt-2.log")
+    svc = ReadService(jobs, MemoryQueue(), MemoryHistory(), MemoryBoard(), LocalLogs(tmp_path),
+                      PriorityConfig.from_dict(None), ReadRules(), NotifyConfig.from_dict(None))
+    alice = {"user": "alice", "role": "user"}
+
+    async def read(attempt=None, follow=False):
+        return [line async for line in svc.log_lines(record["id"], alice, None, follow, attempt=attempt)]
+
+    assert await read() == ["attempt 2 ran"]
+    assert await read(1) == ["attempt 1 ran"]
+    assert await read(1, follow=True) == ["attempt 1 ran"]  # an earlier attempt has ended: not followed
+    assert await read(2) == ["attempt 2 ran"]
+    with pytest.raises(InvalidSpec, match="has made 2 attempt"):
+        await read(3)
+
+
+@pytest.mark.parametrize("query", ["attempt=0", "attempt=x", "attempt=-1", "attempt=1&build=true",
+                                   "attempt=2"])  # a new job has one (to come)
+def test_a_bad_attempt_is_400(stack, query):
+    fn, _ = stack
+    job = submit(fn, "alice", name="attempts")
+    status, body = api_get(fn.url, f"/v1/jobs/{job['id']}/logs?{query}", TOKENS["alice"])
+    assert status == 400 and "attempt" in body["error"], body
+
+
+async def test_ls_queue_and_status_give_the_same_reason_and_code():
+    """One source: the scheduler's last pass on the board, for every reader of a queued job."""
+    from functions.submit.reads import ReadService
+    from sentinels.adapters.memory import MemoryBoard, MemoryHistory, MemoryJobs, MemoryQueue
+    from sentinels.domain.job import new_record
+    from sentinels.domain.names import WAITING_KEY
+    from sentinels.domain.notify import NotifyConfig
+    from sentinels.domain.priority import PriorityConfig
+    from sentinels.domain.reads import ReadRules
+    from sentinels.domain.spec import validate
+
+    jobs, queue, board = MemoryJobs(), MemoryQueue(), MemoryBoard()
+    seq = await queue.enqueue({"id": "ab2cd3ef4g", "class": "normal", "submitted": "2026-11-28T05:10:28.102Z"},
+                              msg_id="ab2cd3ef4g")
+    record = new_record(job_id="ab2cd3ef4g", spec=validate(SPEC), who={"user": "alice"}, klass="normal",
+                        now="2026-11-28T05:10:28.102Z", queue_seq=seq)
+    record["reason"] = "waiting for the scheduler"
+    await jobs.create(record)
+    text = "needs 2 GPU(s): 0 free now"
+    await board.put(WAITING_KEY, {"reasons": {record["id"]: text}, "codes": {record["id"]: ["no_room", "gpu"]}})
+    svc = ReadService(jobs, queue, MemoryHistory(), board, None, PriorityConfig.from_dict(None), ReadRules(),
+                      NotifyConfig.from_dict(None))
+    alice = {"user": "alice", "role": "user"}
+    one = await svc.job(record["id"], alice)
+    (row,) = (await svc.listing(owner="alice"))["jobs"]
+    (queued,) = (await svc.queue_view())["jobs"]
+    for seen in (one, row, queued):
+        assert (seen["reason"], seen["reason_code"], seen["short"]) == (text, "no_room", "gpu"), seen

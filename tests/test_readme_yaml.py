@@ -84,3 +84,15 @@ def test_readme_yaml_block_is_accepted(block, tmp_path, monkeypatch):
     notify = settings.notify(env={})
     if "on" in (doc.get("notify") or {}):
         assert notify.on == frozenset(doc["notify"]["on"])
+
+
+def test_readme_names_every_config_key():
+    """Every key `config.yaml` accepts (and every `notify:` key) appears in a README example."""
+    from sentinels.domain import notify
+    from sentinels.settings import CONFIG_KEYS
+
+    configs = [yamlfile.parse(b, "README.md") for b in docs_of("config")]
+    top = {k for doc in configs for k in doc}
+    assert top == set(CONFIG_KEYS), f"README lacks {set(CONFIG_KEYS) - top}, names unknown {top - set(CONFIG_KEYS)}"
+    notified = {k for doc in configs for k in (doc.get("notify") or {})}
+    assert notified == set(notify.KEYS), f"README's notify examples lack {set(notify.KEYS) - notified}"

@@ -26,7 +26,7 @@ ROUTES = [
 ]
 PARAMS = {
     "whoami": set(), "job": set(), "jobs": {"owner", "team", "state", "sweep", "limit", "cursor"},
-    "history": {"follow"}, "logs": {"tail", "follow", "build"}, "queue": {"limit", "class"},
+    "history": {"follow"}, "logs": {"tail", "follow", "build", "attempt"}, "queue": {"limit", "class"},
 }
 
 
@@ -103,7 +103,11 @@ async def get(request, who: dict, svc) -> Response:
     tail = query.get("tail")
     if tail not in (None, "") and (not tail.isdigit() or int(tail) > 1_000_000):
         raise InvalidSpec(f"tail: {tail!r} is not a whole number of lines (0 to 1000000)", "tail")
-    lines = svc.log_lines(args["id"], who, int(tail) if tail else None, _flag(query, "follow"), _flag(query, "build"))
+    attempt = query.get("attempt")
+    if attempt not in (None, "") and (not attempt.isdigit() or not 1 <= int(attempt) <= 1_000_000):
+        raise InvalidSpec(f"attempt: {attempt!r} is not an attempt number (1, 2, ...)", "attempt")
+    lines = svc.log_lines(args["id"], who, int(tail) if tail else None, _flag(query, "follow"), _flag(query, "build"),
+                          int(attempt) if attempt else None)
     first = await _first(lines)
     return _text(_chain(first, lines))
 

@@ -4,12 +4,18 @@ Kept next to the routes it describes; a schemathesis contract test runs it again
 live stack, so a status code or a shape not written here fails the build.
 """
 
+from sentinels.domain.placement import CODES
 from sentinels.domain.reads import MAX_LIMIT, STATE_FILTERS
 
 ERROR = {"$ref": "#/components/responses/Error"}
 # A path the web server cannot route at all (a control character in a job id) gets its plain 404.
 NOT_FOUND = {"description": "no such job or path", "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}, "text/plain": {"schema": {"type": "string"}}}}
+
+
+# a queued job's reason as a code (domain.placement.CODES) and the resource that is short
+WAIT_CODE = {"reason_code": {"type": "string", "nullable": True, "enum": [*CODES, None]},
+             "short": {"type": "string", "nullable": True}}
 
 
 def _errors(*codes: int) -> dict:
@@ -69,7 +75,9 @@ DOCUMENT = {
             "parameters": [JOB_ID, FOLLOW,
                            {"name": "build", "in": "query", "schema": {"type": "boolean", "default": False},
                             "description": "the image build's output (a Dockerfile job)"},
-                           {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 1000000}}],
+                           {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 1000000}},
+                           {"name": "attempt", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000000},
+                            "description": "the output of this attempt (1, 2, ...; default: the last)"}],
             "responses": {"200": {"description": "log lines", "content": {"text/plain": {"schema": {"type": "string"}}}},
                           **_errors(400, 401, 403, 404, 503)}}},
         "/v1/queue": {"get": {
@@ -105,14 +113,14 @@ DOCUMENT = {
                 "id": {"type": "string"}, "name": {"type": "string"}, "state": {"type": "string"},
                 "priority": {"type": "string"}, "owner": {"type": "string"},
                 "team": {"type": "string", "nullable": True}, "reason": {"type": "string", "nullable": True},
-                "attempts": {"type": "integer"}, "sweep": {"type": "string"},
+                **WAIT_CODE, "attempts": {"type": "integer"}, "sweep": {"type": "string"},
                 "submitted_at": {"type": "string"}, "updated_at": {"type": "string"}}},
             "JobPage": {"type": "object", "required": ["jobs", "next"], "properties": {
                 "jobs": {"type": "array", "items": _ref("Row")},
                 "next": {"type": "string", "nullable": True, "description": "cursor of the next page"}}},
             "Job": {"type": "object", "required": ["id", "state", "owner", "spec"], "properties": {
                 "id": {"type": "string"}, "state": {"type": "string"}, "owner": {"type": "string"},
-                "spec": {"type": "object"}, "position": {"type": "integer", "nullable": True},
+                "spec": {"type": "object"}, "position": {"type": "integer", "nullable": True}, **WAIT_CODE,
                 "links": {"type": "object"}, "hidden": {"type": "string"}}},
             "History": {"type": "object", "required": ["job", "history"], "properties": {
                 "job": {"type": "string"}, "history": {"type": "array", "items": {"type": "object"}}}},

@@ -37,17 +37,18 @@ class ReadService:
             raise NotFound(f"job {job_id} not found", "id")
         return got[0]
 
-    async def _reasons(self) -> dict:
-        return ((await self.board.get(WAITING_KEY)) or {}).get("reasons") or {}
+    async def _waiting(self) -> dict:
+        """The last scheduling pass's reasons and codes (one board read per request)."""
+        return (await self.board.get(WAITING_KEY)) or {}
 
     async def job(self, job_id: str, who: dict) -> dict:
         record = await self._record(job_id)
         if record["state"] == states.QUEUED:
-            reasons, position = await asyncio.gather(
-                self._reasons(),
+            waiting, position = await asyncio.gather(
+                self._waiting(),
                 self.queue.position(self.priorities.ordered(), record["priority"], record["queue_seq"],
                                     record.get("queue_front", False)))
-            record["reason"] = reasons.get(job_id, record.get("reason"))
+            record.update(states.reason_now(record, waiting))
             record["position"] = position
         out = self.rules.view(who, record)
         out["links"] = dict(job_links(record, self.notify))
@@ -64,6 +65,7 @@ class ReadService:
             kinds, before = kinds[kinds.index(kind):], seq or None
         rows: list[dict] = []
         pages = 0
+        waiting = await self._waiting()  # queued rows say what queue and status say
         for i, kind in enumerate(kinds):
             while len(rows) < limit and pages < MAX_INDEX_PAGES:
                 pages += 1
@@ -77,7 +79,7 @@ class ReadService:
                     live = r["state"] not in states.TERMINAL
                     if (kind == "active" and not live) or (kind == "done" and live) or not reads.matches(r, state):
                         continue
-                    rows.append(reads.row(r))
+                    rows.append(dict(reads.row(r), **states.reason_now(r, waiting)))
                 if before is None:
                     break
             if before is not None:
@@ -92,8 +94,8 @@ class ReadService:
         if klass is not None and klass not in order:
             raise InvalidSpec(f"class: {klass!r} is not a priority class (classes: {', '.join(order)})", "class")
         classes = [klass] if klass else order
-        heads, counts, reasons = await asyncio.gather(self.queue.heads(classes, limit), self.queue.counts(),
-                                                      self._reasons())
+        heads, counts, waiting = await asyncio.gather(self.queue.heads(classes, limit), self.queue.counts(),
+                                                      self._waiting())
         got = await asyncio.gather(*(self.jobs.get(e["id"]) for _, e in heads))
         ahead = sum(counts.get(k, 0) for k in order[: order.index(klass)]) if klass else 0
         rows: list[dict] = []
@@ -106,7 +108,7 @@ class ReadService:
                          "class": entry["class"], "owner": record["owner"], "team": record.get("team"),
                          "submitted_at": entry["submitted"],
                          "resources": {k: res.get(k) for k in ("cpu", "memory", "gpu")},
-                         "reason": reasons.get(entry["id"], record.get("reason", ""))})
+                         **states.reason_now(record, waiting)})
         return {"total": sum(counts.values()), "by_class": counts, "jobs": rows}
 
     async def history_of(self, job_id: str) -> list[dict]:
@@ -129,14 +131,25 @@ class ReadService:
                 return
             await asyncio.sleep(FOLLOW_EVERY)
 
-    async def log_lines(self, job_id: str, who: dict, tail: int | None, follow: bool, build: bool = False):
-        """The job's output (or its image build's), line by line; with `follow`, until it ends."""
+    async def log_lines(self, job_id: str, who: dict, tail: int | None, follow: bool, build: bool = False,
+                        attempt: int | None = None):
+        """The job's output (or its image build's, or one attempt's), line by line; with
+        `follow`, until it ends (an earlier attempt has ended: it is printed, not followed)."""
         record = await self._record(job_id)
         self.rules.check_details(who, record, "logs")
+        if build and attempt is not None:
+            raise InvalidSpec("attempt: a build has one log (no attempts)", "attempt")
         if build and not record.get("build"):
             raise InvalidSpec(f"job {job_id} was not built from a Dockerfile: it has no build log", "build")
         if build:  # the build's own log file / Job
             record = dict(record, log_file="build.log", k8s_job=record.get("build_job"))
+        if attempt is not None:
+            made = states.runs_made(record)
+            if attempt > made:
+                raise InvalidSpec(f"attempt: job {job_id} has made {made} attempt(s) so far"
+                                  + (f" (1 to {made})" if made else ""), "attempt")
+            follow = follow and attempt == made
+            record = dict(record, log_file=f"attempt-{attempt}.log", log_attempt=attempt)
         lines, position = await self.logs.lines(record, tail)
         for line in lines:
             yield line

@@ -17,6 +17,7 @@ from ..domain import quantity
 from ..domain.build import BuildConfig
 from ..domain.errors import ConfigError, InvalidSpec, LaunchRefused, QuotaExceeded, Unavailable
 from ..domain.job import is_job_id
+from ..domain.names import is_job_name
 from ..domain.placement import GPU_TAINT, Node
 from . import build_manifest
 from . import kube_manifest as km
@@ -131,6 +132,13 @@ def node_from_object(node: dict, pod_requests: dict, pod_counts: Optional[dict] 
 def job_finished(job: Mapping) -> bool:
     conditions = (job.get("status") or {}).get("conditions") or []
     return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+
+
+def _pod_age(pod: Mapping) -> tuple[str, int]:
+    """Sorts pods oldest first: by creation, then by resource version."""
+    meta = pod.get("metadata") or {}
+    version = str(meta.get("resourceVersion") or "")
+    return meta.get("creationTimestamp") or "", int(version) if version.isdigit() else 0
 
 
 def _labelled(obj: Mapping, key: str, value: Optional[str] = None) -> bool:
@@ -365,11 +373,17 @@ class KubernetesCluster:
         pods = await self._list(f"listing pods of {name}", core.list_namespaced_pod, self.cfg.namespace,
                                 label_selector=f"{km.JOB_NAME_LABEL}={name}")
         pods = [p for p in pods if _labelled(p, km.JOB_NAME_LABEL, name)]
-        if not pods:
-            return None
-        return max(pods, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "",
-                                        int((p.get("metadata") or {}).get("resourceVersion") or 0)
-                                        if str((p.get("metadata") or {}).get("resourceVersion") or "").isdigit() else 0))
+        return max(pods, key=_pod_age) if pods else None
+
+    async def _pod_of_attempt(self, record: dict, attempt: int) -> Optional[dict]:
+        """The pod of the job's attempt `attempt` (1-based): its pods over every Job it had
+        (one per requeue), oldest first; None when that pod is gone."""
+        core = self._api("CoreV1Api")
+        pods = await self._list(f"listing pods of job {record['id']}", core.list_namespaced_pod, self.cfg.namespace,
+                                label_selector=f"{km.JOB_ID_LABEL}={record['id']}")
+        pods = sorted((p for p in pods if is_job_name(record["id"], ((p.get("metadata") or {}).get("labels") or {})
+                                                      .get(km.JOB_NAME_LABEL))), key=_pod_age)
+        return pods[attempt - 1] if attempt <= len(pods) else None
 
     async def last_end(self, record: dict) -> Optional[dict]:
         """How the job's newest pod failed ({"reason", "exit_code"}), or None.
@@ -388,7 +402,8 @@ class KubernetesCluster:
     async def logs(self, record: dict, tail: Optional[int] = None) -> list[str]:
         """The output of the job's newest pod (empty when it has none or has not started)."""
         core = self._api("CoreV1Api")
-        newest = await self._newest_pod(record)
+        attempt = record.get("log_attempt")  # `logs --attempt N`: that run's pod, if it is still there
+        newest = await (self._pod_of_attempt(record, int(attempt)) if attempt else self._newest_pod(record))
         if newest is None:
             return []
         pod_name = newest["metadata"]["name"]

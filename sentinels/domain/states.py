@@ -50,16 +50,20 @@ def transition(record: dict, to: str, *, now: str, reason: str = "", **changes) 
     return new
 
 
-def reason_now(record: dict, waiting: dict | None) -> str:
-    """The one answer to "why is it in this state" for every reader (status, ls, queue).
+def reason_now(record: dict, waiting: dict | None) -> dict:
+    """The one answer to "why is it in this state" for every reader (status, ls, queue):
+    {"reason": text, "reason_code": code, "short": resource}.
 
     A QUEUED job's reason is the last scheduling pass's (`waiting`, the document the
-    scheduler writes to the board: {"reasons": {id: text}, "codes": {id: [code, resource]}});
-    any other job's is its record's.
+    scheduler writes to the board: {"reasons": {id: text}, "codes": {id: [code, resource]}},
+    codes from `domain.placement.CODES`); any other job's is its record's, without a code.
     """
-    if record.get("state") == QUEUED:
-        return ((waiting or {}).get("reasons") or {}).get(record.get("id")) or record.get("reason") or ""
-    return record.get("reason") or ""
+    job_id = record.get("id")
+    text = ((waiting or {}).get("reasons") or {}).get(job_id) if record.get("state") == QUEUED else None
+    if not text:
+        return {"reason": record.get("reason") or "", "reason_code": None, "short": None}
+    code = ((waiting or {}).get("codes") or {}).get(job_id) or [None, None]
+    return {"reason": text, "reason_code": code[0], "short": code[1] if len(code) > 1 else None}
 
 
 def runs_made(record: dict) -> int:
