@@ -125,6 +125,14 @@ class Cluster(Protocol):
         ...
 
 
+class Placeholders(Protocol):
+    """Placeholder workloads that show queued demand to a cluster autoscaler
+    (`adapters.kube_placeholders`; see `domain.demand`)."""
+
+    async def sync(self, wanted: list[dict]) -> dict[str, int]:  # make the placeholder
+        ...  # Deployments exactly `wanted`: {"created", "updated", "deleted"} counts
+
+
 class Tracker(Protocol):
     """Experiment tracking (MLflow): one run per job, brought up to date from the record.
 

@@ -29,7 +29,7 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONFIG_KEYS = {"url", "nats_url", "token", "priorities", "tokens_file", "limits", "data_roots",
                "mlflow_tracking_uri", "user", "notify", "local", "backend", "scheduler", "lifecycle",
                "kubernetes", "nats_sync", "quotas", "fair_share", "preemption", "builds", "nats_replicas", "events",
-               "reads", "retention", "sweeps", "registries"}
+               "reads", "retention", "sweeps", "registries", "demand"}
 
 
 def _load_yaml_file(path: Path, what: str, max_bytes: int = 1 << 20):
@@ -127,6 +127,7 @@ class Settings:
         self.retention()
         self.sweep_max()
         self.registries()
+        self.placeholders()
         if self.backend() == "kubernetes":
             self.kubernetes()
         self.tick()
@@ -209,6 +210,12 @@ class Settings:
         from .domain.build import BuildConfig
 
         return self._once("builds", lambda: BuildConfig.from_dict(self.section("builds")))
+
+    def placeholders(self):
+        """`demand.placeholders`: placeholder pods for queued demand (Kubernetes; off by default)."""
+        from .domain.demand import PlaceholderConfig
+
+        return self._once("placeholders", lambda: PlaceholderConfig.from_dict(self.file.get("demand")))
 
     def section(self, key: str) -> dict:
         raw = self.file.get(key) or {}

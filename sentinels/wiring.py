@@ -72,6 +72,15 @@ def cluster_for(settings: Settings, nc):
     return LocalCluster(nc)
 
 
+def placeholders_for(settings: Settings, cluster):
+    """Where placeholder Deployments go (`ports.Placeholders`), or None: off, or not on Kubernetes."""
+    if not settings.placeholders().enabled or settings.backend() != "kubernetes":
+        return None
+    from .adapters.kube_placeholders import KubePlaceholders
+
+    return KubePlaceholders(cluster)
+
+
 def warm(tracker, settings: Settings | None = None) -> None:
     """Import MLflow and open its store in the background, so the first job does not pay for it.
 

@@ -15,6 +15,7 @@ from sentinels.settings import Settings
 
 from functions.schedule.capacity import CapacityAlerts
 from functions.schedule.holdings import Holdings
+from functions.schedule.placeholders import PlaceholderSync
 from functions.schedule.service import ScheduleService
 
 log = logging.getLogger("sentinels.schedule")
@@ -41,10 +42,19 @@ def mlflow_env(record: dict, run: dict | None) -> dict:
 async def build(stores: wiring.Stores) -> ScheduleService:
     alerts = CapacityAlerts(stores.board, stores.sink, CAPACITY, clock.now_iso)
     cluster = wiring.cluster_for(SETTINGS, stores.nc)
+    hooks = [alerts.after_pass]
+    target = wiring.placeholders_for(SETTINGS, cluster)
+    if target is not None:
+        hooks.append(PlaceholderSync(target, SETTINGS.placeholders(), SETTINGS.kubernetes().namespace).after_pass)
+
+    async def after_pass(decision, nodes, waiting, now: float) -> None:
+        for hook in hooks:
+            await hook(decision, nodes, waiting, now)
+
     return ScheduleService(
         jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
         cluster=cluster, priorities=PRIORITIES, cfg=CONFIG,
-        clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env, after_pass=alerts.after_pass,
+        clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env, after_pass=after_pass,
         board=stores.board, holdings=Holdings(stores.jobs, cluster, stores.board, SHARING, PRIORITIES.classes))
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from ..domain import quantity
 from ..domain.build import BuildConfig
+from ..domain.demand import PLACEHOLDER_LABELS
 from ..domain.errors import ConfigError, InvalidSpec, LaunchRefused, QuotaExceeded, Unavailable
 from ..domain.job import is_job_id
 from ..domain.names import is_job_name
@@ -52,8 +53,17 @@ def _add(a, b):
     return tuple(x + y for x, y in zip(a, b))
 
 
+def is_placeholder(pod: Mapping) -> bool:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in PLACEHOLDER_LABELS.items())
+
+
 def pod_requests(pod: Mapping) -> tuple[int, int, int]:
-    """A pod's effective requests as the scheduler counts them (init containers, sidecars, overhead)."""
+    """A pod's effective requests as the scheduler counts them (init containers, sidecars, overhead).
+    Placeholder pods count as nothing: they only stand in for queued jobs and are preempted
+    by the first real pod (otherwise the room they hold would keep their job waiting)."""
+    if is_placeholder(pod):
+        return (0, 0, 0)
     spec = pod.get("spec") or {}
     total = (0, 0, 0)
     for c in spec.get("containers") or []:

@@ -315,3 +315,18 @@ class MemoryCluster:
         record = self.running.pop(job_id, None)
         if record is not None:
             self.ended[job_id] = (record, outcome)
+
+
+class MemoryPlaceholders:
+    """The placeholder Deployments, kept by name (the twin of `kube_placeholders`)."""
+
+    def __init__(self):
+        self.deployments: dict[str, dict] = {}
+
+    async def sync(self, wanted):
+        names = {d["metadata"]["name"]: d for d in wanted}
+        counts = {"created": sum(1 for n in names if n not in self.deployments),
+                  "updated": sum(1 for n, d in names.items() if n in self.deployments and self.deployments[n] != d),
+                  "deleted": sum(1 for n in self.deployments if n not in names)}
+        self.deployments = dict(names)
+        return counts

@@ -5,15 +5,20 @@ module sums what waiting jobs ask for per priority class and per node shape (the
 node a job needs: GPUs or not, and its node selector), for the metrics, and turns it
 into placeholder workloads an autoscaler does see: one Deployment of pause pods per shape,
 each pod as big as the largest waiting job of that shape, at a negative priority so that
-real pods preempt them at once.
+real pods preempt them at once. `PlaceholderConfig` is the `demand.placeholders` block of
+config.yaml; the schedule function applies what `placeholders` returns (off by default).
 """
 
+import hashlib
 from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
 
-from .placement import GPU_TAINT
+from .errors import ConfigError
+from .placement import GPU_TAINT, LAUNCH_REFUSED, QUOTA, Wait, Waiting
 
 PLACEHOLDER_PRIORITY_CLASS = "sentinels-placeholder"
 PLACEHOLDER_IMAGE = "registry.k8s.io/pause:3.10"
+PLACEHOLDER_LABELS = {"app.kubernetes.io/part-of": "sentinels", "app.kubernetes.io/component": "placeholder"}
 METRICS = {  # name -> (help, unit key of Demand); labels: class, shape
     "sentinels_queued_demand_jobs": ("Jobs waiting in sentinels' queue", "jobs"),
     "sentinels_queued_demand_cpu_cores": ("CPU cores asked for by waiting jobs", "cpu_cores"),
@@ -43,6 +48,15 @@ def shape(spec: dict) -> str:
     return ",".join([kind] + [f"{k}={selector[k]}" for k in sorted(selector)])
 
 
+def _count(out: dict[tuple[str, str], Demand], key: tuple[str, str], cpu: int, mem: int, gpu: int) -> None:
+    d = out.setdefault(key, Demand())
+    d.jobs += 1
+    d.cpu_millis += cpu
+    d.memory_bytes += mem
+    d.gpu += gpu
+    d.largest = max(d.largest, (gpu, cpu, mem))
+
+
 def waiting(records) -> dict[tuple[str, str], Demand]:
     """(class, shape) -> Demand of the QUEUED records."""
     out: dict[tuple[str, str], Demand] = {}
@@ -51,13 +65,24 @@ def waiting(records) -> dict[tuple[str, str], Demand]:
             continue
         spec = r.get("spec") or {}
         res = spec.get("resources") or {}
-        cpu, mem, gpu = int(res.get("cpu_millis") or 0), int(res.get("memory_bytes") or 0), int(res.get("gpu") or 0)
-        d = out.setdefault((str(r.get("priority") or ""), shape(spec)), Demand())
-        d.jobs += 1
-        d.cpu_millis += cpu
-        d.memory_bytes += mem
-        d.gpu += gpu
-        d.largest = max(d.largest, (gpu, cpu, mem))
+        _count(out, (str(r.get("priority") or ""), shape(spec)),
+               int(res.get("cpu_millis") or 0), int(res.get("memory_bytes") or 0), int(res.get("gpu") or 0))
+    return out
+
+
+NOT_FOR_NODES = (QUOTA, LAUNCH_REFUSED)  # more nodes would not start these
+
+
+def of_pass(waiting_jobs: Iterable[Waiting], waits: Mapping[str, Wait]) -> dict[tuple[str, str], Demand]:
+    """(class, shape) -> Demand of the jobs a scheduling pass left waiting that more nodes
+    would let start (not those a quota holds or whose launch the cluster refused)."""
+    out: dict[tuple[str, str], Demand] = {}
+    for w in waiting_jobs:
+        why = waits.get(w.id)
+        if why is None or why.code in NOT_FOR_NODES:
+            continue
+        spec = {"resources": {"gpu": w.gpu}, "node_selector": w.node_selector}
+        _count(out, (w.klass, shape(spec)), w.cpu_millis, w.memory_bytes, w.gpu)
     return out
 
 
@@ -80,6 +105,11 @@ def by_shape(demand: dict[tuple[str, str], Demand]) -> dict[str, Demand]:
     return out
 
 
+def placeholder_name(shp: str) -> str:
+    """A Deployment name that stays the same for a shape while other shapes come and go."""
+    return f"sentinels-placeholder-{shp.split(',')[0]}-{hashlib.sha256(shp.encode()).hexdigest()[:10]}"
+
+
 def placeholders(demand: dict[tuple[str, str], Demand], namespace: str, max_per_shape: int = 10) -> list[dict]:
     """One Deployment of pause pods per node shape with waiting jobs (replicas: the waiting
     jobs, at most max_per_shape; each pod the size of the largest waiting job)."""
@@ -91,9 +121,8 @@ def placeholders(demand: dict[tuple[str, str], Demand], namespace: str, max_per_
             requests[GPU_TAINT] = str(gpu)
         kind, *pairs = shp.split(",")
         selector = dict(p.split("=", 1) for p in pairs)
-        name = f"sentinels-placeholder-{len(out)}-{kind}"
-        labels = {"app.kubernetes.io/part-of": "sentinels", "app.kubernetes.io/component": "placeholder",
-                  "sentinels.io/shape-index": str(len(out))}
+        name = placeholder_name(shp)
+        labels = {**PLACEHOLDER_LABELS, "sentinels.io/placeholder": name[len("sentinels-placeholder-"):]}
         pod: dict = {"priorityClassName": PLACEHOLDER_PRIORITY_CLASS, "terminationGracePeriodSeconds": 0,
                      "automountServiceAccountToken": False,
                      "containers": [{"name": "pause", "image": PLACEHOLDER_IMAGE,
@@ -108,3 +137,34 @@ def placeholders(demand: dict[tuple[str, str], Demand], namespace: str, max_per_
                     "spec": {"replicas": min(d.jobs, max_per_shape), "selector": {"matchLabels": labels},
                              "template": {"metadata": {"labels": labels}, "spec": pod}}})
     return out
+
+
+@dataclass(frozen=True)
+class PlaceholderConfig:
+    """`demand.placeholders` of config.yaml: whether the scheduler keeps placeholder
+    Deployments for queued demand, how many pods per shape at most, and how often it looks."""
+
+    enabled: bool = False
+    max_per_shape: int = 10
+    interval_seconds: float = 30.0
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "PlaceholderConfig":
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict) or set(raw) - {"placeholders"}:
+            raise ConfigError("configuration: demand takes only placeholders")
+        block = raw.get("placeholders") or {}
+        known = {"enabled", "max_per_shape", "interval_seconds"}
+        if not isinstance(block, dict) or set(block) - known:
+            raise ConfigError(f"configuration: demand.placeholders takes {', '.join(sorted(known))}")
+        enabled = block.get("enabled", False)
+        if not isinstance(enabled, bool):
+            raise ConfigError("configuration: demand.placeholders.enabled must be true or false")
+        most = block.get("max_per_shape", cls.max_per_shape)
+        if isinstance(most, bool) or not isinstance(most, int) or not 1 <= most <= 1000:
+            raise ConfigError("configuration: demand.placeholders.max_per_shape must be a whole number from 1 to 1000")
+        every = block.get("interval_seconds", cls.interval_seconds)
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not 1 <= every <= 86400:
+            raise ConfigError("configuration: demand.placeholders.interval_seconds must be from 1 to 86400")
+        return cls(enabled, most, float(every))
