@@ -196,14 +196,14 @@ def _env(spec: dict, extra_env: Mapping, job_id: str, cfg: KubeConfig) -> list:
 
 def config_map(record: dict, cfg: KubeConfig) -> dict:
     """The ConfigMap holding the job spec as YAML (mounted at cfg.config_dir/job.yaml)."""
-    import yaml
+    from .. import yamlfile
 
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": record["k8s_job"], "namespace": cfg.namespace, "labels": base_labels(record)},
         "immutable": True,
-        "data": {CONFIG_KEY: yaml.safe_dump(config_of(record), sort_keys=False, allow_unicode=True)},
+        "data": {CONFIG_KEY: yamlfile.dump(config_of(record))},
     }
 
 

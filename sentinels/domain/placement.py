@@ -182,6 +182,7 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
     reserved: set[str] = set()
     held_for: Waiting | None = None  # the starving job the reserved nodes are held for
     why: dict[tuple, tuple[str | None, str, set]] = {}
+    held_fits: dict[tuple, bool] = {}  # (selector, shape) -> would fit the reserved room now
     waiting_ahead = 0
     held = {k: dict(v) for k, v in (held or {}).items()}
     order, second_round = list(heads), set()
@@ -241,7 +242,13 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
         if held_for is not None and reserved & possible_names:
             held_text = (f"nodes held for job {held_for.id}, which has waited longer "
                          f"({int(held_for.waited_seconds // 60)} min)")
-            if _fits_now(job, [n for n in nodes if n.name in reserved & possible_names], free):
+            # reserved is set once per pass and nothing starts on it afterwards, so whether a
+            # shape would fit there now is the same for every job of that shape: asked once
+            fits = held_fits.get((sel_key, shape))
+            if fits is None:
+                held_nodes = reserved & possible_names
+                fits = held_fits[(sel_key, shape)] = _fits_now(job, [n for n in nodes if n.name in held_nodes], free)
+            if fits:
                 code, resource, reason = RESERVED, resource, held_text  # the room is there, but held
             else:
                 reason += "; " + held_text
