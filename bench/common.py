@@ -30,7 +30,7 @@ def ms(x):
     return f"{x * 1000:.1f} ms"
 
 
-def free_block(n=4):
+def free_block(n=6):
     return natsd.free_block(n)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 failed = 0
-for name in ("foundation", "scheduling", "lifecycle", "sharing", "containers", "simcluster", "api"):
+for name in ("foundation", "scheduling", "lifecycle", "sharing", "containers", "simcluster", "api", "observe"):
     print(f"\n== bench/{name}.py", flush=True)
     failed |= subprocess.run([sys.executable, str(HERE / f"{name}.py")], cwd=HERE).returncode
 sys.exit(failed)

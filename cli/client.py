@@ -90,10 +90,13 @@ class Api:
         self._check(status, resp)
         return json.loads(resp.read())
 
-    def lines(self, path: str, **params):
-        """The lines of a streamed answer as they arrive (history or logs followed)."""
+    def lines(self, path: str, on_headers=None, **params):
+        """The lines of a streamed answer as they arrive (history or logs followed);
+        `on_headers(headers)` sees the answer's headers (lower-case names) first."""
         status, resp = self._send("GET", self._target(path, params), self._headers(), timeout=None)
         self._check(status, resp)
+        if on_headers is not None:
+            on_headers({k.lower(): v for k, v in dict(resp.headers).items()})
         for raw in resp.lines():
             yield raw.decode(errors="replace").rstrip("\r")
 
@@ -120,6 +123,8 @@ class Api:
 
 
 class _Whole:
+    headers: dict = {}
+
     def __init__(self, data: bytes):
         self.data = data
 
@@ -133,6 +138,7 @@ class _Whole:
 class _Stream:
     def __init__(self, resp):
         self.resp = resp
+        self.headers = resp.headers
 
     def read(self) -> bytes:
         return self.resp.read()

@@ -228,16 +228,29 @@ def cmd_history(a) -> int:
     return 0
 
 
+def _notes(headers: dict) -> None:
+    for note in filter(None, (headers.get("x-sentinels-note") or "").split(" | ")):
+        print(f"sentinels: {note}", file=sys.stderr, flush=True)
+
+
 def cmd_logs(a) -> int:
     out = sys.stdout
     if a.attempt is not None and a.build:
         raise CliError("--attempt and --build do not go together: a build has one log", 2)
-    for line in _api().lines(f"/v1/jobs/{a.job_id}/logs", tail=a.tail, follow="true" if a.follow else None,
-                             build="true" if a.build else None, attempt=a.attempt):
+    for line in _api().lines(f"/v1/jobs/{a.job_id}/logs", on_headers=_notes, tail=a.tail,
+                             follow="true" if a.follow else None, build="true" if a.build else None,
+                             since=a.since, attempt=a.attempt):
         out.write(line + "\n")
         if a.follow:
             out.flush()
     return 0
+
+
+def cmd_top(a) -> int:
+    from . import top
+
+    path = f"/v1/jobs/{a.job_id}/usage" if a.job_id else "/v1/usage"
+    return top.show(_api().get(path)["jobs"], a.job_id, a.output, _emit)
 
 
 def cmd_whoami(a) -> int:
@@ -392,12 +405,18 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("klass", metavar="CLASS")
     _output(p)
 
-    p = command("logs", cmd_logs, "The job's output (local log file in the embedded default, pod logs on Kubernetes).")
+    p = command("logs", cmd_logs, "The job's output (Elasticsearch when configured; else the local log file in the "
+                "embedded default, pod logs on Kubernetes).")
     p.add_argument("job_id", type=_job_id)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     p.add_argument("-n", "--tail", type=_count(0), help="only the last N lines")
     p.add_argument("--attempt", type=_count(1), metavar="N", help="the output of attempt N (default: the last)")
     p.add_argument("--build", action="store_true", help="the image build's output (a --dockerfile job)")
+    p.add_argument("--since", help="only lines since a duration ago (10m, 2h) or an ISO time (needs Elasticsearch)")
+
+    p = command("top", cmd_top, "Current and peak CPU, memory and GPU use of running jobs (or of one job).")
+    p.add_argument("job_id", nargs="?", type=_job_id, help="one job, also after it ended (default: every running job)")
+    _output(p)
 
     p = command("history", cmd_history, "Every state transition of a job.")
     p.add_argument("job_id", type=_job_id)

@@ -36,7 +36,7 @@ def sentinels(*args, show=True, check=True):
 shutil.rmtree(HOME, ignore_errors=True)
 HOME.mkdir()
 (HOME / "config.yaml").write_text("local:\n  slots: 2\n  runtime: process\n")  # the example runs on the host
-base = natsd.free_block(4)
+base = natsd.free_block(6)
 ENV = {**os.environ, "SENTINELS_HOME": str(HOME), "SENTINELS_URL": f"http://127.0.0.1:{base}",
        "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "2"}
 t0 = time.monotonic()

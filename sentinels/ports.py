@@ -33,6 +33,7 @@ class JobQueue(Protocol):
     async def remove(self, seq: int) -> bool: ...
     async def heads(self, classes: list[str], limit: int) -> list[tuple[int, dict]]: ...
     async def counts(self) -> dict[str, int]: ...
+    async def oldest(self) -> dict[str, str]: ...  # class -> submission time of its longest-waiting job
     async def position(self, classes: list[str], klass: str, seq: int, front: bool = False) -> Optional[int]: ...
 
 
@@ -84,14 +85,25 @@ class EventSink(Protocol):
 
 
 class LogSource(Protocol):
-    """Where a job's output is read: the local log file, the pod log API, later Elasticsearch.
+    """Where a job's output is read: the local log file, the pod log API, Elasticsearch.
 
-    `lines` gives the last `tail` lines (all when None) and a position; `more` gives what
-    was written after a position and the new position, so a reader can follow the output.
+    `lines` gives the last `tail` lines, or with `tail` None the first lines (perhaps only a
+    first page), and a position; `more` gives what comes after a position and the new
+    position, so a reader pages through the output and follows it. `since` (ISO time) keeps
+    lines from then on where the source knows each line's time. A source appends one-line
+    remarks for the reader to `notes` (a fallback taken, a filter it cannot apply).
     """
 
-    async def lines(self, record: dict, tail: Optional[int]) -> tuple[list[str], object]: ...
+    async def lines(self, record: dict, tail: Optional[int], since: Optional[str] = None,
+                    notes: Optional[list] = None) -> tuple[list[str], object]: ...
     async def more(self, record: dict, position: object) -> tuple[list[str], object]: ...
+
+
+class UsageSource(Protocol):
+    """Jobs' CPU, memory and GPU use (now and peak): the executor's samples on one machine,
+    the Prometheus HTTP API on Kubernetes. `job_id` None: every running job."""
+
+    async def usage(self, job_id: Optional[str]) -> list[dict]: ...
 
 
 class Cluster(Protocol):
@@ -149,3 +161,11 @@ class Tracker(Protocol):
 
     def warm(self) -> None:  # open the store ahead of the first job
         ...
+
+
+class Meter(Protocol):
+    """Counts of things that happen inside a function (Slack sends, scheduling passes,
+    handler errors), told to the always-on exporter: functions scale to zero, so their
+    own in-process counters would vanish. Best effort: a lost count never fails work."""
+
+    async def count(self, what: str, label: str = "", value: float = 1.0) -> None: ...

@@ -29,7 +29,7 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONFIG_KEYS = {"url", "nats_url", "token", "priorities", "tokens_file", "limits", "data_roots",
                "mlflow_tracking_uri", "user", "notify", "local", "backend", "scheduler", "lifecycle",
                "kubernetes", "nats_sync", "quotas", "fair_share", "preemption", "builds", "nats_replicas", "events",
-               "reads", "retention", "sweeps", "registries", "demand"}
+               "reads", "retention", "sweeps", "registries", "demand", "logs", "prometheus_url"}
 
 
 def _load_yaml_file(path: Path, what: str, max_bytes: int = 1 << 20):
@@ -360,6 +360,30 @@ class Settings:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ConfigError(f"configuration: sweeps.max_size must be a positive whole number, not {size!r}")
         return size
+
+    def elasticsearch(self, env=None) -> dict | None:
+        """Where job logs are searched first: `logs: {elasticsearch: URL, index: PATTERN}` or
+        SENTINELS_ELASTICSEARCH_URL (+ SENTINELS_ELASTICSEARCH_API_KEY); None when unset."""
+        env = self.env if env is None else env
+        logs = self.section("logs")
+        unknown = set(logs) - {"elasticsearch", "index"}
+        if unknown:
+            raise ConfigError(f"configuration: logs: unknown key(s) {', '.join(sorted(unknown))} (known: elasticsearch, index)")
+        url = env.get("SENTINELS_ELASTICSEARCH_URL") or logs.get("elasticsearch")
+        if not url:
+            return None
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"configuration: logs.elasticsearch must be an http(s) URL, got {url!r}")
+        return {"url": url, "index": str(logs.get("index") or "sentinels-logs-*"),
+                "api_key": env.get("SENTINELS_ELASTICSEARCH_API_KEY")}
+
+    def prometheus_url(self) -> Optional[str]:
+        """Where `sentinels top` asks for usage on Kubernetes (SENTINELS_PROMETHEUS_URL or prometheus_url)."""
+        return self.env.get("SENTINELS_PROMETHEUS_URL") or self.file.get("prometheus_url") or None
+
+    def metrics_listen(self) -> Optional[str]:
+        """SENTINELS_METRICS_LISTEN (host:port) for the exporter; None: loopback, submit port + 4."""
+        return self.env.get("SENTINELS_METRICS_LISTEN") or None
 
     def mlflow_uri(self) -> str:
         return (self.env.get("MLFLOW_TRACKING_URI") or self.file.get("mlflow_tracking_uri")

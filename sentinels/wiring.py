@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .adapters import jetstream
-from .ports import Board, EventSink, History, JobQueue, JobStore, LogSource, SentLog
+from .ports import Board, EventSink, History, JobQueue, JobStore, LogSource, Meter, SentLog, UsageSource
 from .settings import Settings
 
 
@@ -29,6 +29,12 @@ class Stores:
     async def sent_log(self) -> SentLog:
         """The alert function's record of what it already sent (its bucket is made on first use)."""
         return await jetstream.JetStreamSentLog.open(self.js, self.replicas)
+
+    def meter(self) -> Meter:
+        """Counts for the metrics exporter (Slack sends, scheduling passes), on core NATS."""
+        from .adapters.meter import NatsMeter
+
+        return NatsMeter(self.nc)
 
 
 def sink_for(settings: Settings, js) -> EventSink:
@@ -54,12 +60,29 @@ async def open_stores(settings: Settings, name: str) -> Stores:
 
 
 def log_source_for(settings: Settings, nc) -> LogSource:
-    """Where job output is read: the local log files, or the pod log API on Kubernetes."""
-    from .adapters.logs import LocalLogs, PodLogs
+    """Where job output is read: Elasticsearch when configured, falling back to the pod log
+    API on Kubernetes or the local log files (which alone answer without Elasticsearch)."""
+    from .adapters.logs import FallbackLogs, LocalLogs, PodLogs
 
+    base: Any = PodLogs(cluster_for(settings, nc)) if settings.backend() == "kubernetes" \
+        else LocalLogs(settings.home / "jobs")
+    es = settings.elasticsearch()
+    if not es:
+        return base
+    from .adapters.elasticsearch_logs import ElasticsearchLogs
+
+    return FallbackLogs(ElasticsearchLogs(es["url"], es["index"], es["api_key"]), base)
+
+
+def usage_source_for(settings: Settings) -> UsageSource:
+    """Where `sentinels top` numbers come from: Prometheus on Kubernetes, the executor's samples here."""
     if settings.backend() == "kubernetes":
-        return PodLogs(cluster_for(settings, nc))
-    return LocalLogs(settings.home / "jobs")
+        from .adapters.prometheus_usage import PrometheusUsage
+
+        return PrometheusUsage(settings.prometheus_url())
+    from .adapters.usage_files import UsageFiles
+
+    return UsageFiles(settings.home / "jobs")
 
 
 def cluster_for(settings: Settings, nc):

@@ -14,7 +14,7 @@ import yaml
 from sentinels.embedded import natsd
 
 
-def free_block(n=4):
+def free_block(n=6):
     return natsd.free_block(n)
 
 

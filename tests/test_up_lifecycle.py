@@ -25,13 +25,13 @@ def children_of(pid):
 
 
 def test_ctrl_c_stops_everything_and_a_restart_keeps_the_queue(tmp_path):
-    base = natsd.free_block(4)
+    base = natsd.free_block(6)
     env = {**os.environ, "SENTINELS_HOME": str(tmp_path), "SENTINELS_URL": f"http://127.0.0.1:{base}",
            "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "MLFLOW_TRACKING_URI": "none"}
     proc = start_foreground(env)
     supervisor = children_of(proc.pid) or [proc.pid]
     kids = [k for s in supervisor for k in children_of(s)] + children_of(proc.pid)
-    assert len(kids) >= 6  # nats, executor, four functions, router
+    assert len(kids) >= 7  # nats, executor, four functions, router, exporter
     job_id = cli(env, "submit", "python:3.11", "--cpu", "60", "--name", "stays", "--", "true").stdout.strip()
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)

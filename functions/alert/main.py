@@ -29,7 +29,8 @@ NOTIFIER = slack.start(SETTINGS.slack_env(), NOTIFY.default_channel)
 
 async def build(stores: wiring.Stores) -> AlertService:
     return AlertService(jobs=stores.jobs, sent=await stores.sent_log(), notifier=NOTIFIER,
-                        cfg=NOTIFY, clock=clock.now_iso, fallback=slack.ConsoleNotifier)
+                        cfg=NOTIFY, clock=clock.now_iso, fallback=slack.ConsoleNotifier,
+                        meter=stores.meter())
 
 
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-alert", build)

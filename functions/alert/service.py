@@ -12,11 +12,11 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from sentinels.domain import events, job, notify, states
 from sentinels.domain.errors import ConfigError, SendFailed
-from sentinels.ports import JobStore, Notifier, SentLog
+from sentinels.ports import JobStore, Meter, Notifier, SentLog
 
 log = logging.getLogger("sentinels.alert")
 JOB_TYPES = (events.JOB_SUCCEEDED, events.JOB_FAILED, events.JOB_CANCELLED)
@@ -36,6 +36,7 @@ class AlertService:
     cfg: notify.NotifyConfig
     clock: Callable[[], str]
     fallback: Callable[[str], Notifier]  # why -> where messages go once Slack rejected the credentials
+    meter: Optional[Meter] = None  # Slack sends and failures, for the exporter
 
     async def handle(self, ce: dict) -> tuple[int, dict]:
         """(HTTP status, body) for one CloudEvent; raises Unavailable when Slack failed transiently."""
@@ -69,6 +70,10 @@ class AlertService:
             return f"nobody asked to hear about job {job_id} {record['state'].lower()}"
         return channels, notify.job_message(record, self.clock(), self.cfg)
 
+    async def _count(self, what: str) -> None:
+        if self.meter is not None:
+            await self.meter.count(what)
+
     def _capacity(self, ce: dict):
         data = ce.get("data")
         if not isinstance(data, dict) or not isinstance(data.get("summary"), str) or not data.get("episode"):
@@ -95,11 +100,13 @@ class AlertService:
             except SendFailed as e:
                 log.error("event %s for %s not sent: %s", ce["id"], channel or "the default channel", e.message)
                 await self.sent.done(key)  # refused for good: never retried
+                await self._count("slack_failed")
                 continue
             except BaseException:  # transient (Unavailable) or cancelled: a redelivery tries again
                 await self.sent.release(key)
                 raise
             await self.sent.done(key)
+            await self._count("slack_sent")
             if used != channel:  # fell back to the default channel: it has this message now
                 await self.sent.done(dedupe_key(ce, used))
             sent.append(used)

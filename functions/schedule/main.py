@@ -55,7 +55,8 @@ async def build(stores: wiring.Stores) -> ScheduleService:
         jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
         cluster=cluster, priorities=PRIORITIES, cfg=CONFIG,
         clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env, after_pass=after_pass,
-        board=stores.board, holdings=Holdings(stores.jobs, cluster, stores.board, SHARING, PRIORITIES.classes))
+        board=stores.board, holdings=Holdings(stores.jobs, cluster, stores.board, SHARING, PRIORITIES.classes),
+        meter=stores.meter())
 
 
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-schedule", build)

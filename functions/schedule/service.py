@@ -19,7 +19,7 @@ from sentinels.domain.errors import InvalidSpec, LaunchRefused, QuotaExceeded, S
 from sentinels.domain.names import WAITING_KEY
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.scheduler_config import SchedulerConfig
-from sentinels.ports import Board, Cluster, Conflict, EventSink, History, JobQueue, JobStore, Tracker
+from sentinels.ports import Board, Cluster, Conflict, EventSink, History, JobQueue, JobStore, Meter, Tracker
 from sentinels.transitions import announce
 
 from functions.schedule.holdings import Holdings
@@ -52,6 +52,7 @@ class ScheduleService:
     after_pass: Optional[Callable[..., Awaitable[None]]] = None  # hook(decision, nodes, heads, now): capacity alerts
     board: Optional[Board] = None  # where the waiting reasons go
     holdings: Optional[Holdings] = None  # who holds what (quotas, fair share, preemption); None: plain order
+    meter: Optional[Meter] = None  # pass duration and jobs placed, for the exporter
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _dirty: bool = False
     _reasons: dict = field(default_factory=dict)
@@ -111,6 +112,8 @@ class ScheduleService:
         t3 = time.perf_counter()
         if self.after_pass:
             await self.after_pass(decision, nodes, waiting, now)
+        if self.meter is not None:
+            await self.meter.count("schedule_pass", str(sum(started)), time.perf_counter() - t0)
         return {"queued_seen": len(waiting), "placed": sum(started), "decided": len(decision.placements),
                 "snapshot_s": t1 - t0, "decide_s": t2 - t1, "apply_s": t3 - t2}
 

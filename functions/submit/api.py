@@ -7,10 +7,11 @@ and identities as writes. Answers are JSON; history and logs stream when followe
 
 import json
 import re
+import time
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from sentinels.domain import reads
+from sentinels.domain import reads, times
 from sentinels.domain.errors import InvalidSpec, NotFound
 
 from functions.submit.openapi import DOCUMENT
@@ -22,12 +23,16 @@ ROUTES = [
     (re.compile(rf"^{JOB}/?$"), "job"),
     (re.compile(rf"^{JOB}/history/?$"), "history"),
     (re.compile(rf"^{JOB}/logs/?$"), "logs"),
+    (re.compile(rf"^{JOB}/usage/?$"), "job_usage"),
     (re.compile(r"^/v1/queue/?$"), "queue"),
+    (re.compile(r"^/v1/usage/?$"), "usage"),
 ]
 PARAMS = {
     "whoami": set(), "job": set(), "jobs": {"owner", "team", "state", "sweep", "limit", "cursor"},
-    "history": {"follow"}, "logs": {"tail", "follow", "build", "attempt"}, "queue": {"limit", "class"},
+    "history": {"follow"}, "logs": {"tail", "follow", "build", "since", "attempt"}, "queue": {"limit", "class"},
+    "usage": set(), "job_usage": set(),
 }
+NOTE_HEADER = "X-Sentinels-Note"  # remarks on a log answer (a fallback taken, no output yet), one per line
 
 
 def openapi() -> Response:
@@ -67,11 +72,17 @@ def _ndjson(items):
     return StreamingResponse(gen(), media_type="application/x-ndjson")
 
 
-def _text(lines):
+def _text(lines, notes: list):
     async def gen():
         async for line in lines:
-            yield line + "\n"
-    return StreamingResponse(gen(), media_type="text/plain; charset=utf-8")
+            if line is not None:
+                yield line + "\n"
+    headers = {NOTE_HEADER: " | ".join(_header_safe(n) for n in notes)} if notes else None
+    return StreamingResponse(gen(), media_type="text/plain; charset=utf-8", headers=headers)
+
+
+def _header_safe(text: str) -> str:
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:1000]
 
 
 async def get(request, who: dict, svc) -> Response:
@@ -100,16 +111,20 @@ async def get(request, who: dict, svc) -> Response:
             first = await _first(stream)  # a 404 must come before the 200 of a stream
             return _ndjson(_chain(first, stream))
         return JSONResponse({"job": args["id"], "history": await svc.history_of(args["id"])})
+    if name in ("usage", "job_usage"):
+        return JSONResponse(await svc.usage(args.get("id")))
     tail = query.get("tail")
     if tail not in (None, "") and (not tail.isdigit() or int(tail) > 1_000_000):
         raise InvalidSpec(f"tail: {tail!r} is not a whole number of lines (0 to 1000000)", "tail")
     attempt = query.get("attempt")
     if attempt not in (None, "") and (not attempt.isdigit() or not 1 <= int(attempt) <= 1_000_000):
         raise InvalidSpec(f"attempt: {attempt!r} is not an attempt number (1, 2, ...)", "attempt")
+    since = times.since_iso(query.get("since"), time.time()) if query.get("since") else None
+    notes: list[str] = []
     lines = svc.log_lines(args["id"], who, int(tail) if tail else None, _flag(query, "follow"), _flag(query, "build"),
-                          int(attempt) if attempt else None)
-    first = await _first(lines)
-    return _text(_chain(first, lines))
+                          int(attempt) if attempt else None, since, notes)
+    first = await _first(lines)  # a 404 must come before the 200 of a stream; the notes are known then
+    return _text(_chain(first, lines), notes)
 
 
 _END = object()

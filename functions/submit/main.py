@@ -35,6 +35,8 @@ SHARING = SETTINGS.sharing()
 RULES = SETTINGS.read_rules()
 NOTIFY = SETTINGS.notify()
 SWEEP_MAX = SETTINGS.sweep_max()
+SETTINGS.elasticsearch()  # a bad `logs:` section fails here, at start-up
+USAGE = wiring.usage_source_for(SETTINGS)
 IDENTITIES = SETTINGS.identities()
 if IDENTITIES.single_user:
     log.warning("no tokens file configured: single-user mode, every request acts as %s (admin)", IDENTITIES.local["user"])
@@ -46,7 +48,7 @@ async def build(stores: wiring.Stores) -> tuple[SubmitService, ReadService]:
                            sweep_max=SWEEP_MAX)
     reads = ReadService(jobs=stores.jobs, queue=stores.queue, history=stores.history,
                         board=stores.board, logs=wiring.log_source_for(SETTINGS, stores.nc),
-                        priorities=PRIORITIES, rules=RULES, notify=NOTIFY)
+                        priorities=PRIORITIES, rules=RULES, notify=NOTIFY, usage_source=USAGE)
     return writes, reads
 
 

@@ -70,16 +70,28 @@ DOCUMENT = {
                 "application/json": {"schema": _ref("History")},
                 "application/x-ndjson": {"schema": {"type": "string"}}}}, **_errors(400, 401, 404, 503)}}},
         "/v1/jobs/{id}/logs": {"get": {
-            "summary": "The job's output (local file or pod logs), streamed; with follow, until the job ends",
+            "summary": "The job's output (Elasticsearch when configured, else the local file or pod logs), "
+                       "streamed; with follow, until the job ends. Remarks (a fallback taken, no output yet) "
+                       "come in the X-Sentinels-Note header",
             "operationId": "jobLogs",
             "parameters": [JOB_ID, FOLLOW,
                            {"name": "build", "in": "query", "schema": {"type": "boolean", "default": False},
                             "description": "the image build's output (a Dockerfile job)"},
                            {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 1000000}},
+                           {"name": "since", "in": "query", "schema": {"type": "string", "maxLength": 64},
+                            "description": "a duration back from now (10m, 2h) or an ISO time (Elasticsearch only)"},
                            {"name": "attempt", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000000},
                             "description": "the output of this attempt (1, 2, ...; default: the last)"}],
             "responses": {"200": {"description": "log lines", "content": {"text/plain": {"schema": {"type": "string"}}}},
                           **_errors(400, 401, 403, 404, 503)}}},
+        "/v1/jobs/{id}/usage": {"get": {
+            "summary": "CPU, memory and GPU use of one job, now and at its peak (also after it ended)",
+            "operationId": "jobUsage", "parameters": [JOB_ID],
+            "responses": {"200": _json(_ref("Usage"), "the job's usage (empty when never sampled)"),
+                          **_errors(400, 401, 404, 503)}}},
+        "/v1/usage": {"get": {
+            "summary": "CPU, memory and GPU use of every running job (`sentinels top`)", "operationId": "usage",
+            "responses": {"200": _json(_ref("Usage"), "running jobs' usage"), **_errors(400, 401, 503)}}},
         "/v1/queue": {"get": {
             "summary": "The next jobs to run, in order, with positions and reasons", "operationId": "queue",
             "parameters": [LIMIT, {"name": "class", "in": "query", "schema": NAME}],
@@ -124,6 +136,14 @@ DOCUMENT = {
                 "links": {"type": "object"}, "hidden": {"type": "string"}}},
             "History": {"type": "object", "required": ["job", "history"], "properties": {
                 "job": {"type": "string"}, "history": {"type": "array", "items": {"type": "object"}}}},
+            "Usage": {"type": "object", "required": ["jobs"], "properties": {
+                "jobs": {"type": "array", "items": {"type": "object", "properties": {
+                    "job": {"type": "string"}, "running": {"type": "boolean"},
+                    "cpu_cores": {"type": "number"}, "peak_cpu_cores": {"type": "number"},
+                    "memory_bytes": {"type": "number"}, "peak_memory_bytes": {"type": "number"},
+                    "gpu_util": {"type": "number", "nullable": True},
+                    "gpu_memory_bytes": {"type": "number"}, "peak_gpu_memory_bytes": {"type": "number"},
+                    "cpu_seconds": {"type": "number"}, "gpu_seconds": {"type": "number"}}}}}},
             "Queue": {"type": "object", "required": ["total", "by_class", "jobs"], "properties": {
                 "total": {"type": "integer"}, "by_class": {"type": "object"},
                 "jobs": {"type": "array", "items": {"type": "object"}}}},

@@ -7,6 +7,7 @@ job reveals is decided by `domain.reads.ReadRules`.
 
 import asyncio
 from dataclasses import dataclass
+from typing import Optional
 
 from sentinels.domain import job as jobmod
 from sentinels.domain import reads, states
@@ -14,7 +15,7 @@ from sentinels.domain.errors import InvalidSpec, NotFound
 from sentinels.domain.names import WAITING_KEY
 from sentinels.domain.notify import NotifyConfig, job_links
 from sentinels.domain.priority import PriorityConfig
-from sentinels.ports import Board, History, JobQueue, JobStore, LogSource
+from sentinels.ports import Board, History, JobQueue, JobStore, LogSource, UsageSource
 
 MAX_INDEX_PAGES = 10  # a filtered listing reads at most this many index pages per request
 FOLLOW_EVERY = 0.25   # seconds between looks at a followed job (server side; the client holds one stream)
@@ -30,6 +31,7 @@ class ReadService:
     priorities: PriorityConfig
     rules: reads.ReadRules
     notify: NotifyConfig
+    usage_source: Optional[UsageSource] = None  # `sentinels top`: the executor's samples or Prometheus
 
     async def _record(self, job_id: str) -> dict:
         got = await self.jobs.get(job_id) if jobmod.is_job_id(job_id) else None
@@ -132,11 +134,14 @@ class ReadService:
             await asyncio.sleep(FOLLOW_EVERY)
 
     async def log_lines(self, job_id: str, who: dict, tail: int | None, follow: bool, build: bool = False,
-                        attempt: int | None = None):
+                        attempt: int | None = None, since: str | None = None, notes: list | None = None):
         """The job's output (or its image build's, or one attempt's), line by line; with
-        `follow`, until it ends (an earlier attempt has ended: it is printed, not followed)."""
+        `follow`, until it ends (an earlier attempt has ended: it is printed, not followed).
+        The first item is None, once `notes` (remarks for the reader: a fallback taken, no
+        output yet) are known; the lines follow."""
         record = await self._record(job_id)
         self.rules.check_details(who, record, "logs")
+        notes = [] if notes is None else notes
         if build and attempt is not None:
             raise InvalidSpec("attempt: a build has one log (no attempts)", "attempt")
         if build and not record.get("build"):
@@ -149,19 +154,54 @@ class ReadService:
                 raise InvalidSpec(f"attempt: job {job_id} has made {made} attempt(s) so far"
                                   + (f" (1 to {made})" if made else ""), "attempt")
             follow = follow and attempt == made
-            record = dict(record, log_file=f"attempt-{attempt}.log", log_attempt=attempt)
-        lines, position = await self.logs.lines(record, tail)
+            record = dict(record, log_file=f"attempt-{attempt}.log", log_attempt=attempt,
+                          log_generation=_generation(record, attempt))
+        lines, position = await self.logs.lines(record, tail, since, notes)
+        if not lines:
+            notes.append(_nothing(record, follow, attempt))
+        yield None
         for line in lines:
             yield line
-        while follow:
+        while tail is None or follow:  # the rest of a paged source, then what is written next
             more, position = await self.logs.more(record, position)
             for line in more:
                 yield line
-            if not more:
-                got = await self.jobs.get(job_id)
-                if got is None or got[0]["state"] in states.TERMINAL or (build and got[0]["state"] != states.BUILDING):
-                    more, position = await self.logs.more(record, position)  # the last lines
-                    for line in more:
-                        yield line
-                    return
-                await asyncio.sleep(FOLLOW_EVERY)
+            if more:
+                continue
+            if not follow:
+                return
+            got = await self.jobs.get(job_id)
+            if got is None or got[0]["state"] in states.TERMINAL or (build and got[0]["state"] != states.BUILDING):
+                more, position = await self.logs.more(record, position)  # the last lines
+                for line in more:
+                    yield line
+                return
+            await asyncio.sleep(FOLLOW_EVERY)
+
+    async def usage(self, job_id: Optional[str]) -> dict:
+        """CPU, memory and GPU use of running jobs (or of one job, also after it ended)."""
+        if job_id is not None:
+            await self._record(job_id)  # 404 for an unknown job
+        if self.usage_source is None:
+            raise InvalidSpec("this deployment reports no usage", "usage")
+        return {"jobs": await self.usage_source.usage(job_id)}
+
+
+def _generation(record: dict, n: int) -> int:
+    """Which Kubernetes Job (`attempts` value) run `n` belonged to: what Fluent Bit lifts from
+    the pod's `sentinels.io/attempt` annotation, so Elasticsearch can keep one run's lines
+    (retries inside one Job share it)."""
+    for r in record.get("runs") or []:
+        if isinstance(r, dict) and r.get("run") == n and isinstance(r.get("generation"), int):
+            return r["generation"]
+    return int(record.get("attempts") or 1)
+
+
+def _nothing(record: dict, follow: bool, attempt: Optional[int]) -> str:
+    what = f"attempt {attempt} of job {record['id']}" if attempt else f"job {record['id']}"
+    if record["state"] in states.TERMINAL:
+        text = f"{what} is {record['state']} and left no output"
+    else:
+        text = f"no output yet: {what} is {record['state']}" + (
+            " (it has not started)" if record["state"] in (states.QUEUED, states.BUILDING) else "")
+    return text + ("; waiting for its first lines" if follow and record["state"] not in states.TERMINAL else "")

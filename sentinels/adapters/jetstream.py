@@ -404,6 +404,19 @@ class JetStreamQueue:
             out[klass] = out.get(klass, 0) + n
         return out
 
+    async def oldest(self) -> dict[str, str]:
+        """Per class, the submission time of the longest-waiting entry (one direct get per subject)."""
+        out: dict[str, str] = {}
+        for subj in await self.subject_counts():
+            try:
+                msg = await self.js.get_msg(QUEUE_STREAM, seq=1, subject=subj, next=True, direct=True)
+            except NotFoundError:  # removed since the count
+                continue
+            klass, submitted = subj.split(".")[2], json.loads(msg.data).get("submitted")
+            if isinstance(submitted, str) and (klass not in out or submitted < out[klass]):
+                out[klass] = submitted
+        return out
+
     async def read(self, subject: str, limit: int) -> list[tuple[int, dict]]:
         """The first `limit` entries of one subject, in one batch through a throw-away consumer."""
         return await jetstream_index.read_from(self.js, QUEUE_STREAM, subject, 1, limit)

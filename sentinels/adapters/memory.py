@@ -142,6 +142,13 @@ class MemoryQueue:
             out[klass] = out.get(klass, 0) + 1
         return out
 
+    async def oldest(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for klass, _, entry in self.entries.values():
+            if klass not in out or entry["submitted"] < out[klass]:
+                out[klass] = entry["submitted"]
+        return out
+
     def _ordered(self, classes):
         """Entries of the given classes (highest first), requeued ones ahead of their class."""
         rank = {k: i for i, k in enumerate(classes)}
@@ -257,7 +264,8 @@ class MemoryCluster:
             out.append(Node(n.name, n.cpu_millis, n.memory_bytes, n.gpu,
                             n.cpu_millis - sum(r["cpu_millis"] for r in res),
                             n.memory_bytes - sum(r["memory_bytes"] for r in res),
-                            n.gpu - sum(r["gpu"] for r in res), n.labels, n.taints, n.ready, n.schedulable))
+                            n.gpu - sum(r["gpu"] for r in res), n.labels, n.taints, n.ready, n.schedulable,
+                            None if n.free_pods is None else n.free_pods - len(used)))
         return out
 
     async def launch(self, record, extra_env):

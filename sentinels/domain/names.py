@@ -40,8 +40,14 @@ INDEX_PREFIX = "sentinels.index"  # .active.<team>.<owner>.<id>, .done.<team>.<o
 
 DUPLICATE_WINDOW = 120.0  # seconds in which a stream drops a message id seen before
 
+DEADLETTER_SUBJECTS = "sentinels.deadletter.>"
+
 # --- core NATS request/reply --------------------------------------------------------------
 LOCAL_SUBJECT = "sentinels.local.{}"  # .format(verb): the local executor's Cluster verbs
+
+# --- core NATS, no stream: counts from functions for the metrics exporter ------------------
+METRICS_SUBJECT = "sentinels.metrics.{}.{}"  # .format(what, label)
+METRICS_SUBJECTS = "sentinels.metrics.>"
 
 # --- KV buckets and keys ------------------------------------------------------------------
 JOBS_BUCKET = "sentinels_jobs"  # job records by id

@@ -25,6 +25,10 @@ HEADER_MAX, TEXT_MAX, FIELD_MAX, FALLBACK_MAX = 150, 3000, 2000, 4000
 LOG_LINES = 30
 ICON = {SUCCEEDED: ":white_check_mark:", FAILED: ":x:", CANCELLED: ":no_entry_sign:"}
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
+# where a bare Grafana / Kibana address (no {placeholder}) links: the chart's experiment
+# dashboard with its `job` variable, and Discover filtered on the field Fluent Bit lifts
+GRAFANA_EXPERIMENT = "/d/sentinels-experiment/sentinels-experiment?var-job={job}"
+KIBANA_DISCOVER = "/app/discover#/?_a=(query:(language:kuery,query:'sentinels_job_id:%22{job}%22'))"
 
 
 @dataclass(frozen=True)
@@ -185,12 +189,18 @@ def job_links(record: dict, cfg: NotifyConfig) -> list[tuple[str, str]]:
               "run_id": record.get("mlflow_run_id"),
               "experiment_id": (record.get("mlflow") or {}).get("experiment_id") or record.get("mlflow_experiment_id")}
     out = []
-    for label, key, template in (("MLflow run", "mlflow", cfg.mlflow_url), ("Kibana logs", "kibana", cfg.kibana_url),
-                                 ("Grafana", "grafana", cfg.grafana_url)):
+    for label, key, template in (("MLflow run", "mlflow", cfg.mlflow_url),
+                                 ("Kibana logs", "kibana", _at_base(cfg.kibana_url, KIBANA_DISCOVER)),
+                                 ("Grafana", "grafana", _at_base(cfg.grafana_url, GRAFANA_EXPERIMENT))):
         url = own.get(key) or fill(template, values)
         if url and isinstance(url, str) and url.startswith(("http://", "https://")):
             out.append((label, url.replace(">", "%3E").replace("|", "%7C")))
     return out
+
+
+def _at_base(url: str, path: str) -> str:
+    """A template as given, or a bare base address completed with sentinels' own path."""
+    return url if not url or "{" in url else url.rstrip("/") + path
 
 
 def fill(template: str, values: dict) -> str:

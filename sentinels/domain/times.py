@@ -55,3 +55,21 @@ def job_times(record: dict, now: float | None = None) -> tuple[float | None, flo
     ran = running is not None and (queued is None or running >= queued) and running <= limit
     run = max(0.0, end - running) if ran and running is not None and end is not None else None
     return in_queue, run
+
+
+def since_iso(value: str, now: float) -> str:
+    """`logs --since`: a duration back from `now` (`10m`, `2h`) or an ISO time, as an ISO time
+    (zone-less ISO times are UTC). Raises InvalidSpec for anything else."""
+    from . import duration
+    from .errors import InvalidSpec
+
+    try:
+        return iso(now - duration.seconds(value, "since"))
+    except InvalidSpec:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidSpec(f"since: {value[:40]!r} is neither a duration such as 10m or 2h nor an ISO time",
+                          "since") from None
+    return iso((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())

@@ -19,7 +19,7 @@ from ..adapters import jetstream
 from ..adapters.local import SUBJECT, VERBS
 from ..domain.errors import ConfigError, InvalidSpec, SentinelsError
 from ..settings import Settings
-from . import machine, runtimes
+from . import machine, runtimes, usage
 from .builder import Builder
 from .kubelet import Kubelet
 
@@ -70,6 +70,11 @@ def handler(kubelet: Kubelet, verb: str, builder: Optional[Builder] = None):
     return handle
 
 
+def _log_failure(done: asyncio.Future) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("usage sampling failed: %r", done.exception())
+
+
 def _lock(settings: Settings):
     jobs = settings.home / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
@@ -97,11 +102,17 @@ async def serve(settings: Settings, capacity: machine.Capacity, stop: asyncio.Ev
             await nc.subscribe(SUBJECT.format(verb), cb=handler(kubelet, verb, builder))
         await nc.flush()
         log.info("local executor ready (runtime %s): %s", kubelet.runtime.describe(), kubelet.node())
+        sampler = usage.Sampler(settings.home / "jobs", mlflow_uri=settings.mlflow_uri())
+        sampling: asyncio.Future | None = None
         while not stop.is_set():
             kubelet.poll()
             builder.poll()
             await kubelet.flush()
             await builder.flush()
+            if sampler.due() and (sampling is None or sampling.done()):
+                # CPU, memory, GPU of running jobs for `sentinels top` and MLflow, off the loop
+                sampling = asyncio.ensure_future(asyncio.to_thread(sampler.tick, dict(kubelet.runs)))
+                sampling.add_done_callback(_log_failure)
             try:
                 await asyncio.wait_for(stop.wait(), POLL_SECONDS)
             except asyncio.TimeoutError:

@@ -23,7 +23,7 @@ import secrets
 from pathlib import Path
 from typing import Optional
 
-COMPONENTS = ("submit", "schedule", "on_job_event", "alert", "router", "executor")
+COMPONENTS = ("submit", "schedule", "on_job_event", "alert", "router", "executor", "exporter")
 USERS = ("admin", "reader") + COMPONENTS
 SECRETS_DIR = "secrets"
 
@@ -45,19 +45,21 @@ _QUEUE = ["sentinels.queue.>", "$JS.API.STREAM.MSG.DELETE.SENTINELS_QUEUE"]
 _HISTORY = ["sentinels.history.*"]
 _INDEX = ["sentinels.index.>", "$JS.API.STREAM.PURGE.SENTINELS_INDEX"]  # the job store's listings
 _LOCAL = "sentinels.local.{}"
+_METRICS = ["sentinels.metrics.>"]  # counts for the metrics exporter (core NATS, no stream)
 
 PUBLISH = {
     "submit": _JOBS + _INDEX + _QUEUE + _HISTORY + _EVENTS,
-    "schedule": _JOBS + _INDEX + _STATE + _QUEUE + _HISTORY + _EVENTS
+    "schedule": _JOBS + _INDEX + _STATE + _QUEUE + _HISTORY + _EVENTS + _METRICS
     + [_LOCAL.format(v) for v in ("nodes", "launch", "stop", "active", "build", "jobs")],
     "on_job_event": _JOBS + _INDEX + _STATE + _QUEUE + _HISTORY + _EVENTS
     + [_LOCAL.format(v) for v in ("nodes", "stop", "active", "logs", "jobs")],
-    "alert": ["$KV.sentinels_alerts.>"],
-    "router": _EVENTS + ["sentinels.deadletter.>", "$JS.ACK.SENTINELS_EVENTS.>",
+    "alert": ["$KV.sentinels_alerts.>"] + _METRICS,
+    "router": _EVENTS + _METRICS + ["sentinels.deadletter.>", "$JS.ACK.SENTINELS_EVENTS.>",
                          "$JS.API.CONSUMER.CREATE.SENTINELS_EVENTS.>", "$JS.API.CONSUMER.CREATE.SENTINELS_EVENTS",
                          "$JS.API.CONSUMER.DURABLE.CREATE.SENTINELS_EVENTS.>"],
     "executor": _EVENTS,
     "reader": [],
+    "exporter": [_LOCAL.format("nodes")],  # reads, asks the executor for capacity
 }
 
 
@@ -73,7 +75,10 @@ def permissions(user: str) -> Optional[dict]:
     subscribe = [inbox(user) + ".>"]
     if user == "executor":
         subscribe.append(_LOCAL.format(">"))
-        publish = publish + ["_INBOX_schedule.>", "_INBOX_on_job_event.>", "_INBOX_reader.>", "_INBOX_admin.>"]
+        publish = publish + ["_INBOX_schedule.>", "_INBOX_on_job_event.>", "_INBOX_reader.>", "_INBOX_admin.>",
+                             "_INBOX_exporter.>"]
+    if user == "exporter":
+        subscribe += _METRICS + ["sentinels.deadletter.>"]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 

@@ -36,7 +36,7 @@ def free_port() -> int:
 
 
 def free_block(n: int) -> int:
-    """The first of `n` consecutive free ports (the embedded default listens on URL port + 0..3)."""
+    """The first of `n` consecutive free ports (the embedded default listens on URL port + 0..5)."""
     for _ in range(100):
         base = free_port()
         socks = []

@@ -25,6 +25,7 @@ from .. import clock
 from ..adapters import deadletters, jetstream
 from ..domain import duration, events
 from ..domain.errors import ConfigError, InvalidSpec
+from ..adapters.meter import NatsMeter
 from ..settings import Settings
 from . import serve, triggers
 
@@ -94,6 +95,7 @@ class Router:
 
         self.nc = await jetstream.connect(self.s.nats_url, "sentinels-router", reconnect=True)
         self.js = self.nc.jetstream(timeout=5)
+        self.meter = NatsMeter(self.nc)
         await jetstream.ensure(self.js)
         self.http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32,
                                                                     keepalive_expiry=2.0))  # < uvicorn's 5 s
@@ -133,11 +135,14 @@ class Router:
             age = age_seconds(msg)
             if outcome == "ok":
                 await msg.ack()
-            elif outcome == "final" or age >= self.retry.horizon:
+                return
+            await self.meter.count("handler_error", t.function)
+            if outcome == "final" or age >= self.retry.horizon:
                 why = "refused" if outcome == "final" else f"still failing after {duration.human(age)}"
                 await self.dead_letter(t, event, why, attempt, msg.metadata.timestamp)
                 await msg.term()
             else:
+                await self.meter.count("redelivery", t.name)
                 await msg.nak(delay=self.retry.delay(t, attempt))
         except Exception:
             log.exception("%s: delivery crashed", t.name)

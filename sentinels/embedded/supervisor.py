@@ -22,7 +22,8 @@ from ..adapters.jetstream import CREDENTIALS_ENV
 from . import lifeline, natsauth, natsd, serve
 
 PID_FILE = "up.pid"
-SERVICES = {"executor": "sentinels.embedded.executor", "router": "sentinels.embedded.router"}
+SERVICES = {"executor": "sentinels.embedded.executor", "router": "sentinels.embedded.router",
+            "exporter": "sentinels.exporter"}
 MLFLOW_PORT_OFFSET = 5  # the MLflow server listens on the submit port + 5
 START_SECONDS = 120  # for the functions to answer: minutes on a loaded machine, not seconds
 
@@ -205,6 +206,7 @@ class Supervisor:
         for name in serve.available():
             self.spawn(name)
         self.spawn("router")
+        self.spawn("exporter")  # Prometheus metrics on the submit port + 4
         deadline = time.monotonic() + START_SECONDS
         while not healthy(self.s.url):
             dead = [n for n, p in self.children.items() if p.poll() is not None]
