@@ -67,9 +67,11 @@ def since_iso(value: str, now: float) -> str:
         return iso(now - duration.seconds(value, "since"))
     except InvalidSpec:
         pass
+    except (OverflowError, ValueError, OSError):  # further back than a calendar reaches
+        return iso(0)
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return iso((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())
+    except (OverflowError, ValueError, OSError):
         raise InvalidSpec(f"since: {value[:40]!r} is neither a duration such as 10m or 2h nor an ISO time",
                           "since") from None
-    return iso((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())
