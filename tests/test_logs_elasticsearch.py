@@ -77,7 +77,7 @@ async def test_attempt_and_since_filters(es):
     ship(es, JOB, 10, attempt=1)
     ship(es, JOB, 5, attempt=2, start_ms=60_000)
     src = ElasticsearchLogs(es.url)
-    assert await read_all(src, {"id": JOB, "log_attempt": 2}) == [f"{JOB} attempt 2 line {i}" for i in range(5)]
+    assert await read_all(src, {"id": JOB, "log_generation": 2}) == [f"{JOB} attempt 2 line {i}" for i in range(5)]
     assert len(await read_all(src, {"id": JOB}, since="2025-12-01T00:00:30Z")) == 5
 
 
@@ -222,8 +222,8 @@ def test_cli_reads_elasticsearch(stack, es):
 def test_cli_attempt(stack, es):
     fn, nats_url, home = stack
     job = submit(fn)
-    r = logs(fn, job, "--attempt", "1")
-    assert r.returncode == 1 and f"job {job} has run 0 time(s), so it has no attempt to show" in r.stderr
+    r = logs(fn, job, "--attempt", "2")
+    assert r.returncode == 1 and f"job {job} has made 1 attempt(s) so far (1 to 1)" in r.stderr
     ship(es, job, 3, attempt=1)
     ship(es, job, 2, attempt=2, start_ms=60_000)
     set_record(nats_url, job, attempts=2, state=states.FAILED,
@@ -231,7 +231,7 @@ def test_cli_attempt(stack, es):
     assert logs(fn, job, "--attempt", "2").stdout.splitlines() == [f"{job} attempt 2 line {i}" for i in range(2)]
     assert len(logs(fn, job).stdout.splitlines()) == 5
     r = logs(fn, job, "--attempt", "3")
-    assert r.returncode == 1 and "give 1 to 2" in r.stderr
+    assert r.returncode == 1 and "(1 to 2)" in r.stderr
     es.mode = "error"  # without Elasticsearch, the attempt's own local file
     (home / "jobs" / job).mkdir(parents=True)
     (home / "jobs" / job / "attempt-1.log").write_text("first run\n")
@@ -281,8 +281,8 @@ def test_cli_no_logs_yet_says_so_and_follow_waits(stack, es):
 
 @pytest.mark.parametrize("args, says, code", [
     (["--since", "last tuesday"], "since: 'last tuesday'", 1),
-    (["--attempt", "0"], "give a whole number from 1", 2),
-    (["--tail", "-3"], "whole number", 1),
+    (["--attempt", "0"], "is not a whole number of at least 1", 2),
+    (["--tail", "-3"], "is not a whole number of at least 0", 2),
 ])
 def test_cli_bad_flags(stack, args, says, code):
     fn, _, _ = stack

@@ -75,8 +75,7 @@ def _ndjson(items):
 def _text(lines, notes: list):
     async def gen():
         async for line in lines:
-            if line is not None:
-                yield line + "\n"
+            yield line + "\n"
     headers = {NOTE_HEADER: " | ".join(_header_safe(n) for n in notes)} if notes else None
     return StreamingResponse(gen(), media_type="text/plain; charset=utf-8", headers=headers)
 
@@ -120,11 +119,9 @@ async def get(request, who: dict, svc) -> Response:
     if attempt not in (None, "") and (not attempt.isdigit() or not 1 <= int(attempt) <= 1_000_000):
         raise InvalidSpec(f"attempt: {attempt!r} is not an attempt number (1, 2, ...)", "attempt")
     since = times.since_iso(query.get("since"), time.time()) if query.get("since") else None
-    notes: list[str] = []
-    lines = svc.log_lines(args["id"], who, int(tail) if tail else None, _flag(query, "follow"), _flag(query, "build"),
-                          int(attempt) if attempt else None, since, notes)
-    first = await _first(lines)  # a 404 must come before the 200 of a stream; the notes are known then
-    return _text(_chain(first, lines), notes)
+    notes, lines = await svc.log_stream(args["id"], who, int(tail) if tail else None, _flag(query, "follow"),
+                                        _flag(query, "build"), int(attempt) if attempt else None, since)
+    return _text(lines, notes)  # a 404 or 400 was raised before the 200 of the stream
 
 
 _END = object()

@@ -133,15 +133,14 @@ class ReadService:
                 return
             await asyncio.sleep(FOLLOW_EVERY)
 
-    async def log_lines(self, job_id: str, who: dict, tail: int | None, follow: bool, build: bool = False,
-                        attempt: int | None = None, since: str | None = None, notes: list | None = None):
-        """The job's output (or its image build's, or one attempt's), line by line; with
-        `follow`, until it ends (an earlier attempt has ended: it is printed, not followed).
-        The first item is None, once `notes` (remarks for the reader: a fallback taken, no
-        output yet) are known; the lines follow."""
+    async def log_stream(self, job_id: str, who: dict, tail: int | None, follow: bool, build: bool = False,
+                         attempt: int | None = None, since: str | None = None):
+        """(notes, lines): the job's output (or its image build's, or one attempt's), line by
+        line; with `follow`, until it ends (an earlier attempt has ended: it is printed, not
+        followed). Bad requests raise here, before any line; `notes` are remarks for the reader
+        (a fallback taken, a filter not applied, no output yet)."""
         record = await self._record(job_id)
         self.rules.check_details(who, record, "logs")
-        notes = [] if notes is None else notes
         if build and attempt is not None:
             raise InvalidSpec("attempt: a build has one log (no attempts)", "attempt")
         if build and not record.get("build"):
@@ -156,13 +155,16 @@ class ReadService:
             follow = follow and attempt == made
             record = dict(record, log_file=f"attempt-{attempt}.log", log_attempt=attempt,
                           log_generation=_generation(record, attempt))
+        notes: list[str] = []
         lines, position = await self.logs.lines(record, tail, since, notes)
         if not lines:
             notes.append(_nothing(record, follow, attempt))
-        yield None
+        return notes, self._rest(record, lines, position, tail is None, follow, build)
+
+    async def _rest(self, record: dict, lines: list[str], position, paged: bool, follow: bool, build: bool):
         for line in lines:
             yield line
-        while tail is None or follow:  # the rest of a paged source, then what is written next
+        while paged or follow:  # the rest of a paged source, then what is written next
             more, position = await self.logs.more(record, position)
             for line in more:
                 yield line
@@ -170,13 +172,20 @@ class ReadService:
                 continue
             if not follow:
                 return
-            got = await self.jobs.get(job_id)
+            got = await self.jobs.get(record["id"])
             if got is None or got[0]["state"] in states.TERMINAL or (build and got[0]["state"] != states.BUILDING):
                 more, position = await self.logs.more(record, position)  # the last lines
                 for line in more:
                     yield line
                 return
             await asyncio.sleep(FOLLOW_EVERY)
+
+    async def log_lines(self, job_id: str, who: dict, tail: int | None, follow: bool, build: bool = False,
+                        attempt: int | None = None, since: str | None = None):
+        """The lines of `log_stream`, without its notes."""
+        _, lines = await self.log_stream(job_id, who, tail, follow, build, attempt, since)
+        async for line in lines:
+            yield line
 
     async def usage(self, job_id: Optional[str]) -> dict:
         """CPU, memory and GPU use of running jobs (or of one job, also after it ended)."""

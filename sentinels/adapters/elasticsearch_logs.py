@@ -40,8 +40,8 @@ class ElasticsearchLogs:
     @staticmethod
     def query(record: dict, since: Optional[str]) -> dict:
         must: list = [{"term": {"sentinels_job_id": record["id"]}}]
-        if record.get("log_attempt") is not None:
-            must.append({"term": {"sentinels_attempt": int(record["log_attempt"])}})
+        if record.get("log_generation") is not None:  # `logs --attempt N`: the Job that run belonged to
+            must.append({"term": {"sentinels_attempt": int(record["log_generation"])}})
         if since:
             must.append({"range": {"@timestamp": {"gte": since}}})
         return {"bool": {"filter": must}}
