@@ -36,6 +36,11 @@ def name_of(d):
 
 DEFAULTS = hc.render_all()
 OFF = hc.render_all(ALL_OFF)
+EXTRAS_VALUES = {"outputs": {"enabled": True, "storageClassName": "nfs-client"}, "registries": {
+    "ghcr.io": {"secret": "ghcr-pull"},
+    "registry.vision.internal:5000": {"secret": "vision-pull", "teams": ["vision"],
+                                      "create": {"username": "vision-bot", "password": "pw-from-values"}}}}
+EXTRAS = hc.render_all(EXTRAS_VALUES)
 
 
 def test_dependencies_are_pinned_and_conditional():
@@ -71,7 +76,7 @@ def test_a_missing_dependency_is_what_strict_lint_reports(tmp_path):
     assert report["errors"] or any(m["severity"] >= 2 for m in report["messages"])
 
 
-@pytest.mark.parametrize("docs", [DEFAULTS, OFF], ids=["defaults", "optional-off"])
+@pytest.mark.parametrize("docs", [DEFAULTS, OFF, EXTRAS], ids=["defaults", "optional-off", "outputs+registries"])
 def test_core_objects_validate_strictly(docs):
     core = [d for d in docs if d["apiVersion"] in CORE_GROUPS]
     assert core
@@ -79,7 +84,7 @@ def test_core_objects_validate_strictly(docs):
         kubernetes_validate.validate(d, "1.31", strict=True)
 
 
-@pytest.mark.parametrize("docs", [DEFAULTS, OFF], ids=["defaults", "optional-off"])
+@pytest.mark.parametrize("docs", [DEFAULTS, OFF, EXTRAS], ids=["defaults", "optional-off", "outputs+registries"])
 def test_custom_resources_validate_against_real_crds(docs):
     schemas = hc.crd_schemas()
     if schemas is None:
@@ -107,7 +112,7 @@ def test_a_crd_schema_catches_a_wrong_field():
         jsonschema.Draft7Validator(schemas[("eventing.knative.dev/v1", "Trigger")]).validate(bad)
 
 
-@pytest.mark.parametrize("docs", [DEFAULTS, OFF], ids=["defaults", "optional-off"])
+@pytest.mark.parametrize("docs", [DEFAULTS, OFF, EXTRAS], ids=["defaults", "optional-off", "outputs+registries"])
 def test_every_object_carries_the_standard_labels(docs):
     for d in docs:
         labels = d["metadata"].get("labels") or {}
@@ -177,11 +182,7 @@ def test_config_map_carries_the_functions_configuration():
 def test_registries_reach_the_configuration_by_secret_name_and_made_secrets_stay_out_of_it():
     from sentinels.domain.registries import Registries, auth_hosts
 
-    values = {"jobsNamespace": "ml", "registries": {
-        "ghcr.io": {"secret": "ghcr-pull"},
-        "registry.vision.internal:5000": {"secret": "vision-pull", "teams": ["vision"],
-                                          "create": {"username": "vision-bot", "password": "pw-from-values"}}}}
-    docs = hc.render_all(values)
+    docs = hc.render_all({"jobsNamespace": "ml", "registries": EXTRAS_VALUES["registries"]})
     (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sentinels-config"]
     assert "pw-from-values" not in cm["data"]["config.yaml"]
     regs = Registries.from_dict(yaml.safe_load(cm["data"]["config.yaml"])["registries"])
@@ -197,6 +198,51 @@ def test_registries_reach_the_configuration_by_secret_name_and_made_secrets_stay
     assert auth_hosts(text, "the chart's Secret") == {"registry.vision.internal:5000"}
     assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "ghcr-pull"]  # referenced only
     assert not [d for d in DEFAULTS if d["kind"] == "Secret" and "registry" in json.dumps(d["metadata"]["labels"])]
+
+
+def test_outputs_claim_is_written_by_jobs_and_read_by_the_lifecycle_function():
+    from sentinels.adapters.kube_manifest import KubeConfig, job_objects
+    from sentinels.domain.lifecycle import LifecycleConfig
+    from tests.test_kube_manifest import make_record
+
+    (pvc,) = by_kind(EXTRAS, "PersistentVolumeClaim").values()
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["spec"]["storageClassName"] == "nfs-client"
+    (serving,) = by_kind(EXTRAS, "KnativeServing").values()
+    assert serving["spec"]["config"]["features"]["kubernetes.podspec-persistent-volume-claim"] == "enabled"
+    assert "kubernetes.podspec-persistent-volume-claim" not in json.dumps(by_kind(DEFAULTS, "KnativeServing"))
+    mounted = {}
+    for svc in by_kind(EXTRAS, "Service").values():
+        pod = svc["spec"]["template"]["spec"]
+        claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        mounted[svc["metadata"]["name"]] = (claims, [m for m in pod["containers"][0]["volumeMounts"]
+                                                     if m["name"] == "outputs"])
+    assert mounted.pop("sentinels-on-job-event") == (
+        [{"name": "outputs", "persistentVolumeClaim": {"claimName": "sentinels-outputs", "readOnly": True}}],
+        [{"name": "outputs", "mountPath": "/mnt/outputs", "readOnly": True}])
+    assert all(v == ([], []) for v in mounted.values()), mounted  # the other functions do not see it
+    (cm,) = [d for d in EXTRAS if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sentinels-config"]
+    cfg = yaml.safe_load(cm["data"]["config.yaml"])
+    assert LifecycleConfig.from_dict(cfg["lifecycle"]).outputs_root == "/mnt/outputs"
+    assert cfg["lifecycle"]["max_attempts"] == 3  # the rest of config.lifecycle stays
+    record = make_record(outputs="/outputs")
+    _, job = job_objects(record, {}, KubeConfig.from_dict(cfg["kubernetes"]))
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "outputs", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}} in pod["volumes"]
+    assert {"name": "outputs", "mountPath": "/outputs", "subPath": record["id"]} in pod["containers"][0]["volumeMounts"]
+
+
+def test_outputs_with_jobs_in_another_namespace_need_a_claim_of_the_functions_own():
+    import helm_python
+
+    with pytest.raises(helm_python.HelmError) as err:
+        hc.render_all({"outputs": {"enabled": True}, "jobsNamespace": "ml"})
+    assert "set outputs.functionClaim" in str(err.value)
+    docs = hc.render_all({"outputs": {"enabled": True, "functionClaim": "outputs-mirror"}, "jobsNamespace": "ml"})
+    (pvc,) = by_kind(docs, "PersistentVolumeClaim").values()
+    assert pvc["metadata"]["namespace"] == "ml"
+    svc = by_kind(docs, "Service")["sentinels-on-job-event"]
+    assert {"name": "outputs", "persistentVolumeClaim": {"claimName": "outputs-mirror", "readOnly": True}} in \
+        svc["spec"]["template"]["spec"]["volumes"]
 
 
 def test_nats_replicas_setting_is_checked(tmp_path):
@@ -256,6 +302,9 @@ BAD_VALUES = [
     ({"secrets": {"slack": {"name": "Slack Secret"}}}, "/secrets/slack/name"),
     ({"unknownKey": 1}, "unknownKey"),
     ({"registries": {"ghcr.io": {"secret": "GHCR_Pull"}}}, "/registries/ghcr.io/secret"),
+    ({"outputs": {"claim": "Outputs_Claim"}}, "/outputs/claim"),
+    ({"outputs": {"mountPath": "mnt/outputs"}}, "/outputs/mountPath"),
+    ({"outputs": {"accessMode": "ReadWriteOnce"}}, "/outputs"),
     ({"registries": {"ghcr.io": {"teams": ["vision"]}}}, "/registries/ghcr.io"),
     ({"registries": {"ghcr.io": {"secret": "x", "password": "p"}}}, "/registries/ghcr.io"),
     ({"registries": {"ghcr.io": {"secret": "x", "create": {"username": "bot"}}}}, "/registries/ghcr.io/create"),

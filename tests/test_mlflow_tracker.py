@@ -124,6 +124,25 @@ def test_sync_follows_the_job_to_success_with_metrics_and_artifacts(tracker, tmp
     assert tracker.sync(rec, out_dir) is None
 
 
+def test_outputs_never_follow_a_link_the_job_left(tracker, tmp_path):
+    """The job writes its outputs directory; the lifecycle uploads it with its own rights: a
+    link to a platform secret (here a credentials file outside the directory) stays behind."""
+    secret = tmp_path / "secrets" / "nats-admin.json"
+    secret.parent.mkdir()
+    secret.write_text('{"password": "platform-secret"}')
+    out_dir = outputs(tmp_path / "out", {"model.json": "{}", "plots/loss.txt": "0.3"})
+    (Path(out_dir) / "creds.json").symlink_to(secret)
+    (Path(out_dir) / "all-secrets").symlink_to(secret.parent, target_is_directory=True)
+    (Path(out_dir) / "plots" / "up").symlink_to(tmp_path)
+    rec = sync_all(tracker, job_at(SCHEDULED, RUNNING, SUCCEEDED), out_dir)
+    client = tracker._client()
+    run_id = rec["mlflow_run_id"]
+    assert {a.path for a in client.list_artifacts(run_id)} == {"model.json", "plots"}
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/loss.txt"]
+    stored = tmp_path / "mlflow" / "artifacts" / run_id / "artifacts"
+    assert not [f for f in stored.rglob("*") if f.is_file() and b"platform-secret" in f.read_bytes()]
+
+
 def test_finish_run_twice_logs_once(tracker, tmp_path):
     rec = sync_all(tracker, job_at(SCHEDULED, RUNNING, FAILED))
     run_id = rec["mlflow_run_id"]

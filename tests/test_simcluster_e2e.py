@@ -16,6 +16,7 @@ from tests.fake_slack import FakeSlack
 from tests.simcluster.control import SCRIPT_ENV, NodeShape
 from tests.simcluster.harness import SimStack
 
+OUTPUTS_CLAIM = "sentinels-outputs"
 POOLS = {"general": 2, "evict": 2, "lost": 2, "cordon": 1, "faults": 3}
 
 
@@ -33,8 +34,10 @@ def sim(tmp_path_factory):
              for pool, n in POOLS.items() for i in range(n)]
     with FakeSlack() as slack:
         env = {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db", "SLACK_WEBHOOK_URL": slack.webhook_url}
-        config = {"lifecycle": {"image_pull_grace_seconds": 3}}
-        with SimStack(home, nodes, config=config, env=env) as stack:
+        volume = home / "outputs-volume"  # the RWX claim: jobs write subPath <id>, on_job_event reads it
+        config = {"lifecycle": {"image_pull_grace_seconds": 3, "outputs_root": str(volume)},
+                  "kubernetes": {"outputs_volume": {"claim": OUTPUTS_CLAIM}}}
+        with SimStack(home, nodes, config=config, env=env, claims={OUTPUTS_CLAIM: volume}) as stack:
             stack.slack = slack
             yield stack
 
@@ -70,6 +73,32 @@ def test_submit_to_succeeded_with_mlflow_and_slack(sim):
     assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.01"
     messages = wait_for(lambda: slack_texts(sim, job))
     assert messages and len(messages) == 1 and "succeeded" in messages[0]
+
+
+@pytest.mark.parametrize("state,script", [
+    ("SUCCEEDED", {"duration": 0.3, "outputs": {"model.txt": "weights", "plots/loss.csv": "1,0.3"}}),
+    ("FAILED", {"duration": 0.3, "exit_code": 1, "outputs": {"checkpoint.txt": "epoch 3", "plots/loss.csv": "1,0.5"}}),
+])
+def test_outputs_become_the_runs_artifacts_after_success_and_after_failure(sim, state, script):
+    """The chart's path: the job writes its outputs to the ReadWriteMany claim (subPath = job id),
+    the lifecycle function mounts the same claim at lifecycle.outputs_root and logs the job's
+    folder as the run's artifacts once the job ended, whether it succeeded or failed."""
+    job = sim.submit(spec("general", script))
+    record = sim.wait(job, state)
+    pod = sim.jobs_in_cluster(job)[0]["spec"]["template"]["spec"]
+    assert {"name": "outputs", "persistentVolumeClaim": {"claimName": OUTPUTS_CLAIM}} in pod["volumes"]
+    assert {"name": "outputs", "mountPath": "/outputs", "subPath": job} in pod["containers"][0]["volumeMounts"]
+    synced = wait_for(lambda: (sim.record(job).get("mlflow") or {}).get("synced_state") == state)
+    assert synced, sim.record(job).get("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sim.env["MLFLOW_TRACKING_URI"])
+    run_id = record["mlflow_run_id"]
+    assert client.get_run(run_id).info.status == ("FINISHED" if state == "SUCCEEDED" else "FAILED")
+    files = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert files == {*(f for f in script["outputs"] if "/" not in f), "plots", "plots/loss.csv"}
+    local = client.download_artifacts(run_id, "plots/loss.csv", str(sim.home / f"download-{job}"))
+    assert open(local).read() == script["outputs"]["plots/loss.csv"]
 
 
 def test_failure_keeps_exit_code_and_last_log_lines(sim):

@@ -11,6 +11,7 @@ a short timeout) so the caller keeps the job's state and tries again on the next
 
 import functools
 import os
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -63,6 +64,25 @@ def _guarded(what: str):
                     raise SentinelsError(f"MLflow at {self.where} refused {what}: {first}") from None
         return call
     return wrap
+
+
+def output_files(outputs_dir: Optional[str]) -> list[tuple[Path, Optional[str]]]:
+    """The regular files under a job's outputs directory, with their folder in the run's
+    artifacts. The job wrote that directory, this process reads it with its own rights: a
+    symbolic link (to a credentials file, a platform secret) or a device is never followed."""
+    root = Path(outputs_dir) if outputs_dir else None
+    if root is None or not root.is_dir() or root.is_symlink():
+        return []
+    out = []
+    for folder, dirs, files in os.walk(root):  # does not descend into linked directories
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink())
+        rel = here.relative_to(root).as_posix()
+        for name in sorted(files):
+            path = here / name
+            if stat.S_ISREG(path.lstat().st_mode):
+                out.append((path, None if rel == "." else rel))
+    return out
 
 
 class SyncUnavailable(Unavailable):
@@ -215,9 +235,13 @@ class MlflowTracker:
         client.log_batch(run_id, metrics=[Metric(k, float(v), end, 0) for k, v in (metrics or {}).items()],
                          tags=[RunTag("sentinels.attempts", str(record.get("attempts", 0))),
                                RunTag("sentinels.reason", str(record.get("reason") or "")[:5000])])
-        outputs = Path(outputs_dir) if outputs_dir else None
-        if outputs is not None and outputs.is_dir() and any(outputs.iterdir()):
-            client.log_artifacts(run_id, str(outputs))
+        files = output_files(outputs_dir)
+        unreadable = [str(p.relative_to(outputs_dir or "")) for p, _ in files if not os.access(p, os.R_OK)]
+        for path, folder in files:
+            if os.access(path, os.R_OK):
+                client.log_artifact(run_id, str(path), folder)
+        if unreadable:  # e.g. written mode 0600 by a root job: said on the run, not a failed sync
+            client.set_tag(run_id, "sentinels.outputs_unreadable", ", ".join(unreadable)[:5000])
         client.set_terminated(run_id, status=status, end_time=end)
         client.set_tag(run_id, FINISHED_TAG, status)
 

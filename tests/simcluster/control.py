@@ -13,7 +13,9 @@ What each part does, as its real counterpart would:
   tolerating the node's NoSchedule/NoExecute taints; otherwise PodScheduled=False
   (Unschedulable) with the usual "0/N nodes are available" message;
 * kubelet: Pending -> Running -> Succeeded/Failed, container states and conditions,
-  the container's log lines (served at pods/<name>/log), eviction with a
+  the container's log lines (served at pods/<name>/log), the files it writes to a
+  writable PersistentVolumeClaim mount (`claims`: claim name -> a host directory standing
+  for the volume, subPath honoured), eviction with a
   DisruptionTarget condition; it terminates pods that get a deletionTimestamp;
 * Job controller: one pod at a time (completions 1, parallelism 1), a new pod after a
   failure until `backoffLimit`, pods failed with DisruptionTarget ignored (the
@@ -30,6 +32,7 @@ import itertools
 import json
 import time
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Optional
 
 from sentinels.adapters.kubernetes import _amounts, pod_requests
@@ -54,6 +57,7 @@ class Script:
     evict_after: Optional[float] = None  # evicted (Eviction API) this long after it started
     start_delay: float = 0.0  # Pending (ContainerCreating) after binding
     logs: tuple = ()  # lines the container prints
+    outputs: Optional[dict] = None  # {relative path: text} the container writes under its outputs mount
 
     @classmethod
     def parse(cls, raw) -> "Script":
@@ -180,8 +184,10 @@ def _ignored(job: dict, pod: dict) -> bool:
 class SimCluster:
     """The control plane over an `ApiServer`; `await run()` drives it (or `start()` a task)."""
 
-    def __init__(self, api: ApiServer, default: Script = Script(), tick: float = 0.02):
+    def __init__(self, api: ApiServer, default: Script = Script(), tick: float = 0.02,
+                 claims: Optional[dict] = None):
         self.api, self.default, self.tick = api, default, tick
+        self.claims: dict[str, Path] = {k: Path(v) for k, v in (claims or {}).items()}  # PVC name -> its storage
         self.timers: list = []
         self._seq = itertools.count()
         self.dirty_jobs: set = set()
@@ -384,6 +390,8 @@ class SimCluster:
         self.started_pods += 1
         started = now_iso()
         self.api.logs[key] = list(script.logs)
+        if script.outputs:
+            self._write_outputs(pod, script.outputs)
         conds = [c for c in pod["status"].get("conditions") or [] if c["type"] not in ("Ready", "ContainersReady")]
         conds += [_cond("Ready", True), _cond("ContainersReady", True), _cond("PodReadyToStartContainers", True)]
         self.api.patch(PODS, *key, {"status": {
@@ -394,6 +402,20 @@ class SimCluster:
             return
         code, reason = (137, "OOMKilled") if script.oom else (script.exit_code, "Completed" if script.exit_code == 0 else "Error")
         self.at(script.duration, lambda: self._finish(key, code, reason))
+
+    def _write_outputs(self, pod: dict, files: dict) -> None:
+        """Write the script's files where the container's writable claim mounts land in storage."""
+        claims = {v["name"]: (v.get("persistentVolumeClaim") or {}).get("claimName")
+                  for v in pod["spec"].get("volumes") or []}
+        for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+            claim = claims.get(mount["name"])
+            if mount.get("readOnly") or claim not in self.claims:
+                continue
+            base = self.claims[claim] / mount.get("subPath", "")
+            for rel, text in files.items():
+                target = base / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
 
     def _evict_key(self, key: tuple) -> None:
         pod = self.api.get(PODS, *key)
