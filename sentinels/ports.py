@@ -17,7 +17,9 @@ class JobStore(Protocol):
     async def get(self, job_id: str) -> Optional[tuple[dict, int]]: ...
     async def create(self, record: dict) -> int: ...  # raises Conflict if it exists
     async def update(self, record: dict, revision: int) -> int: ...  # raises Conflict
-    async def mutate(self, job_id: str, fn: Callable[[dict], Optional[dict]]) -> Optional[tuple[dict, dict]]: ...
+    async def mutate(self, job_id: str, fn: Callable[[dict], Optional[dict]],
+                     known: Optional[tuple[dict, int]] = None) -> Optional[tuple[dict, dict]]: ...
+    # `known`: the (record, revision) the caller has just read, tried first (one read fewer)
     async def all(self) -> list[dict]: ...  # every record: tests and tools only, never a request path
     async def active(self) -> list[dict]: ...  # live records, from the active index
     async def listing(self, kind: str, owner: Optional[str] = None, team: Optional[str] = None,

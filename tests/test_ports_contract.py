@@ -92,6 +92,17 @@ async def test_jobs_mutate_and_all(twin):
     assert sorted((r["id"], r["attempts"]) for r in await twin.jobs.all()) == [("aaaaaaaaaa", 11), ("bbbbbbbbbb", 2)]
 
 
+async def test_jobs_mutate_from_a_known_revision(twin):
+    rev = await twin.jobs.create({"id": "aaaaaaaaaa", "attempts": 1})
+    known = ({"id": "aaaaaaaaaa", "attempts": 1}, rev)
+    bump = lambda r: dict(r, attempts=r["attempts"] + 1)  # noqa: E731
+    assert await twin.jobs.mutate("aaaaaaaaaa", bump, known=known) == (known[0], {"id": "aaaaaaaaaa", "attempts": 2})
+    # a known revision that someone wrote over since: read again, applied to the current record
+    assert await twin.jobs.mutate("aaaaaaaaaa", bump, known=known) == (
+        {"id": "aaaaaaaaaa", "attempts": 2}, {"id": "aaaaaaaaaa", "attempts": 3})
+    assert (await twin.jobs.get("aaaaaaaaaa"))[0]["attempts"] == 3
+
+
 # --- JobQueue ---------------------------------------------------------------------------------
 async def test_queue_order_counts_positions(twin):
     q = twin.queue

@@ -141,3 +141,58 @@ async def test_http_sink_posts_binary_mode_cloudevents():
     with pytest.raises(httpx.HTTPStatusError):  # the function answers 5xx: the broker redelivers
         await sink.emit(events.envelope(events.JOB_QUEUED, "tests", "bad", {}, "2026-11-28T00:00:00Z"))
     sub.server.shutdown()
+
+
+async def test_local_http_keeps_connections_and_survives_the_server_closing_them():
+    """The router's client against real uvicorn: one connection for many deliveries, a
+    chunked answer, a connection the server closed while idle (sent again on a new one),
+    and a function that is not there (an OSError for the router to retry)."""
+    import uvicorn
+
+    from sentinels.embedded import localhttp, natsd
+
+    peers = set()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        peers.add(scope["client"][1])
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        chunked = scope["path"] == "/chunked"
+        headers = [] if chunked else [(b"content-length", str(len(body) + 4).encode())]
+        await send({"type": "http.response.start", "status": 202, "headers": headers})
+        if chunked:  # no length given: uvicorn sends the pieces chunked
+            await send({"type": "http.response.body", "body": b"got ", "more_body": True})
+            await send({"type": "http.response.body", "body": body})
+        else:
+            await send({"type": "http.response.body", "body": b"got " + body})
+
+    port = natsd.free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", timeout_keep_alive=1))
+    task = asyncio.create_task(server.serve())
+    client = localhttp.LocalHttp(timeout=10)
+    try:
+        assert await wait_until(lambda: server.started)
+        url = f"http://127.0.0.1:{port}"
+        answers = [await client.post(url + "/", f"event {i}".encode(), {"ce-id": str(i)}) for i in range(5)]
+        assert [(a.status_code, a.text) for a in answers] == [(202, f"got event {i}") for i in range(5)]
+        assert len(peers) == 1  # kept alive
+        assert (await client.post(url + "/chunked", b"in pieces", {})).text == "got in pieces"
+        localhttp.IDLE_SECONDS, before = 60.0, localhttp.IDLE_SECONDS  # keep what uvicorn closes meanwhile
+        try:
+            await asyncio.sleep(1.6)  # past uvicorn's keep-alive timeout: it closed our idle connection
+            assert (await client.post(url + "/", b"late", {})).text == "got late"
+        finally:
+            localhttp.IDLE_SECONDS = before
+        assert len(peers) == 2
+        with pytest.raises(OSError):
+            await client.post(f"http://127.0.0.1:{natsd.free_port()}/", b"nobody", {})
+    finally:
+        await client.aclose()
+        server.should_exit = True
+        await task

@@ -100,9 +100,10 @@ class LifecycleService:
         step = lifecycle.decide(record, obs, now, self.policy, parse_iso(sched) if sched else None)
         if step is None:
             return "stale"
-        return await self.apply(record, step, key)
+        return await self.apply(record, step, key, revision=got[1])
 
-    async def apply(self, record: dict, step: lifecycle.Step, key: str) -> str:
+    async def apply(self, record: dict, step: lifecycle.Step, key: str, revision: int | None = None) -> str:
+        """`revision`: the one `record` was read at, so the compare-and-set needs no second read."""
         changes, reason = dict(step.changes), step.reason
         if lifecycle.STOP in step.effects:
             changes["previous_job"] = record.get("k8s_job")
@@ -141,7 +142,7 @@ class LifecycleService:
             return states.transition(r, step.to, now=now, reason=reason, last_observation=key,
                                      last_step=step_data, **changes)
 
-        done = await self.jobs.mutate(record["id"], decide)
+        done = await self.jobs.mutate(record["id"], decide, known=None if revision is None else (record, revision))
         if done is None:
             if seq is not None:
                 # Two observations of one disruption (the Node's deletion, its pod failed by PodGC)

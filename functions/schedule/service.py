@@ -70,6 +70,8 @@ class ScheduleService:
             while self._dirty:
                 self._dirty = False
                 self.last = await self.run_pass()
+                if self.last["decided"]:  # every placing pass, with its times (bench/simcluster.py reads them)
+                    log.info("pass: %s", self.last)
             return self.last
 
     async def run_pass(self) -> dict:

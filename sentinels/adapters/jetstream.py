@@ -216,14 +216,16 @@ class JetStreamJobs:
         got = await asyncio.gather(*(self.get(i) for i in ids))
         return [g[0] for g in got if g and g[0].get("state") not in TERMINAL]
 
-    async def mutate(self, job_id: str, fn):
+    async def mutate(self, job_id: str, fn, known: Optional[tuple[dict, int]] = None):
         """Apply fn(record) -> new record (or None: no change) with CAS, retrying on conflict.
 
-        Returns (before, after) when something was written, None when the job is missing or
-        fn chose no change.
+        `known` (a record and revision the caller has just read) is tried first: one read
+        fewer when nobody wrote meanwhile. Returns (before, after) when something was
+        written, None when the job is missing or fn chose no change.
         """
         for _ in range(CAS_RETRIES):
-            got = await self.get(job_id)
+            got = known if known is not None else await self.get(job_id)
+            known = None
             if got is None:
                 return None
             before, rev = got

@@ -100,9 +100,10 @@ class MemoryJobs:
     async def active(self):
         return [copy.deepcopy(r) for r, _ in self.data.values() if r.get("state") not in TERMINAL]
 
-    async def mutate(self, job_id, fn):
+    async def mutate(self, job_id, fn, known=None):
         while True:  # like the JetStream store: retry on a lost compare-and-set
-            got = await self.get(job_id)
+            got = (copy.deepcopy(known[0]), known[1]) if known is not None else await self.get(job_id)
+            known = None
             if got is None:
                 return None
             after = fn(copy.deepcopy(got[0]))

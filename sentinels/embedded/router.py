@@ -27,7 +27,7 @@ from ..domain import duration, events
 from ..domain.errors import ConfigError, InvalidSpec
 from ..adapters.meter import NatsMeter
 from ..settings import Settings
-from . import serve, triggers
+from . import localhttp, serve, triggers
 
 log = logging.getLogger("sentinels.router")
 IN_FLIGHT = 16
@@ -91,14 +91,11 @@ class Router:
         self.internal = {"x-sentinels-internal": secret.decode()} if secret else {}
 
     async def run(self, tick: float) -> None:
-        import httpx
-
         self.nc = await jetstream.connect(self.s.nats_url, "sentinels-router", reconnect=True)
         self.js = self.nc.jetstream(timeout=5)
         self.meter = NatsMeter(self.nc)
         await jetstream.ensure(self.js)
-        self.http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32,
-                                                                    keepalive_expiry=2.0))  # < uvicorn's 5 s
+        self.http = localhttp.LocalHttp(timeout=30)
         for t in self.table:
             await self.consume(t)
         log.info("routing %d triggers: %s", len(self.table), ", ".join(t.name for t in self.table))
@@ -150,13 +147,10 @@ class Router:
             slots.release()
 
     async def post(self, function: str, event: dict) -> str:
-        import httpx
-
         body = json.dumps(event.get("data")).encode() if event.get("data") is not None else b""
         try:
-            r = await self.http.post(self.urls[function] + "/", content=body,
-                                     headers={**events.binary_headers(event), **self.internal})
-        except httpx.HTTPError as e:
+            r = await self.http.post(self.urls[function] + "/", body, {**events.binary_headers(event), **self.internal})
+        except (OSError, asyncio.TimeoutError) as e:
             log.warning("%s unreachable for %s (%s)", function, event.get("type"), type(e).__name__)
             return "retry"
         if 200 <= r.status_code < 300:
@@ -184,7 +178,6 @@ class Router:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings.load()
     try:
         retry = retry_settings(settings)
