@@ -16,7 +16,8 @@ FORMATS = ("table", "json", "yaml")
 EVENTS = {"submit": "io.sentinels.job.submit", "cancel": "io.sentinels.job.cancel",
           "priority": "io.sentinels.job.reprioritize"}
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
-COMMANDS = ("submit", "status", "ls", "queue", "cancel", "priority", "logs", "history", "whoami", "events", "up", "down")
+COMMANDS = ("submit", "status", "ls", "queue", "share", "cancel", "priority", "logs", "history", "whoami", "events", "up",
+            "down")
 
 
 def _settings():
@@ -180,13 +181,59 @@ def cmd_queue(a) -> int:
     if a.output != "table":
         _emit(q, a.output)
         return 0
-    view = [dict(r, wait=_ago(r["submitted_at"]), resources=_res(r["resources"])) for r in q["jobs"]]
+    view = [dict(r, wait=_ago(r["submitted_at"]), resources=_res(r["resources"]), share=_share(r.get("share")))
+            for r in q["jobs"]]
     _emit(view, "table", [("POS", "position"), ("ID", "id"), ("NAME", "name"), ("CLASS", "class"),
-                          ("OWNER", "owner"), ("WAIT", "wait"), ("RESOURCES", "resources"), ("REASON", "reason")])
+                          ("OWNER", "owner"), ("SHARE", "share"), ("WAIT", "wait"), ("RESOURCES", "resources"),
+                          ("REASON", "reason")])
     counts = q["by_class"]
     summary = ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n)
     print(f"{q['total']} queued" + (f" ({summary})" if summary else ""))
     return 0
+
+
+def _share(share: dict | None) -> str:
+    """The fair share that ordered a queued job: whose, and its part of all recent usage."""
+    return f"{share['key']} {share['fraction'] * 100:.0f}%" if share else ""
+
+
+def _amounts(amounts: dict | None, only: dict | None = None) -> str:
+    if amounts is None:
+        return "-"
+    from sentinels.domain.quantity import format_cpu, format_memory
+
+    shown = {"gpu": ("gpu", str), "cpu_millis": ("cpu", format_cpu), "memory_bytes": ("mem", format_memory),
+             "jobs": ("jobs", str)}
+    return " ".join(f"{label}={fmt(amounts[k])}" for k, (label, fmt) in shown.items()
+                    if k in amounts and (only is None or k in only or amounts[k])) or "-"
+
+
+def cmd_share(a) -> int:
+    got = _api().get("/v1/share")
+    if a.output != "table":
+        _emit(got, a.output)
+        return 0
+    view = [{"who": r["name"] if r["kind"] == "team" else f"user {r['name']}",
+             "usage": "" if r["usage"] is None else f"{r['usage']:.0f}",
+             "share": "" if r["share"] is None else f"{r['share'] * 100:.0f}%",
+             "holds": _amounts(r["holds"], r["nominal"] or {}), "nominal": _amounts(r["nominal"]),
+             "borrowing": _amounts(r["borrowing_limit"]),
+             "borrowed": _amounts({k: v for k, v in r["borrowed"].items() if v}) if r["borrowed"] else "-"}
+            for r in got["rows"]]
+    _emit(view, "table", [("TEAM", "who"), ("USAGE", "usage"), ("SHARE", "share"), ("HOLDS", "holds"),
+                          ("QUOTA", "nominal"), ("MAY BORROW", "borrowing"), ("BORROWED", "borrowed")])
+    fair = got["fair_share"]
+    notes = [f"fair share by {fair['by']}" + (f", half-life {_human(fair['half_life_seconds'])}" if fair["by"] != "off" else ""),
+             "quotas on" if got["quotas"] else "no quotas",
+             f"preemption by {', '.join(got['preemption'])}" if got["preemption"] else "preemption off"]
+    print("; ".join(notes))
+    return 0
+
+
+def _human(seconds: float) -> str:
+    from sentinels.domain.duration import human
+
+    return human(seconds)
 
 
 def cmd_cancel(a) -> int:
@@ -394,6 +441,10 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     p = command("queue", cmd_queue, "The next jobs to run, in order: position, class, wait time, resources.")
     p.add_argument("-n", "--limit", type=_count(1), default=50, help="how many to show")
     p.add_argument("--class", dest="klass", help="only this priority class")
+    _output(p)
+
+    p = command("share", cmd_share, "How teams share the cluster: each team's recent usage, what it holds, its quota, "
+                "how much it may borrow and borrows now.")
     _output(p)
 
     p = command("cancel", cmd_cancel, "Cancel queued or running jobs, or every member of a sweep (sw-...).")

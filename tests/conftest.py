@@ -112,6 +112,7 @@ class FunctionServer:
     def __init__(self, name: str, env: dict, home: Path):
         self.port = natsd.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
         self.log = home / f"{name}.log"
         self.proc = subprocess.Popen([sys.executable, "-m", "sentinels.embedded.serve", name, str(self.port)],
                                      env={**os.environ, **env}, stdout=open(self.log, "wb"),

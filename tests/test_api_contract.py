@@ -28,7 +28,7 @@ def test_documented_answers_only(live):
     headers = {"authorization": f"Bearer {TOKENS['alice']}"}
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     operations = [result.ok() for result in api.get_all_operations()]
-    assert len(operations) == 9
+    assert len(operations) == 10
     for op in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             @given(case=op.as_strategy(generation_mode=mode))

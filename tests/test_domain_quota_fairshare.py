@@ -192,3 +192,35 @@ def test_placement_honours_quotas_in_the_same_pass():
         assert d.borrowing == {"j3"}
         assert d.reasons["j4"] == "team vision uses 3 of its 2 GPUs; borrowing limit reached" and "j4" in d.by_quota
         assert "j6" in d.never_fits and "may hold at most 3" in d.reasons["j6"]
+
+
+def test_share_report_says_usage_holdings_quota_and_what_is_borrowed():
+    from sentinels.domain import sharing
+    from sentinels.domain.priority import PriorityConfig
+
+    prios = PriorityConfig.from_dict({"classes": {"high": 100, "low": 1}, "default": "low", "roles": {"admin": "high", "user": "high"}})
+    cfg = sharing.Sharing.from_dict({**VISION, "users": {"ann": {"gpu": 2}}}, {"half_life": "1h"}, None, prios)
+    running = [sharing.RunningJob(f"v{i}", "n1", "low", 1, "vision", "ann", 2000, 4 * GI, 3, 60.0) for i in range(3)]
+    running.append(sharing.RunningJob("n", "n1", "low", 1, "nlp", "bob", 1000, GI, 0, 60.0))
+    held = sharing.holding(running)
+    assert held[("team", "vision")] == {"cpu_millis": 6000, "memory_bytes": 12 * GI, "gpu": 9, "jobs": 3}
+    assert held[("user", "bob")]["jobs"] == 1  # every holder, quota or not
+    assert sharing.holding_from_doc(sharing.holding_to_doc(held)) == held
+    rows = {(r["kind"], r["name"]): r for r in sharing.report(cfg, {"vision": 300.0, "nlp": 100.0, "ghost": 0.0}, held)}
+    assert set(rows) == {("team", "vision"), ("team", "nlp"), ("team", "ghost"), ("user", "ann")}
+    vision = rows[("team", "vision")]
+    assert vision["usage"] == 300.0 and vision["share"] == 0.75 and vision["holds"]["gpu"] == 9
+    assert vision["nominal"] == {"gpu": 8, "cpu_millis": 64000, "memory_bytes": 512 * GI, "jobs": 20}
+    assert vision["borrowing_limit"] == {"gpu": 4, "cpu_millis": 0, "memory_bytes": 0, "jobs": 0}
+    assert vision["borrowed"] == {"gpu": 1, "cpu_millis": 0, "memory_bytes": 0, "jobs": 0}
+    nlp = rows[("team", "nlp")]  # no quota: usage and holdings only
+    assert nlp["nominal"] is None and nlp["borrowed"] is None and nlp["holds"]["jobs"] == 1 and nlp["share"] == 0.25
+    ann = rows[("user", "ann")]  # fair share goes by team: a user row has no usage of its own
+    assert ann["usage"] is None and ann["borrowed"] == {"gpu": 7} and ann["holds"]["gpu"] == 9
+    assert sharing.report(sharing.Sharing(), {}, {}) == []
+
+
+def test_sort_key_is_the_order_fair_share_uses():
+    assert sorted([(10, False, 5.0, 1), (10, True, 9.0, 3), (10, False, 1.0, 2), (20, False, 9.0, 4)],
+                  key=lambda t: fairshare.sort_key(*t)) == [(20, False, 9.0, 4), (10, True, 9.0, 3),
+                                                             (10, False, 1.0, 2), (10, False, 5.0, 1)]

@@ -189,7 +189,7 @@ def test_the_cli_common_commands_import_nothing_heavy(stack, tmp_path):
     env = {**os.environ, "SENTINELS_URL": fn.url, "SENTINELS_TOKEN": TOKENS["alice"], "SENTINELS_HOME": str(home)}
     job_id = submit(fn, "alice")["id"]
     for argv in (["submit", "python:3.11", "--cpu", "1", "--", "true"], ["status", job_id], ["queue"], ["ls"],
-                 ["ls", "--all", "--limit", "5"], ["history", job_id], ["cancel", job_id]):
+                 ["ls", "--all", "--limit", "5"], ["history", job_id], ["share"], ["cancel", job_id]):
         dump = tmp_path / "modules.json"
         r = subprocess.run([sys.executable, "-c", RUN_CLI, str(dump), *argv], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
@@ -274,3 +274,78 @@ async def test_ls_queue_and_status_give_the_same_reason_and_code():
     (queued,) = (await svc.queue_view())["jobs"]
     for seen in (one, row, queued):
         assert (seen["reason"], seen["reason_code"], seen["short"]) == (text, "no_room", "gpu"), seen
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A stack with quotas and fair share by team, and a usage ledger as the scheduler leaves it."""
+    import asyncio
+    import time as clock
+
+    from sentinels.adapters import jetstream
+
+    home = tmp_path_factory.mktemp("shared")
+    (home / "config.yaml").write_text(yaml.safe_dump({
+        "quotas": {"teams": {"vision": {"gpu": 4, "jobs": 2, "borrowing": {"gpu": 2}}}},
+        "fair_share": {"by": "team", "half_life": "1d"}}))
+    with submit_stack(home) as fn:
+        async def ledger():
+            nc = await jetstream.connect(fn.env["SENTINELS_NATS_URL"])
+            board = await jetstream.JetStreamBoard.open(nc.jetstream())
+            await board.put("usage", {"usage": {"vision": [3000.0, clock.time()], "nlp": [1000.0, clock.time()]},
+                                      "marks": {}, "held": {"team": {"vision": {"gpu": 5, "jobs": 2, "cpu_millis": 2000,
+                                                                                "memory_bytes": 2**30}}}})
+            await nc.close()
+        asyncio.run(ledger())
+        yield fn
+
+
+def test_share_shows_usage_quota_and_borrowing(shared):
+    status, got = api_get(shared.url, "/v1/share", TOKENS["bob"])
+    assert status == 200 and got["fair_share"]["by"] == "team" and got["quotas"] is True
+    rows = {r["name"]: r for r in got["rows"]}
+    assert set(rows) == {"vision", "nlp"}
+    vision = rows["vision"]
+    assert vision["usage"] == pytest.approx(3000.0, rel=1e-3) and vision["share"] == pytest.approx(0.75, rel=1e-3)
+    assert vision["holds"]["gpu"] == 5 and vision["nominal"] == {"gpu": 4, "jobs": 2}
+    assert vision["borrowing_limit"] == {"gpu": 2, "jobs": 0} and vision["borrowed"] == {"gpu": 1, "jobs": 0}
+    assert rows["nlp"]["nominal"] is None and rows["nlp"]["holds"]["jobs"] == 0
+    assert api_get(shared.url, "/v1/share?x=1", TOKENS["bob"])[0] == 400
+    assert api_get(shared.url, "/v1/share")[0] == 401
+
+
+def test_queue_is_in_fair_share_order_and_names_the_share(shared):
+    a = post_ce(shared.url, SUBMIT, {"spec": {**SPEC, "name": "vis"}}, token=TOKENS["alice"])[1]
+    b = post_ce(shared.url, SUBMIT, {"spec": {**SPEC, "name": "nl"}}, token=TOKENS["bob"])[1]
+    status, q = api_get(shared.url, "/v1/queue", TOKENS["carol"])
+    assert status == 200 and [r["id"] for r in q["jobs"]] == [b["id"], a["id"]]  # nlp used less: it goes first
+    assert [r["position"] for r in q["jobs"]] == [1, 2]
+    assert q["jobs"][0]["share"] == {"by": "team", "key": "nlp", "usage": pytest.approx(1000.0, rel=1e-3),
+                                     "fraction": pytest.approx(0.25, rel=1e-3)}
+    assert q["jobs"][1]["share"]["key"] == "vision"
+
+
+def test_cli_share_and_queue_print_the_shares(shared):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "SENTINELS_URL": shared.url, "SENTINELS_TOKEN": TOKENS["bob"], "SENTINELS_HOME": shared.env["SENTINELS_HOME"]}
+
+    def cli(*argv):
+        r = subprocess.run([sys.executable, "-m", "cli.main", *argv], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        return r.stdout
+
+    out = cli("share").splitlines()
+    assert out[0].split() == ["TEAM", "USAGE", "SHARE", "HOLDS", "QUOTA", "MAY", "BORROW", "BORROWED"]
+    vision = next(line for line in out if line.startswith("vision"))
+    assert vision.split() == ["vision", "3000", "75%", "gpu=5", "cpu=2", "mem=1Gi", "jobs=2", "gpu=4", "jobs=2", "gpu=2",
+                             "jobs=0", "gpu=1"]
+    assert out[-1] == "fair share by team, half-life 1d00h; quotas on; preemption off"
+    assert json.loads(cli("share", "-o", "json"))["rows"][0]["kind"] == "team"
+    queue = cli("queue").splitlines()
+    assert "SHARE" in queue[0].split() and any("nlp 25%" in line for line in queue[1:])

@@ -78,6 +78,17 @@ def test_borrowing_reclaim_and_preemption(env):
     assert len(requeued) == 1 and requeued[0]["attempts"] == 2
     hist = json.loads(cli(env, "vera-token", "history", requeued[0]["id"], "-o", "json"))
     assert hist[-1]["to"] == "QUEUED" and hist[-1]["reason"].startswith(f"preempted by {n1}"), hist
+    # `sentinels share` says who holds what: vision back within its nominal quota, nlp holding its one job
+    deadline = time.monotonic() + 30
+    while True:
+        rows = {r["name"]: r for r in json.loads(cli(env, "nils-token", "share", "-o", "json"))["rows"]}
+        if rows["vision"]["holds"]["jobs"] == 1 and rows["nlp"]["holds"]["jobs"] == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert rows["vision"]["borrowed"] == {"jobs": 0} and rows["nlp"]["holds"]["jobs"] == 1, rows
+    assert rows["vision"]["nominal"] == {"jobs": 1} and rows["vision"]["borrowing_limit"] == {"jobs": 1}
+    queue = json.loads(cli(env, "vera-token", "queue", "-o", "json"))["jobs"]
+    assert [r["share"]["key"] for r in queue] == ["vision"]
     # a critical job of vision's preempts a lower-class job: nils' normal one
     crit = cli(env, "vera-token", "submit", "python:3.11", "--name", "crit", "--priority", "critical", *sleep)
     record = wait_for(env, crit, lambda r: r["state"] in ("RUNNING", "FAILED"), timeout=90)

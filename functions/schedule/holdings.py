@@ -4,7 +4,8 @@ The running jobs come from the cluster (`Cluster.active()`: what really runs) jo
 their records, read once per job and kept while it runs. The fair-share ledger lives on
 the Board (key `usage`): each pass charges running jobs for the time since they were
 last charged, and the document is written when the set of running jobs changed or every
-`SAVE_EVERY` seconds, so a restart loses at most that much usage.
+`SAVE_EVERY` seconds, so a restart loses at most that much usage. The same document
+says what each team and user holds, which the read API shows (`sentinels share`).
 """
 
 import asyncio
@@ -72,5 +73,6 @@ class Holdings:
         self._ledger, self._marks = fairshare.accrue(self._ledger, self._marks, sharing.accrual(self.cfg, running, now),
                                                      now, self.cfg.fair_share)
         if self.board and (set(self._marks) != before or now - self._saved_at >= SAVE_EVERY):
-            await self.board.put(USAGE_KEY, fairshare.to_doc(self._ledger, self._marks))
+            doc = fairshare.to_doc(self._ledger, self._marks)  # + what each holds, for `sentinels share`
+            await self.board.put(USAGE_KEY, dict(doc, held=sharing.holding_to_doc(sharing.holding(running))))
             self._saved_at = now

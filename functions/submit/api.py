@@ -26,11 +26,12 @@ ROUTES = [
     (re.compile(rf"^{JOB}/usage/?$"), "job_usage"),
     (re.compile(r"^/v1/queue/?$"), "queue"),
     (re.compile(r"^/v1/usage/?$"), "usage"),
+    (re.compile(r"^/v1/share/?$"), "share"),
 ]
 PARAMS = {
     "whoami": set(), "job": set(), "jobs": {"owner", "team", "state", "sweep", "limit", "cursor"},
     "history": {"follow"}, "logs": {"tail", "follow", "build", "since", "attempt"}, "queue": {"limit", "class"},
-    "usage": set(), "job_usage": set(),
+    "usage": set(), "job_usage": set(), "share": set(),
 }
 NOTE_HEADER = "X-Sentinels-Note"  # remarks on a log answer (a fallback taken, no output yet), one per line
 
@@ -104,6 +105,8 @@ async def get(request, who: dict, svc) -> Response:
         return JSONResponse(body)
     if name == "queue":
         return JSONResponse(await svc.queue_view(reads.limit_param(query.get("limit")), _name(query, "class")))
+    if name == "share":
+        return JSONResponse(await svc.share())
     if name == "history":
         if _flag(query, "follow"):
             stream = svc.follow_history(args["id"])

@@ -48,7 +48,8 @@ async def build(stores: wiring.Stores) -> tuple[SubmitService, ReadService]:
                            sweep_max=SWEEP_MAX)
     reads = ReadService(jobs=stores.jobs, queue=stores.queue, history=stores.history,
                         board=stores.board, logs=wiring.log_source_for(SETTINGS, stores.nc),
-                        priorities=PRIORITIES, rules=RULES, notify=NOTIFY, usage_source=USAGE)
+                        priorities=PRIORITIES, rules=RULES, notify=NOTIFY, usage_source=USAGE, sharing=SHARING,
+                        clock=clock.now_iso)
     return writes, reads
 
 

@@ -35,6 +35,7 @@ JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "stri
 LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}}
 FOLLOW = {"name": "follow", "in": "query", "schema": {"type": "boolean", "default": False}}
 NAME = {"type": "string", "maxLength": 200}
+AMOUNTS = {"type": "object", "description": "cpu_millis, memory_bytes, gpu, jobs", "additionalProperties": {"type": "integer"}}
 
 DOCUMENT = {
     "openapi": "3.0.3",
@@ -96,6 +97,10 @@ DOCUMENT = {
             "summary": "The next jobs to run, in order, with positions and reasons", "operationId": "queue",
             "parameters": [LIMIT, {"name": "class", "in": "query", "schema": NAME}],
             "responses": {"200": _json(_ref("Queue"), "the queue head"), **_errors(400, 401, 503)}}},
+        "/v1/share": {"get": {
+            "summary": "How teams share the cluster: each team's (and user's) decayed usage, what it holds, its nominal "
+                       "quota, how much it may borrow and how much it borrows now", "operationId": "share",
+            "responses": {"200": _json(_ref("Share"), "usage, quotas and borrowing"), **_errors(400, 401, 503)}}},
         "/": {"post": {
             "summary": "A write: a binary-mode CloudEvent (submit, cancel, reprioritize)", "operationId": "write",
             "parameters": [
@@ -146,7 +151,27 @@ DOCUMENT = {
                     "cpu_seconds": {"type": "number"}, "gpu_seconds": {"type": "number"}}}}}},
             "Queue": {"type": "object", "required": ["total", "by_class", "jobs"], "properties": {
                 "total": {"type": "integer"}, "by_class": {"type": "object"},
-                "jobs": {"type": "array", "items": {"type": "object"}}}},
+                "jobs": {"type": "array", "items": _ref("QueueRow")}}},
+            "QueueRow": {"type": "object", "required": ["position", "id", "class", "owner", "share"], "properties": {
+                "position": {"type": "integer"}, "id": {"type": "string"}, "name": {"type": "string"},
+                "class": {"type": "string"}, "owner": {"type": "string"}, "team": {"type": "string", "nullable": True},
+                "submitted_at": {"type": "string"}, "resources": {"type": "object"}, "reason": {"type": "string", "nullable": True},
+                "share": {"type": "object", "nullable": True, "required": ["by", "key", "usage", "fraction"],
+                          "description": "the fair share that ordered it within its class (null: fair share off, or no team)",
+                          "properties": {"by": {"type": "string", "enum": ["team", "user"]}, "key": {"type": "string"},
+                                         "usage": {"type": "number"}, "fraction": {"type": "number"}}}}},
+            "Share": {"type": "object", "required": ["fair_share", "quotas", "preemption", "rows"], "properties": {
+                "fair_share": {"type": "object", "properties": {"by": {"type": "string", "enum": ["team", "user", "off"]},
+                                                                "half_life_seconds": {"type": "number"}}},
+                "quotas": {"type": "boolean"}, "preemption": {"type": "array", "items": {"type": "string"}},
+                "rows": {"type": "array", "items": _ref("ShareRow")}}},
+            "ShareRow": {"type": "object", "required": ["kind", "name", "usage", "share", "holds", "nominal",
+                                                        "borrowing_limit", "borrowed"], "properties": {
+                "kind": {"type": "string", "enum": ["team", "user"]}, "name": {"type": "string"},
+                "usage": {"type": "number", "nullable": True, "description": "decayed CPU/GPU-seconds (weighted)"},
+                "share": {"type": "number", "nullable": True, "description": "fraction of all usage"},
+                "holds": AMOUNTS, "nominal": {**AMOUNTS, "nullable": True},
+                "borrowing_limit": {**AMOUNTS, "nullable": True}, "borrowed": {**AMOUNTS, "nullable": True}}},
         },
     },
 }

@@ -1,4 +1,5 @@
-"""The read API's answers, over the ports only: one job, listings, the queue, history, logs.
+"""The read API's answers, over the ports only: one job, listings, the queue, history, logs,
+and how teams share the cluster (usage, quotas, borrowing).
 
 Listings walk the store's indexes (never every record) and check each entry against
 its record, so a stale index entry is skipped rather than shown. What another user's
@@ -6,13 +7,17 @@ job reveals is decided by `domain.reads.ReadRules`.
 """
 
 import asyncio
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
+from sentinels import clock as clocks
+from sentinels.domain import fairshare
 from sentinels.domain import job as jobmod
 from sentinels.domain import reads, states
 from sentinels.domain.errors import InvalidSpec, NotFound
-from sentinels.domain.names import WAITING_KEY
+from sentinels.domain.names import USAGE_KEY, WAITING_KEY
+from sentinels.domain.sharing import Sharing, holding_from_doc, report
+from sentinels.domain.times import parse as parse_iso
 from sentinels.domain.notify import NotifyConfig, job_links
 from sentinels.domain.priority import PriorityConfig
 from sentinels.ports import Board, History, JobQueue, JobStore, LogSource, UsageSource
@@ -32,6 +37,8 @@ class ReadService:
     rules: reads.ReadRules
     notify: NotifyConfig
     usage_source: Optional[UsageSource] = None  # `sentinels top`: the executor's samples or Prometheus
+    sharing: Sharing = field(default_factory=Sharing)
+    clock: Callable[[], str] = clocks.now_iso
 
     async def _record(self, job_id: str) -> dict:
         got = await self.jobs.get(job_id) if jobmod.is_job_id(job_id) else None
@@ -96,22 +103,47 @@ class ReadService:
         if klass is not None and klass not in order:
             raise InvalidSpec(f"class: {klass!r} is not a priority class (classes: {', '.join(order)})", "class")
         classes = [klass] if klass else order
-        heads, counts, waiting = await asyncio.gather(self.queue.heads(classes, limit), self.queue.counts(),
-                                                      self._waiting())
+        heads, counts, waiting, (usage, _) = await asyncio.gather(
+            self.queue.heads(classes, limit), self.queue.counts(), self._waiting(), self._usage())
         got = await asyncio.gather(*(self.jobs.get(e["id"]) for _, e in heads))
         ahead = sum(counts.get(k, 0) for k in order[: order.index(klass)]) if klass else 0
-        rows: list[dict] = []
+        fair, shares = self.sharing.fair_share, fairshare.shares(usage)
+        ranked: list[tuple] = []
         for (seq, entry), rec in zip(heads, got):
             record = rec[0] if rec else None
             if record is None or record["state"] != states.QUEUED or record.get("queue_seq") != seq:
                 continue  # being scheduled or cancelled right now, or a stale copy
             res = record["spec"].get("resources", {})
-            rows.append({"position": ahead + len(rows) + 1, "id": entry["id"], "name": record["name"],
-                         "class": entry["class"], "owner": record["owner"], "team": record.get("team"),
-                         "submitted_at": entry["submitted"],
-                         "resources": {k: res.get(k) for k in ("cpu", "memory", "gpu")},
-                         **states.reason_now(record, waiting)})
+            key = fair.key(record.get("team"), record.get("owner"))
+            share = shares.get(key) if key is not None else None
+            row = {"id": entry["id"], "name": record["name"], "class": entry["class"], "owner": record["owner"],
+                   "team": record.get("team"), "submitted_at": entry["submitted"],
+                   "resources": {k: res.get(k) for k in ("cpu", "memory", "gpu")},
+                   **states.reason_now(record, waiting),
+                   "share": None if key is None else {"by": fair.by, "key": key,
+                                                      "usage": round(share.usage, 3) if share else 0.0,
+                                                      "fraction": round(share.fraction, 4) if share else 0.0}}
+            # the scheduler's order: class, requeued first, then the share that used least, then submission
+            ranked.append((fairshare.sort_key(self.priorities.classes.get(entry["class"], 0), bool(entry.get("front")),
+                                              share.usage if share else 0.0, int(entry.get("order", seq))), row))
+        ranked.sort(key=lambda kr: kr[0])
+        rows = [dict(row, position=ahead + i + 1) for i, (_, row) in enumerate(ranked)]
         return {"total": sum(counts.values()), "by_class": counts, "jobs": rows}
+
+    async def _usage(self) -> tuple[dict, dict]:
+        """Each share key's decayed usage now, and what each team and user holds (the scheduler's ledger)."""
+        doc = await self.board.get(USAGE_KEY)
+        ledger, _ = fairshare.from_doc(doc)
+        now = parse_iso(self.clock())
+        return fairshare.usage(ledger, [], now, self.sharing.fair_share), holding_from_doc((doc or {}).get("held"))
+
+    async def share(self) -> dict:
+        """`sentinels share`: each team's (and user's) usage, quota, borrowing limit and borrowed amounts."""
+        usage, held = await self._usage()
+        q = self.sharing.quotas
+        return {"fair_share": {"by": self.sharing.fair_share.by, "half_life_seconds": self.sharing.fair_share.half_life_seconds},
+                "quotas": bool(q), "preemption": sorted(self.sharing.preemption.classes),
+                "rows": report(self.sharing, usage, held)}
 
     async def history_of(self, job_id: str) -> list[dict]:
         entries = await self.history.of(job_id) if jobmod.is_job_id(job_id) else []

@@ -133,7 +133,12 @@ def order(heads: list, key_of, current: dict) -> list:
 
     `heads` items need `rank`, `order` and `front` (requeued); `key_of(item)` names its share key.
     """
-    return sorted(heads, key=lambda h: (-h.rank, not h.front, current.get(key_of(h), 0.0), h.order))
+    return sorted(heads, key=lambda h: sort_key(h.rank, h.front, current.get(key_of(h), 0.0), h.order))
+
+
+def sort_key(rank: int, front: bool, usage: float, order: int) -> tuple:
+    """Where a queued job stands: class first, requeued first, then lowest usage, then submission."""
+    return -rank, not front, usage, order
 
 
 def from_doc(doc) -> tuple[dict, dict]:

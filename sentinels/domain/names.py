@@ -58,7 +58,7 @@ ALERTS_TTL = 7 * 86400.0  # redeliveries come within minutes; a week is plenty
 WAITING_KEY = "waiting"  # Board: {"at": iso, "reasons": {job id: text}, "codes": {job id: [code, resource]}}
 CAPACITY_KEY = "capacity"  # Board: the capacity watch's episode state
 MLFLOW_OWED_KEY = "mlflow_owed"  # Board: {"jobs": [ids whose MLflow run is behind]}
-USAGE_KEY = "usage"  # Board: the fair-share ledger {"usage": {key: [usage, at]}, "marks": {job id: charged until}}
+USAGE_KEY = "usage"  # Board: the fair-share ledger {"usage": {key: [usage, at]}, "marks": {job id: charged until}, "held": {"team": {name: amounts}, "user": {...}}}
 
 # --- the objects a job runs as: Kubernetes manifests and the local executor's alike ----------
 JOB_ID_LABEL = "sentinels.io/job-id"

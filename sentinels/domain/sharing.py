@@ -84,3 +84,60 @@ def within_nominal(cfg: Sharing, team: str | None, user: str | None, need: dict,
     holders = cfg.quotas.holders(team, user)
     return bool(holders) and all(held.get((kind, name), {}).get(r, 0) + need.get(r, 0) <= n
                                  for kind, name, q in holders for r, n in q.nominal.items())
+
+
+# --- `sentinels share`: who holds what, against which quota -------------------------------
+def holding(running: list[RunningJob]) -> dict:
+    """What every team and user holds now, quota or not: (kind, name) -> resource -> amount."""
+    out: dict = {}
+    for r in running:
+        need = quota.demand(r.cpu_millis, r.memory_bytes, r.gpu)
+        for key in (("team", r.team), ("user", r.user)):
+            if key[1]:
+                bucket = out.setdefault(key, {})
+                for resource in quota.RESOURCES:
+                    bucket[resource] = bucket.get(resource, 0) + need[resource]
+    return out
+
+
+def holding_to_doc(held: dict) -> dict:
+    doc: dict = {"team": {}, "user": {}}
+    for (kind, name), amounts in held.items():
+        doc[kind][name] = dict(amounts)
+    return doc
+
+
+def holding_from_doc(doc) -> dict:
+    doc = doc if isinstance(doc, dict) else {}
+    return {(kind, str(name)): {r: int(v) for r, v in amounts.items() if r in quota.RESOURCES and isinstance(v, int)}
+            for kind in ("team", "user") if isinstance(doc.get(kind), dict)
+            for name, amounts in doc[kind].items() if isinstance(amounts, dict)}
+
+
+def report(cfg: Sharing, usage: dict, held: dict) -> list[dict]:
+    """One row per team (and per user with a quota, or when fair share goes by user): its
+    decayed usage and share of all usage, what it holds, its nominal quota, how much it may
+    borrow beyond it and how much of what it holds is borrowed now."""
+    by = cfg.fair_share.by
+    shares = fairshare.shares(usage)
+    names: dict = {"team": set(cfg.quotas.teams) | {n for k, n in held if k == "team"},
+                   "user": set(cfg.quotas.users)}
+    if by in names:
+        names[by] |= set(usage)
+    rows = []
+    for kind in ("team", "user"):
+        quotas = cfg.quotas.teams if kind == "team" else cfg.quotas.users
+        for name in sorted(names[kind]):
+            holds = {r: held.get((kind, name), {}).get(r, 0) for r in quota.RESOURCES}
+            q = quotas.get(name)
+            share = shares.get(name) if kind == by else None
+            rows.append({
+                "kind": kind, "name": name,
+                "usage": round(share.usage, 3) if share else (0.0 if kind == by else None),
+                "share": round(share.fraction, 4) if share else (0.0 if kind == by else None),
+                "holds": holds,
+                "nominal": dict(q.nominal) if q else None,
+                "borrowing_limit": {r: q.borrowing.get(r, 0) for r in q.nominal} if q else None,
+                "borrowed": {r: max(0, holds[r] - n) for r, n in q.nominal.items()} if q else None,
+            })
+    return rows
