@@ -1,9 +1,6 @@
 """Render the chart's monitoring templates with the real Helm library (helm-python-sdk) and
 check custom resources against the real CRDs in ../shared/crds (read there, never copied)."""
 
-import copy
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,45 +9,21 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm/sentinels"
 CRDS = ROOT.parent / "shared/crds"
-RULES_FILE = CHART / "monitoring/rules.yaml"
-MONITORING_TEMPLATES = ("metrics-exporter.yaml", "prometheusrule.yaml", "alertmanager-slack.yaml", "dashboards.yaml",
-                        "fluent-bit-lua.yaml")
+RULES_FILE = CHART / "files/prometheus-rules.yaml"
+MONITORING = ("monitoring-exporter.yaml", "monitoring-alerts.yaml", "monitoring-dashboards.yaml",
+              "monitoring-fluent-bit.yaml")
 
 
-def merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def render(values: dict | None = None, name: str = "rel") -> list[dict]:
+    """The objects the chart's monitoring templates render with these values (real Helm, a
+    cluster that serves the Prometheus operator's API)."""
+    pytest.importorskip("helm_python", reason="helm-python-sdk (the Helm library) is not installed")
+    from tests import helm_chart
 
-
-def defaults() -> dict:
-    return yaml.safe_load((CHART / "monitoring/values.yaml").read_text())
-
-
-def _chart_dir(tmp: Path) -> Path:
-    """A stand-in chart holding the monitoring parts (helm/sentinels/monitoring/templates/), until
-    they are wired into the chart with its labels, image and values schema."""
-    out = tmp / "sentinels"
-    (out / "templates").mkdir(parents=True)
-    (out / "Chart.yaml").write_text("apiVersion: v2\nname: sentinels\nversion: 0.1.0\nappVersion: 0.1.0\n")
-    for name in MONITORING_TEMPLATES:
-        shutil.copy(CHART / "monitoring" / "templates" / name, out / "templates" / name)
-    for sub in ("monitoring", "dashboards", "files"):  # .Files the templates read
-        if (CHART / sub).exists():
-            shutil.copytree(CHART / sub, out / sub)
-    return out
-
-
-def render(values: dict | None = None) -> list[dict]:
-    """Every object the monitoring templates render with these values over the defaults."""
-    helm = pytest.importorskip("helm_python", reason="helm-python-sdk (the Helm library) is not installed")
-    with tempfile.TemporaryDirectory() as tmp:
-        chart = helm.Chart.load(str(_chart_dir(Path(tmp))))
-        files = chart.render(merge(defaults(), values or {}), name="rel", namespace="sentinels")
+    files = helm_chart.render(values, name=name, api_versions=helm_chart.MONITORING_APIS)
     docs = []
-    for path, text in files.items():
-        if path.rsplit("/", 1)[-1] in MONITORING_TEMPLATES:
+    for path, text in sorted(files.items()):
+        if path.rsplit("/", 1)[-1] in MONITORING:
             docs += [d for d in yaml.safe_load_all(text) if d]
     return docs
 

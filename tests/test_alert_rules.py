@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "helm/sentinels/monitoring/rules.yaml"
+RULES = ROOT / "helm/sentinels/files/prometheus-rules.yaml"
 RULE_TESTS = ROOT / "tests/prometheus/rules_test.yaml"
 
 

@@ -26,8 +26,16 @@ def test_builtin_objects_validate_against_kubernetes_schemas():
             continue
         kubernetes_validate.validate(d, "1.31", strict=True)
     dep = by_kind(docs, "Deployment")[0]
-    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["SENTINELS_METRICS_LISTEN"] == "0.0.0.0:9464" and env["SENTINELS_NATS_URL"] == "nats://rel-nats:4222"
+    assert dep["metadata"]["labels"]["app.kubernetes.io/part-of"] == "sentinels"
+    pod = dep["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["SENTINELS_METRICS_LISTEN"] == "0.0.0.0:9464" and env["SENTINELS_BACKEND"] == "kubernetes"
+    # its own NATS user (read only), the functions' config.yaml (priorities, namespace)
+    assert env["SENTINELS_NATS_URL"] == "nats://exporter:$(SENTINELS_NATS_PASSWORD)@rel-nats.sentinels.svc.cluster.local:4222"
+    assert {"name": "config", "configMap": {"name": "rel-sentinels-config"}} in pod["volumes"]
+    plain = {e["name"]: e.get("value") for e in by_kind(render({"natsAuth": {"enabled": False}}), "Deployment")[0]
+             ["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert plain["SENTINELS_NATS_URL"] == "nats://rel-nats.sentinels.svc.cluster.local:4222"
 
 
 def test_servicemonitor_and_rule_validate_against_the_crds():
@@ -56,8 +64,20 @@ def test_switches_leave_pieces_out():
                        "logs": {"fluentBitFilter": {"enabled": False}}})
 
 
+def test_values_outside_the_schema_are_refused():
+    """The chart's values.schema.json knows the monitoring keys: a typo or a wrong type fails the
+    render with the schema's message."""
+    from tests import helm_chart
+
+    for bad, says in (({"metrics": {"prot": 9464}}, "prot"), ({"alerts": {"slack": {"sendResolved": "yes"}}}, "sendResolved"),
+                      ({"config": {"logs": {"elasticsearch": "es:9200"}}}, "elasticsearch")):
+        with pytest.raises(Exception) as e:
+            helm_chart.render(bad)
+        assert says in str(e.value), str(e.value)[:300]
+
+
 def alertmanager_config(values: dict) -> str:
-    secret = [d for d in by_kind(render(values), "Secret") if d["metadata"]["name"].endswith("-alertmanager")]
+    secret = [d for d in by_kind(render(values), "Secret") if d["metadata"]["name"] == "rel-sentinels-alertmanager"]
     assert len(secret) == 1
     return secret[0]["stringData"]["alertmanager.yaml"]
 
@@ -105,10 +125,10 @@ def test_promtool_accepts_the_rendered_rule(tmp_path):
 def test_fluent_bit_filter_configmap_carries_the_tested_script():
     from tests.chart_render import CHART
 
-    maps = [d for d in by_kind(render(), "ConfigMap") if d["metadata"]["name"] == "rel-fluent-bit-lua"]
+    maps = [d for d in by_kind(render(), "ConfigMap") if d["metadata"]["name"] == "rel-sentinels-fluent-bit-lua"]
     assert len(maps) == 1
     data = maps[0]["data"]
     assert data["sentinels.lua"] == (CHART / "files/fluent-bit/sentinels.lua").read_text().rstrip("\n")
     assert "call    sentinels_job" in data["filter.conf"] and "Match   kube.*" in data["filter.conf"]
     assert not [d for d in render({"logs": {"fluentBitFilter": {"enabled": False}}}) if d["kind"] == "ConfigMap"
-                and d["metadata"]["name"] == "rel-fluent-bit-lua"]
+                and d["metadata"]["name"] == "rel-sentinels-fluent-bit-lua"]

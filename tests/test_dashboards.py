@@ -61,7 +61,7 @@ def test_platform_dashboard_covers_every_exporter_family():
 
 def test_chart_ships_dashboards_with_the_sidecar_label():
     maps = [d for d in render() if d["kind"] == "ConfigMap" and "-dashboard-" in d["metadata"]["name"]]
-    assert sorted(m["metadata"]["name"] for m in maps) == ["rel-dashboard-experiment", "rel-dashboard-platform"]
+    assert sorted(m["metadata"]["name"] for m in maps) == ["rel-sentinels-dashboard-experiment", "rel-sentinels-dashboard-platform"]
     for m in maps:
         assert m["metadata"]["labels"]["grafana_dashboard"] == "1"
         (key, text), = m["data"].items()

@@ -137,7 +137,8 @@ def by_kind(docs, kind):
 
 
 def test_services_one_image_args_and_visibility():
-    services = by_kind(DEFAULTS, "Service")
+    services = {n: s for n, s in by_kind(DEFAULTS, "Service").items()
+                if s["apiVersion"].startswith("serving.knative.dev")}  # not the exporter's core Service
     assert set(services) == {"sentinels-submit", "sentinels-schedule", "sentinels-on-job-event", "sentinels-alert"}
     scale = {}
     for name, svc in services.items():
@@ -349,7 +350,7 @@ def nats_check(conf: Path, env: dict) -> subprocess.CompletedProcess:
                           env={"PATH": os.environ.get("PATH", ""), **env})
 
 
-USERS = ("submit", "schedule", "on-job-event", "alert", "broker", "inspect")
+USERS = ("submit", "schedule", "on-job-event", "alert", "broker", "inspect", "exporter")
 
 
 def test_rendered_nats_configuration_passes_nats_server_t(tmp_path):
@@ -378,6 +379,9 @@ def test_nats_users_are_least_privilege():
     assert "MSG.DELETE" not in blocks["submit"] and "sentinels_alerts" not in blocks["submit"]
     assert "sentinels.queue" not in blocks["alert"]
     assert '"sentinels.>"' in blocks["broker"].split("deny:", 1)[1]
+    exporter = blocks["exporter"]  # reads and hears counts; writes nothing of sentinels'
+    assert "$KV." not in exporter and "STREAM.CREATE" not in exporter and "MSG.DELETE" not in exporter
+    assert '"sentinels.metrics.>"' in exporter.split("subscribe:", 1)[1] and "sentinels.metrics" in blocks["schedule"]
 
 
 def test_chart_readme_documents_every_value_we_own():

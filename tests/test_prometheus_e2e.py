@@ -20,7 +20,7 @@ from sentinels.embedded import natsd
 from tests.test_cli_e2e import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "helm/sentinels/monitoring/rules.yaml"
+RULES = ROOT / "helm/sentinels/files/prometheus-rules.yaml"
 
 
 def get_json(url: str, timeout: float = 5) -> dict:
