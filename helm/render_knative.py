@@ -2,7 +2,7 @@
 
 The chart (helm/sentinels) is the source: `knative/*.yaml` is what it renders for release
 "sentinels" in namespace "sentinels" with the Knative objects forced on, the Knative
-install, NATS users and the helm test left out, minus Helm's own labels. The embedded
+install, NATS users, the monitoring pieces and the helm test left out, minus Helm's own labels. The embedded
 router of `sentinels up` reads its trigger table from knative/triggers.yaml, i.e. from
 the chart's files/routes.yaml. tests/test_knative_manifests.py fails when knative/ is
 not what this script writes.
@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "sentinels"
 OUT = ROOT / "knative"
 VALUES = {"knative": {"objects": True, "install": False}, "natsAuth": {"enabled": False},
-          "test": {"enabled": False}}
+          "test": {"enabled": False},  # and the monitoring pieces: knative/ is the Knative path only
+          "metrics": {"enabled": False}, "alerts": {"enabled": False}, "dashboards": {"enabled": False},
+          "logs": {"fluentBitFilter": {"enabled": False}}}
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
 HEADER = ("# Generated from helm/sentinels (templates/{template}) by `python helm/render_knative.py`;\n"
           "# edit the chart, then run it. Release \"sentinels\" in namespace \"sentinels\": NATS at\n"
