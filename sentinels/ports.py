@@ -121,7 +121,10 @@ class Cluster(Protocol):
     async def launch(self, record: dict, extra_env: dict) -> None:  # create the Job / start the process
         ...
 
-    async def stop(self, record: dict) -> None:  # delete the Job / stop the process
+    async def stop(self, record: dict, why: Optional[str] = None) -> None:
+        """Delete the Job / stop the process (SIGTERM, then SIGKILL after the grace period).
+        `why` (a preemption) is told to the job first: a file next to its outputs locally, a
+        DisruptionTarget condition on its pod on Kubernetes."""
         ...
 
     async def active(self) -> dict[str, str]:  # job id -> Job name, for what the cluster runs now

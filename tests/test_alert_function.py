@@ -197,3 +197,20 @@ async def test_invalid_token_at_start_logs_a_clear_error_and_falls_back_to_the_l
 def test_bad_notify_configuration_fails_at_start(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="notify configuration: teams.vision"):
         make_app(monkeypatch, tmp_path / "home", "nats://127.0.0.1:1", {}, {"teams": {"vision": "not a channel"}})
+
+
+async def test_a_preemption_tells_the_victims_channels_who_took_the_room(function, fake, js, logs):
+    post, _ = function
+    rec = await put(js, {**record(), "state": "QUEUED", "attempts": 2})
+    why = "preempted by zz2yy3xx4w (critical, vera) at 2026-12-02T05:00:00.000Z; requeued at the front of normal"
+    status, body = await post(events.JOB_REQUEUED, {"job": rec["id"], "state": "QUEUED", "reason": why})
+    assert status == 200 and body["sent"] == ["#vision", "#alerts"], body
+    msg = fake.messages[0]
+    assert block_problems(msg["blocks"]) == [] and "preempted" in msg["blocks"][0]["text"]["text"]
+    assert f"resnet ({rec['id']}) of alice (vision): preempted by zz2yy3xx4w (critical, vera)" in msg["text"]
+    status, body = await post(events.JOB_REQUEUED, {"job": rec["id"], "state": "QUEUED", "reason": "requeued after: evicted"})
+    assert status == 200 and "not a preemption" in body["ignored"]  # an eviction is no one's doing
+    muted = await put(js, {**record(), "id": "mm2nn3oo4p", "state": "QUEUED",
+                           "spec": {**record()["spec"], "notify": {"on": ["failed"]}}})
+    status, body = await post(events.JOB_REQUEUED, {"job": muted["id"], "reason": why})
+    assert "nobody asked" in body["ignored"] and len(fake.messages) == 2

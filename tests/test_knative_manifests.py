@@ -31,7 +31,7 @@ ROUTES = {  # function -> event types (the routing table)
                      "io.sentinels.job.preempt_requested",
                      "io.sentinels.job.scheduled", "dev.knative.sources.ping"],  # the tick: MLflow catch-up
     "alert": ["io.sentinels.job.succeeded", "io.sentinels.job.failed", "io.sentinels.job.cancelled",
-              "io.sentinels.capacity.exhausted", "io.sentinels.capacity.recovered"],
+              "io.sentinels.job.requeued", "io.sentinels.capacity.exhausted", "io.sentinels.capacity.recovered"],
 }
 KNOWN_TYPES = {v for k, v in vars(events).items() if k.isupper() and isinstance(v, str) and "." in v}
 

@@ -302,3 +302,27 @@ async def test_last_end_reads_the_newest_pods_failure(api, cluster):
                                labels={"batch.kubernetes.io/job-name": record["k8s_job"]})
     await post(api, f"/api/v1/namespaces/{NS}/pods", running)
     assert await cluster.last_end(record) is None  # the newest pod has not failed
+
+
+async def test_a_preemption_marks_the_pods_disruption_target_then_deletes_the_job(api, cluster):
+    """As the kube-scheduler does with its own victims (condition built from the API reference:
+    type DisruptionTarget, reason PreemptionByScheduler); the deletion gives the pod its grace."""
+    from sentinels.domain import observe
+
+    record = make_record()
+    await cluster.launch(record, {})
+    pod = yaml.safe_load((FIXTURES / "pod-running.yaml").read_text())
+    pod["metadata"].update(name=f"{record['k8s_job']}-x1y2z", namespace=NS,
+                           labels={"batch.kubernetes.io/job-name": record["k8s_job"], "sentinels.io/job-id": record["id"]})
+    await post(api, f"/api/v1/namespaces/{NS}/pods", pod)
+    await cluster.stop(record, "preempted by zz2yy3xx4w (critical, vera)")
+    patches = [r for r in api._requests if r.method == kmock.method.PATCH]
+    assert [str(r.url).split("?")[0].endswith(f"/pods/{pod['metadata']['name']}/status") for r in patches] == [True]
+    (cond,) = patches[0].data["status"]["conditions"]
+    assert cond["type"] == "DisruptionTarget" and cond["reason"] == "PreemptionByScheduler"
+    assert cond["message"] == "preempted by zz2yy3xx4w (critical, vera)"
+    assert api.objects[kmock.resource("batch/v1/jobs"), NS, record["k8s_job"]].deleted
+    # what the lifecycle then reads from that pod: a preemption (requeued, never a failure)
+    pod["status"] = {"phase": "Failed", "conditions": [cond]}
+    obs = observe.observe("dev.knative.apiserver.resource.update", pod)
+    assert obs.what == observe.DISRUPTED and obs.reason.startswith("preempted")

@@ -102,6 +102,12 @@ async def test_preemption_requeues_the_victim_at_the_front_without_counting_a_fa
     assert w.cluster.launches[-1] == urgent
     hist = [(e["to"], e["reason"]) for e in await w.history.of(low)]
     assert hist[-1][0] == "QUEUED" and urgent in hist[-1][1]
+    # the victim was told why before it was stopped, and its next run is told again
+    assert w.cluster.told[low].startswith(f"preempted by {urgent} (critical, vision-user) at ")
+    assert "SENTINELS_PREEMPTED" not in w.cluster.envs[low]
+    w.cluster.finish(urgent)
+    await w.sched.trigger()
+    assert w.cluster.launches[-1] == low and w.cluster.envs[low]["SENTINELS_PREEMPTED"] == w.cluster.told[low]
 
 
 async def test_no_preemption_without_configuration_and_not_of_protected_jobs():
@@ -222,3 +228,16 @@ async def test_the_end_of_a_preempted_job_requeues_it_even_before_the_preemption
                               attempt=rec["attempts"])
     step = lifecycle.decide(dict(rec, state="RUNNING"), obs, 0.0)
     assert step.to == "QUEUED" and step.reason.startswith(f"preempted by {urgent}")
+
+
+def test_our_own_disruption_target_is_a_preemption_not_an_eviction():
+    from sentinels.domain import observe
+
+    rec = {"id": "abcdefghij", "state": "RUNNING", "attempts": 1, "priority": "low", "k8s_job": "sentinels-abcdefghij",
+           "spec": {}, "preempted_by": "zz2yy3xx4w", "preempted_note": "preempted by zz2yy3xx4w (critical, vera) at t"}
+    obs = observe.Observation(what=observe.DISRUPTED, kind="Pod", job_id=rec["id"], reason="preempted", attempt=1)
+    step = lifecycle.decide(rec, obs, 0.0)
+    assert step.to == "QUEUED" and step.reason == "preempted by zz2yy3xx4w (critical, vera) at t; requeued at the front of low"
+    assert step.changes["preemptions"] == 1
+    plain = lifecycle.decide({k: v for k, v in rec.items() if k != "preempted_by"}, obs, 0.0)
+    assert plain.reason.startswith("requeued after")  # someone else's eviction: counted as a cut-short attempt

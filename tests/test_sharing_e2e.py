@@ -78,6 +78,9 @@ def test_borrowing_reclaim_and_preemption(env):
     assert len(requeued) == 1 and requeued[0]["attempts"] == 2
     hist = json.loads(cli(env, "vera-token", "history", requeued[0]["id"], "-o", "json"))
     assert hist[-1]["to"] == "QUEUED" and hist[-1]["reason"].startswith(f"preempted by {n1}"), hist
+    # told before SIGTERM, in a file next to its outputs (read by a job that checkpoints on the signal)
+    told = Path(env["SENTINELS_HOME"]) / "jobs" / requeued[0]["id"] / "outputs" / ".sentinels-preempted"
+    assert told.read_text().startswith(f"preempted by {n1} (normal, nils) at "), told
     # `sentinels share` says who holds what: vision back within its nominal quota, nlp holding its one job
     deadline = time.monotonic() + 30
     while True:

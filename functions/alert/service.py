@@ -43,6 +43,8 @@ class AlertService:
         kind = ce["type"]
         if kind in JOB_TYPES:
             planned = await self._job(ce)
+        elif kind == events.JOB_REQUEUED:
+            planned = await self._preempted(ce)
         elif kind in CAPACITY_TYPES:
             planned = self._capacity(ce)
         else:
@@ -69,6 +71,22 @@ class AlertService:
         if not channels:
             return f"nobody asked to hear about job {job_id} {record['state'].lower()}"
         return channels, notify.job_message(record, self.clock(), self.cfg)
+
+    async def _preempted(self, ce: dict):
+        """A requeue that was a preemption: tell the victim's channels who took the room."""
+        raw = ce.get("data")
+        data: dict = raw if isinstance(raw, dict) else {}
+        reason = data.get("reason")
+        if not isinstance(reason, str) or not reason.startswith("preempted by "):
+            return "a requeue that was not a preemption"
+        job_id = data.get("job")
+        got = await self.jobs.get(job_id) if job.is_job_id(job_id) else None
+        if got is None:
+            return f"job {job_id!r} is unknown"
+        channels = notify.route(got[0], self.cfg, "preempted")
+        if not channels:
+            return f"nobody asked to hear about job {job_id} being preempted"
+        return channels, notify.preempted_message(got[0], reason, self.cfg)
 
     async def _count(self, what: str) -> None:
         if self.meter is not None:

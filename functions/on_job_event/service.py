@@ -286,7 +286,8 @@ class LifecycleService:
         step = lifecycle.preempted(record)
         if step is None:
             return "nothing-to-do"
-        await self.cluster.stop(record)  # raises Unavailable: redelivered
+        # raises Unavailable: redelivered; the job is told why before SIGTERM (file / DisruptionTarget)
+        await self.cluster.stop(record, record.get("preempted_note") or f"preempted by {record['preempted_by']}")
         outcome = await self.apply(record, step, f"preempt:{record.get('attempts', 1)}")
         if outcome == "raced":
             return await self.preempt(job_id)

@@ -26,6 +26,7 @@ from functions.schedule.holdings import Holdings
 
 log = logging.getLogger("sentinels.schedule")
 SOURCE = "sentinels/schedule"
+PREEMPTED_ENV = "SENTINELS_PREEMPTED"  # a run after a preemption: who preempted the last one, and when
 PREEMPT_LOOKS = 16  # waiting jobs a pass considers for preemption at most (the rest: next pass)
 
 
@@ -134,7 +135,9 @@ class ScheduleService:
             return False
         run = await self._tracking(record)
         try:
-            env = self.env_for_run(record, run) if self.env_for_run else {}
+            env = dict(self.env_for_run(record, run)) if self.env_for_run else {}
+            if record.get("preemptions") and record.get("preempted_note"):  # this run follows a preemption
+                env[PREEMPTED_ENV] = record["preempted_note"]
             await self.cluster.launch(dict(record, node=node), env)
         except (InvalidSpec, LaunchRefused) as e:  # for good: the job fails with the cluster's words
             self._refused.pop(job_id, None)
@@ -225,8 +228,9 @@ class ScheduleService:
         def decide(r):
             if r["state"] not in states.ACTIVE or r.get("preempted_by") or r.get("cancel_requested"):
                 return None
-            return dict(r, preempted_by=by.id, updated_at=self.clock(),
-                        preempted_note=f"preempted by {by.id} ({by.klass}, {by.owner or 'unknown'})")
+            now = self.clock()
+            return dict(r, preempted_by=by.id, updated_at=now,
+                        preempted_note=f"preempted by {by.id} ({by.klass}, {by.owner or 'unknown'}) at {now}")
 
         done = await self.jobs.mutate(victim_id, decide)
         if done is None:

@@ -16,14 +16,15 @@ from typing import Any, Callable, Mapping, Optional
 from ..domain import quantity
 from ..domain.build import BuildConfig
 from ..domain.demand import PLACEHOLDER_LABELS
-from ..domain.errors import ConfigError, InvalidSpec, LaunchRefused, QuotaExceeded, Unavailable
+from ..domain.errors import ConfigError, InvalidSpec, LaunchRefused, QuotaExceeded, SentinelsError, Unavailable
 from ..domain.job import is_job_id
-from ..domain.names import is_job_name
+from ..domain.names import JOB_NAME_LABEL, is_job_name
 from ..domain.placement import GPU_TAINT, Node
 from . import build_manifest
 from . import kube_manifest as km
 
 log = logging.getLogger("sentinels.kubernetes")
+PREEMPTION_REASON = "PreemptionByScheduler"  # the DisruptionTarget reason the kube-scheduler gives its own victims
 TERMINAL_PHASES = ("Succeeded", "Failed")
 LIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 PAGE = 500
@@ -335,13 +336,40 @@ class KubernetesCluster:
                         lambda: _json(batch.create_namespaced_job(self.cfg.namespace, manifest, **self._opts())),
                         exists_ok=True)
 
-    async def stop(self, record: dict) -> None:
+    async def stop(self, record: dict, why: Optional[str] = None) -> None:
         name = record.get("k8s_job") or km.job_name(record["id"], int(record.get("attempts") or 1))
+        if why:  # as the kube-scheduler does before it preempts: the pod says why it goes
+            await self._disruption_target(name, why)
         await self._delete_job(self._api("BatchV1Api"), name)
         core = self._api("CoreV1Api")
         await self._run(f"deleting ConfigMap {name}",
                         lambda: _json(core.delete_namespaced_config_map(name, self.cfg.namespace, **self._opts())),
                         missing_ok=True)
+
+    async def _disruption_target(self, job: str, why: str) -> None:
+        """Mark the Job's live pods DisruptionTarget (reason PreemptionByScheduler, message `why`):
+        `kubectl describe pod` and the lifecycle then read a preemption, and the Job's
+        podFailurePolicy ignores the failure. Best effort: the deletion goes ahead regardless."""
+        import time
+
+        from ..domain.times import iso
+
+        core = self._api("CoreV1Api")
+        try:
+            pods = await self._list(f"listing pods of Job {job}", core.list_namespaced_pod, self.cfg.namespace,
+                                    label_selector=f"{JOB_NAME_LABEL}={job}")
+            at = iso(time.time(), "seconds")
+            for pod in pods:
+                meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+                if (meta.get("labels") or {}).get(JOB_NAME_LABEL) != job or status.get("phase") in ("Succeeded", "Failed"):
+                    continue
+                body = {"status": {"conditions": [{"type": "DisruptionTarget", "status": "True", "lastTransitionTime": at,
+                                                   "reason": PREEMPTION_REASON, "message": why}]}}
+                await self._run(f"marking pod {meta.get('name')} for preemption",
+                                lambda n=meta.get("name"), b=body: _json(core.patch_namespaced_pod_status(
+                                    n, self.cfg.namespace, b, **self._opts())), missing_ok=True)
+        except SentinelsError as e:
+            log.warning("Job %s: its pods were not told why they stop (%s); deleting it anyway", job, e.message)
 
     async def active(self) -> dict[str, str]:
         """Job id -> Job name for every sentinels Job that has not finished and is not being deleted."""

@@ -55,8 +55,8 @@ class LocalCluster:
     async def launch(self, record: dict, extra_env: dict) -> None:
         await self._ask("launch", {"record": record, "extra_env": dict(extra_env or {})})
 
-    async def stop(self, record: dict) -> None:
-        await self._ask("stop", {"job": record["id"]})
+    async def stop(self, record: dict, why: Optional[str] = None) -> None:
+        await self._ask("stop", {"job": record["id"], **({"why": why} if why else {})})
 
     async def active(self) -> dict[str, str]:
         return dict((await self._ask("active"))["active"])

@@ -253,6 +253,8 @@ class MemoryCluster:
         self.ended: dict[str, tuple[dict, str]] = {}  # job id -> (record, "Complete" | "Failed")
         self.launches: list[str] = []
         self.stops: list[str] = []
+        self.told: dict[str, str] = {}  # job id -> why it was stopped (a preemption)
+        self.envs: dict[str, dict] = {}  # job id -> the extra env of its last launch
         self.builds: list[str] = []  # job ids whose build was started
         self.fail_launch: bool | Exception = False  # True: a 503; an error: raised as it is
         self.ends: dict[str, dict] = {}  # job id -> how its newest pod failed (last_end)
@@ -282,10 +284,13 @@ class MemoryCluster:
         if record["id"] not in self.running:
             self.ended.pop(record["id"], None)
             self.launches.append(record["id"])
+            self.envs[record["id"]] = dict(extra_env or {})
             self.running[record["id"]] = copy.deepcopy(record)
 
-    async def stop(self, record):
+    async def stop(self, record, why=None):
         self.stops.append(record["id"])
+        if why:
+            self.told[record["id"]] = why
         self.running.pop(record["id"], None)
 
     async def active(self):

@@ -96,7 +96,8 @@ def preempted(record: dict) -> Optional[Step]:
     if record["state"] not in states.ACTIVE or not by or record.get("cancel_requested"):
         return None
     attempts = record.get("attempts", 1) + 1
-    return Step(states.QUEUED, f"preempted by {by}; requeued at the front of {record['priority']}",
+    who = record.get("preempted_note") or f"preempted by {by}"  # who took the room: id, class, owner
+    return Step(states.QUEUED, f"{who}; requeued at the front of {record['priority']}",
                 (REQUEUE, CAPACITY), {"k8s_job": job_name(record["id"], attempts), "node": None,
                                       "preempted_by": None, "preemptions": record.get("preemptions", 0) + 1})
 
@@ -165,6 +166,8 @@ def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Polic
             reason = last["reason"] if len(mine) == 1 else f"{last['reason']} (attempt {len(mine)} of {len(mine)})"
             return Step(states.FAILED, reason, (LOGS, CAPACITY), code)
         return Step(states.FAILED, obs.reason, (LOGS, CAPACITY), code, ran if obs.exit_code is not None else None)
+    if what == ob.DISRUPTED and record.get("preempted_by") and state in states.ACTIVE:
+        return preempted(record)  # our own preemption's DisruptionTarget (Kubernetes)
     if what == ob.DISRUPTED:
         return requeue_or_fail(record, obs.reason, policy, False) if state in states.ACTIVE else None
     if what == ob.DELETED:

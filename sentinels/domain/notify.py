@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from . import duration, times
 from .capacity_watch import CapacityConfig
 from .errors import ConfigError
-from .spec import NOTIFY_STATES
+from .spec import NOTIFY_DEFAULT, NOTIFY_STATES
 from .states import CANCELLED, FAILED, SUCCEEDED, runs_made
 
 CHANNEL = re.compile(r"^#?[A-Za-z0-9._-]{1,80}$")
 KEYS = ("default_channel", "capacity_channel", "teams", "experiments", "mute_success",
         "kibana_url", "grafana_url", "mlflow_url", "on", "capacity")
-DEFAULT_ON = ("succeeded", "failed")
+DEFAULT_ON = NOTIFY_DEFAULT
 # Slack Block Kit limits: header text 150 chars, section text 3000, section field 2000.
 HEADER_MAX, TEXT_MAX, FIELD_MAX, FALLBACK_MAX = 150, 3000, 2000, 4000
 LOG_LINES = 30
+PREEMPTED_ICON = ":arrows_counterclockwise:"
 ICON = {SUCCEEDED: ":white_check_mark:", FAILED: ":x:", CANCELLED: ":no_entry_sign:"}
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 # where a bare Grafana / Kibana address (no {placeholder}) links: the chart's experiment
@@ -104,13 +105,14 @@ def _channel(value, key: str) -> str:
 
 
 # --- routing ---------------------------------------------------------------------------
-def route(record: dict, cfg: NotifyConfig) -> list[str]:
-    """Channels to tell about this terminal job; [] when nobody should be told.
+def route(record: dict, cfg: NotifyConfig, what: str | None = None) -> list[str]:
+    """Channels to tell about this terminal job (or `what` happened to it: "preempted");
+    [] when nobody should be told.
 
     The job spec's own `notify` (channel, on) wins; else the team's and matching
     experiments' channels; else the default channel. A user's success mute always holds.
     """
-    state = str(record.get("state", "")).lower()
+    state = what or str(record.get("state", "")).lower()
     spec = record.get("spec") or {}
     own = spec.get("notify") or {}
     wanted = set(own["on"]) if own.get("on") is not None else cfg.on
@@ -171,6 +173,20 @@ def job_message(record: dict, now_iso: str, cfg: NotifyConfig = NotifyConfig()) 
         text += f" after {duration.human(took)}"
     for label, url in links:
         text += f"\n{label}: {url}"
+    return {"text": clip(text, FALLBACK_MAX), "blocks": blocks}
+
+
+def preempted_message(record: dict, reason: str, cfg: NotifyConfig = NotifyConfig()) -> dict:
+    """Slack message for a job stopped and requeued for another (`reason` names who took the room)."""
+    name, job_id = str(record.get("name") or "?"), str(record.get("id", "?"))
+    owner = esc(str(record.get("owner") or "?")) + (f" ({esc(record['team'])})" if record.get("team") else "")
+    text = f"{PREEMPTED_ICON} {esc(name)} ({job_id}) of {owner}: {esc(reason)}"
+    blocks = [{"type": "header", "text": {"type": "plain_text", "emoji": True,
+                                          "text": clip(f"{PREEMPTED_ICON} {name} preempted", HEADER_MAX)}},
+              section(clip(f"`{job_id}` of {owner}\n{esc(reason)}", TEXT_MAX))]
+    links = job_links(record, cfg)
+    if links:
+        blocks.append(section(" · ".join(f"<{url}|{label}>" for label, url in links)))
     return {"text": clip(text, FALLBACK_MAX), "blocks": blocks}
 
 

@@ -27,7 +27,8 @@ IMAGE_REF = re.compile(
 )
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-NOTIFY_STATES = ("succeeded", "failed", "cancelled")
+NOTIFY_STATES = ("succeeded", "failed", "cancelled", "preempted")  # preempted: stopped and requeued for another job
+NOTIFY_DEFAULT = ("succeeded", "failed", "preempted")
 FIELDS = (
     "name", "image", "command", "args", "env", "resources", "priority", "experiment", "params",
     "data", "outputs", "timeout", "retries", "node_selector", "labels", "notify", "preemptible",
@@ -168,7 +169,7 @@ def _notify(value) -> dict:
         if not isinstance(ch, str) or not re.match(r"^#?[A-Za-z0-9._-]{1,80}$", ch):
             raise InvalidSpec(f"notify.channel: {ch!r} is not a Slack channel name", "notify.channel")
         out["channel"] = ch
-    on = value.get("on", list(NOTIFY_STATES[:2]))
+    on = value.get("on", list(NOTIFY_DEFAULT))
     if isinstance(on, str):
         on = [on]
     if not isinstance(on, list) or any(s not in NOTIFY_STATES for s in on):

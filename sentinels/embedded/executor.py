@@ -40,7 +40,7 @@ async def _answer(kubelet: Kubelet, verb: str, body: dict, builder: Optional[Bui
         reply = builder.start(body.get("record"))
         await builder.flush()
     elif verb == "stop":
-        reply = kubelet.stop(body.get("job"))
+        reply = kubelet.stop(body.get("job"), body.get("why"))
         if builder is not None and builder.stop(body.get("job")):  # a cancel during its build
             reply["build_stopping"] = True
             await builder.flush()

@@ -40,7 +40,8 @@ log = logging.getLogger("sentinels.executor")
 BASIC_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "TMPDIR")
 MAX_LOG_BYTES = 512 * 1024  # what one `logs` reply may carry (NATS max_payload is 1 MB)
 POD_LOST_MESSAGE = "ended without leaving an exit code (killed with SIGKILL?)"
-PULL_BACKOFF, PULL_BACKOFF_MAX = 10.0, 300.0  # seconds between image pulls, as a kubelet backs off
+PULL_BACKOFF, PULL_BACKOFF_MAX = 10.0, 300.0
+PREEMPTED_FILE = ".sentinels-preempted"  # in $SENTINELS_OUTPUTS: why this run is being stopped (a preemption)  # seconds between image pulls, as a kubelet backs off
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -262,6 +263,7 @@ class Kubelet:
         for sub in ("work", "outputs"):
             (job_dir / sub).mkdir(parents=True, exist_ok=True)
             give_to(job_dir / sub, self.cap.run_as)
+        (job_dir / "outputs" / PREEMPTED_FILE).unlink(missing_ok=True)  # an earlier attempt's, read by now
         write_atomic(job_dir / "job.yaml", yaml.safe_dump(config_of(record), sort_keys=False))
         now = self.now()
         timeout = spec.get("timeout_seconds")
@@ -334,16 +336,23 @@ class Kubelet:
         if state.get("pod"):
             self.runtime.signal(state["pod"], self._job_dir(state["job"]), signal.SIGTERM)
 
-    def stop(self, job_id: object) -> dict:  # checked here: it comes from a request
-        """SIGTERM now, SIGKILL after the grace period; the run then ends Failed "stopped". Idempotent."""
+    def stop(self, job_id: object, why: object = None) -> dict:  # checked here: it comes from a request
+        """SIGTERM now, SIGKILL after the grace period; the run then ends Failed "stopped". Idempotent.
+
+        `why` (a preemption: who took the room) is written to `PREEMPTED_FILE` in the job's
+        outputs before the signal, so a job that checkpoints on SIGTERM can read why."""
         if not is_job_id(job_id):
             raise InvalidSpec("stop: job must be a job id", "job")
+        if why is not None and (not isinstance(why, str) or len(why) > 1000):
+            raise InvalidSpec("stop: why must be a short text", "why")
         state = self.runs.get(job_id)
         if state is not None and state["outcome"] is None:
             self._settle(state)  # it may have ended already (exit 0 included): that stands, not the stop
         if state is None or state["outcome"] is not None:
             return {"stopping": False, "job": job_id, "state": self._describe(state) if state else "unknown"}
         if not state.get("stopping"):
+            if why:
+                write_atomic(self._job_dir(job_id) / "outputs" / PREEMPTED_FILE, why + "\n")
             self._begin_stop(state, objects.STOPPED_REASON, objects.STOPPED_MESSAGE)
             self._save(state)
         return {"stopping": True, "job": job_id, "state": self._describe(state)}
