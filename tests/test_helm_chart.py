@@ -213,6 +213,8 @@ def test_outputs_claim_is_written_by_jobs_and_read_by_the_lifecycle_function():
     assert "kubernetes.podspec-persistent-volume-claim" not in json.dumps(by_kind(DEFAULTS, "KnativeServing"))
     mounted = {}
     for svc in by_kind(EXTRAS, "Service").values():
+        if svc["apiVersion"] != "serving.knative.dev/v1":
+            continue
         pod = svc["spec"]["template"]["spec"]
         claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
         mounted[svc["metadata"]["name"]] = (claims, [m for m in pod["containers"][0]["volumeMounts"]

@@ -330,6 +330,28 @@ async def test_image_pull_error_fails_only_after_the_grace_period():
     assert "image pull failed" in (await w.get(rec["id"]))["reason"]
 
 
+async def test_the_pulls_own_error_outlives_the_back_off_that_follows_it():
+    """A kubelet's ImagePullBackOff says only "Back-off pulling image": the reason keeps the
+    ErrImagePull message seen before it (why the pull failed), up to the job's failure."""
+    w = World()
+    rec = await w.running_job()
+    await w.jobs.mutate(rec["id"], lambda r: dict(r, state="SCHEDULED"))
+    pull = labelled(fixture("pod-errimagepull.yaml"), rec)
+    why = pull["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+    assert await w.life.handle(UPDATE, pull) == "noted"
+    backoff = labelled(fixture("pod-imagepullbackoff.yaml"), rec)
+    backoff["metadata"]["resourceVersion"] = "999998"
+    assert "Back-off" in backoff["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+    await w.life.handle(UPDATE, backoff)
+    reason = (await w.get(rec["id"]))["reason"]
+    assert reason.startswith("image pull failed: ErrImagePull") and why in reason and "fails after 300s" in reason
+    await w.jobs.mutate(rec["id"], lambda r: dict(r, timestamps={**r["timestamps"], "SCHEDULED": "2020-01-01T00:00:00Z"}))
+    backoff["metadata"]["resourceVersion"] = "999999"
+    assert await w.life.handle(UPDATE, backoff) == "failed"
+    reason = (await w.get(rec["id"]))["reason"]
+    assert reason.startswith("image pull failed: ErrImagePull") and why in reason and "fails after" not in reason
+
+
 async def test_cancel_of_a_running_job_stops_it():
     w = World()
     rec = await w.running_job()

@@ -221,3 +221,32 @@ def test_podman_gets_the_auth_file_of_the_images_host_and_docker_its_directory(t
     docker = engine_runtime("docker", Registries(default_auth_file=str(default)))
     assert docker.pull_env("ghcr.io/acme/x:1") == {"DOCKER_CONFIG": str(tmp_path)}
     assert docker.pull_options("ghcr.io/acme/x:1") == []
+
+
+# --- submit: a job of another team is refused before anything is written --------------------
+
+async def test_a_registry_kept_for_a_team_refuses_other_teams_jobs_at_submit():
+    from functions.submit.service import SubmitService
+    from sentinels import clock
+    from sentinels.adapters.memory import MemoryHistory, MemoryJobs, MemoryQueue, MemorySink
+    from sentinels.domain.errors import Forbidden
+    from sentinels.domain.priority import PriorityConfig
+    from sentinels.domain.spec import Limits
+
+    jobs, queue = MemoryJobs(), MemoryQueue()
+    svc = SubmitService(jobs, queue, MemoryHistory(), MemorySink(), PriorityConfig.from_dict(None), Limits(),
+                        clock.now_iso, registries=Registries.from_dict(REGISTRIES))
+    nlp = {"user": "bob", "team": "nlp", "role": "user"}
+    vision = {"user": "alice", "team": "vision", "role": "user"}
+    spec = {"image": "registry.vision.internal:5000/resnet:2", "command": ["true"]}
+    with pytest.raises(Forbidden) as caught:
+        await svc.submit({"spec": spec}, nlp, "t", "e1")
+    assert caught.value.message == ("image: the registry registry.vision.internal:5000 is kept for team(s) vision; "
+                                    "your team is nlp")
+    with pytest.raises(Forbidden):  # every member of a sweep is checked too
+        await svc.submit({"spec": spec, "sweep": {"lr": [0.1, 0.2]}}, nlp, "t", "e2")
+    assert jobs.data == {} and queue.entries == {}  # nothing written
+    status, record = await svc.submit({"spec": spec}, vision, "t", "e3")
+    assert status == 201 and record["team"] == "vision"
+    status, _ = await svc.submit({"spec": dict(spec, image="ghcr.io/acme/x:1")}, nlp, "t", "e4")
+    assert status == 201  # a host without teams: anyone

@@ -36,8 +36,11 @@ def sim(tmp_path_factory):
         env = {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db", "SLACK_WEBHOOK_URL": slack.webhook_url}
         volume = home / "outputs-volume"  # the RWX claim: jobs write subPath <id>, on_job_event reads it
         config = {"lifecycle": {"image_pull_grace_seconds": 3, "outputs_root": str(volume)},
-                  "kubernetes": {"outputs_volume": {"claim": OUTPUTS_CLAIM}}}
-        with SimStack(home, nodes, config=config, env=env, claims={OUTPUTS_CLAIM: volume}) as stack:
+                  "kubernetes": {"outputs_volume": {"claim": OUTPUTS_CLAIM}},
+                  "registries": {"ghcr.io": {"secret": "ghcr-pull"}}}  # every scenario's image is private
+        private = {"ghcr.io": "ghcr-pull", "private.registry.internal": "private-pull"}
+        with SimStack(home, nodes, config=config, env=env, claims={OUTPUTS_CLAIM: volume},
+                      registries=private) as stack:
             stack.slack = slack
             yield stack
 
@@ -99,6 +102,18 @@ def test_outputs_become_the_runs_artifacts_after_success_and_after_failure(sim, 
     assert files == {*(f for f in script["outputs"] if "/" not in f), "plots", "plots/loss.csv"}
     local = client.download_artifacts(run_id, "plots/loss.csv", str(sim.home / f"download-{job}"))
     assert open(local).read() == script["outputs"]["plots/loss.csv"]
+
+
+def test_a_private_image_pulls_with_its_registrys_secret_and_fails_unauthorized_without(sim):
+    job = sim.submit(spec("general"))
+    sim.wait(job, "SUCCEEDED")
+    (created,) = sim.jobs_in_cluster(job)
+    assert created["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "ghcr-pull"}]  # exactly its own
+    other = sim.submit(spec("general", image="private.registry.internal/acme/train:1"))  # no credentials configured
+    record = sim.wait(other, "FAILED")
+    assert "ErrImagePull" in record["reason"] or "ImagePullBackOff" in record["reason"], record["reason"]
+    assert "401 Unauthorized" in record["reason"], record["reason"]  # the runtime's own words
+    assert "imagePullSecrets" not in sim.jobs_in_cluster(other)[0]["spec"]["template"]["spec"]
 
 
 def test_failure_keeps_exit_code_and_last_log_lines(sim):

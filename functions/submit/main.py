@@ -35,6 +35,7 @@ SHARING = SETTINGS.sharing()
 RULES = SETTINGS.read_rules()
 NOTIFY = SETTINGS.notify()
 SWEEP_MAX = SETTINGS.sweep_max()
+REGISTRIES = SETTINGS.registries()
 SETTINGS.elasticsearch()  # a bad `logs:` section fails here, at start-up
 USAGE = wiring.usage_source_for(SETTINGS)
 IDENTITIES = SETTINGS.identities()
@@ -45,7 +46,7 @@ if IDENTITIES.single_user:
 async def build(stores: wiring.Stores) -> tuple[SubmitService, ReadService]:
     writes = SubmitService(jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
                            priorities=PRIORITIES, limits=LIMITS, clock=clock.now_iso, runtime=RUNTIME, sharing=SHARING,
-                           sweep_max=SWEEP_MAX)
+                           sweep_max=SWEEP_MAX, registries=REGISTRIES)
     reads = ReadService(jobs=stores.jobs, queue=stores.queue, history=stores.history,
                         board=stores.board, logs=wiring.log_source_for(SETTINGS, stores.nc),
                         priorities=PRIORITIES, rules=RULES, notify=NOTIFY, usage_source=USAGE, sharing=SHARING,

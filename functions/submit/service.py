@@ -12,6 +12,7 @@ from typing import Callable
 from sentinels.domain import build, events, job, runtime, states, sweep
 from sentinels.domain.errors import Conflict as Refused, Forbidden, InvalidSpec, NotFound
 from sentinels.domain.priority import PriorityConfig
+from sentinels.domain.registries import Registries
 from sentinels.domain.sharing import Sharing
 from sentinels.domain.spec import Limits, job_config, validate
 from sentinels.ports import Conflict, EventSink, History, JobQueue, JobStore
@@ -32,6 +33,7 @@ class SubmitService:
     runtime: str | None = None  # the embedded default's local runtime (process, podman, docker)
     sharing: Sharing = field(default_factory=Sharing)
     sweep_max: int = 1000
+    registries: Registries = field(default_factory=Registries)  # credentials kept to teams refuse others here
 
     # --- submit ---------------------------------------------------------------------
     async def submit(self, data, who: dict, source: str, event_id: str) -> tuple[int, dict]:
@@ -46,6 +48,9 @@ class SubmitService:
     def _prepare(self, raw, who: dict) -> dict:
         """The validated spec with its class resolved; refused here, before anything is written."""
         spec = validate(raw, self.limits)
+        refusal = self.registries.refusal(spec["image"], who.get("team"))
+        if refusal:  # it would run without credentials and fail its pull: say why now
+            raise Forbidden(f"{refusal}; your team is {who.get('team') or 'none'}")
         spec["priority"] = self.priorities.resolve(spec["priority"], who, spec)
         if not spec.get("preemptible", True) and not self.sharing.allows_unpreemptible(spec["priority"]):
             raise InvalidSpec(f"preemptible: class {spec['priority']!r} may not declare preemptible: false", "preemptible")

@@ -18,6 +18,7 @@ from .names import job_name
 
 REQUEUE, STOP, LOGS, CAPACITY, HISTORY = "requeue", "stop", "logs", "capacity", "history"
 ENQUEUE = "enqueue"  # a built job joins the queue (in submission order, not at the front)
+PULL_ERROR, PULL_BACKOFF = "image pull failed: ErrImagePull", "image pull failed: ImagePullBackOff"
 BACKOFF_LIMIT = "BackoffLimitExceeded"  # a Job's verdict that names no cause: the last pod has it
 
 
@@ -179,10 +180,19 @@ def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Polic
             return preempted(record)
         return requeue_or_fail(record, "its Kubernetes Job was deleted outside sentinels", policy, True)
     if what == ob.PENDING and obs.problem and state in states.ACTIVE:
+        reason = _pull_words(obs.reason, record.get("reason"))
         if scheduled_at is not None and now - scheduled_at >= policy.image_pull_grace_seconds:
-            return Step(states.FAILED, obs.reason, (STOP, LOGS, CAPACITY))
-        return Step(None, f"{obs.reason} (fails after {int(policy.image_pull_grace_seconds)}s)")
+            return Step(states.FAILED, reason, (STOP, LOGS, CAPACITY))
+        return Step(None, f"{reason} (fails after {int(policy.image_pull_grace_seconds)}s)")
     return None
+
+
+def _pull_words(reason: str, before: Optional[str]) -> str:
+    """A kubelet's ImagePullBackOff says only "Back-off pulling image": keep the pull's own
+    error seen before it (ErrImagePull: "401 Unauthorized", "not found"), which says why."""
+    if reason.startswith(PULL_BACKOFF) and before and before.startswith(PULL_ERROR):
+        return before.rsplit(" (fails after ", 1)[0]
+    return reason
 
 
 def runs_of(record: dict) -> list[dict]:

@@ -15,7 +15,9 @@ What each part does, as its real counterpart would:
 * kubelet: Pending -> Running -> Succeeded/Failed, container states and conditions,
   the container's log lines (served at pods/<name>/log), the files it writes to a
   writable PersistentVolumeClaim mount (`claims`: claim name -> a host directory standing
-  for the volume, subPath honoured), eviction with a
+  for the volume, subPath honoured), a pull refused as unauthorized when the image's registry
+  is private (`registries`: host -> the pull Secret it needs) and the pod lacks that
+  Secret, eviction with a
   DisruptionTarget condition; it terminates pods that get a deletionTimestamp;
 * Job controller: one pod at a time (completions 1, parallelism 1), a new pod after a
   failure until `backoffLimit`, pods failed with DisruptionTarget ignored (the
@@ -37,6 +39,7 @@ from typing import Optional
 
 from sentinels.adapters.kubernetes import _amounts, pod_requests
 from sentinels.domain.errors import ConfigError
+from sentinels.domain.registries import registry_host
 
 from .apiserver import JOBS, NODES, PODS, ApiServer, now_iso
 
@@ -185,8 +188,9 @@ class SimCluster:
     """The control plane over an `ApiServer`; `await run()` drives it (or `start()` a task)."""
 
     def __init__(self, api: ApiServer, default: Script = Script(), tick: float = 0.02,
-                 claims: Optional[dict] = None):
+                 claims: Optional[dict] = None, registries: Optional[dict] = None):
         self.api, self.default, self.tick = api, default, tick
+        self.registries = dict(registries or {})  # private registry host -> the pull Secret it needs
         self.claims: dict[str, Path] = {k: Path(v) for k, v in (claims or {}).items()}  # PVC name -> its storage
         self.timers: list = []
         self._seq = itertools.count()
@@ -364,7 +368,7 @@ class SimCluster:
             script = Script.for_pod(pod, index, self.default)
         except (ValueError, ConfigError, TypeError) as e:  # a broken script fails the pod, loudly
             script = Script(exit_code=2, duration=0, logs=(f"simcluster: bad {SCRIPT_ENV}: {e}",))
-        if script.pull_failure:
+        if script.pull_failure or self._unauthorized(pod):
             self.at(script.start_delay, lambda: self._pull_failed(key, "ErrImagePull", 0.5))
             return
         self.at(script.start_delay, lambda: self._run(key, script))
@@ -379,6 +383,9 @@ class SimCluster:
         self.at(backoff, lambda: self._pull_failed(key, following, min(backoff * 2, 4.0)))
         image = pod["spec"]["containers"][0].get("image", "")
         message = (f'Back-off pulling image "{image}"' if reason == "ImagePullBackOff" else
+                   f'rpc error: code = Unknown desc = failed to pull and unpack image "{image}": failed to resolve '
+                   f'reference "{image}": failed to authorize: failed to fetch anonymous token: unexpected status: '
+                   '401 Unauthorized' if self._unauthorized(pod) else
                    f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": not found')
         self.api.patch(PODS, *key, {"status": {"containerStatuses": [
             self._cstatus(pod, {"waiting": {"reason": reason, "message": message}}, ready=False)]}})
@@ -402,6 +409,12 @@ class SimCluster:
             return
         code, reason = (137, "OOMKilled") if script.oom else (script.exit_code, "Completed" if script.exit_code == 0 else "Error")
         self.at(script.duration, lambda: self._finish(key, code, reason))
+
+    def _unauthorized(self, pod: dict) -> bool:
+        """A private registry's image, and the pod does not name that registry's pull Secret."""
+        host = registry_host(pod["spec"]["containers"][0].get("image", ""))
+        return host in self.registries and {"name": self.registries[host]} not in \
+            (pod["spec"].get("imagePullSecrets") or [])
 
     def _write_outputs(self, pod: dict, files: dict) -> None:
         """Write the script's files where the container's writable claim mounts land in storage."""

@@ -43,7 +43,7 @@ TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 class SimStack:
     def __init__(self, home: Path, nodes: list[NodeShape], *, config: Optional[dict] = None,
                  env: Optional[dict] = None, default: Script = Script(), source_in_process: bool = True,
-                 claims: Optional[dict] = None):
+                 claims: Optional[dict] = None, registries: Optional[dict] = None):
         self.home = Path(home)
         self.nodes = nodes
         self.config = config or {}
@@ -51,6 +51,7 @@ class SimStack:
         self.default = default
         self.source_in_process = source_in_process
         self.claims = claims or {}  # PVC name -> the host directory standing for it (jobs' outputs)
+        self.registries = registries or {}  # private registry host -> the pull Secret the cluster wants
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="simcluster", daemon=True)
         self.api: Optional[ApiServer] = None
@@ -119,7 +120,7 @@ class SimStack:
         self.server = kmock.Server(self.api)
         await self.server.__aenter__()
         self.api_url = str(self.server.url).rstrip("/")
-        self.sim = SimCluster(self.api, self.default, claims=self.claims)
+        self.sim = SimCluster(self.api, self.default, claims=self.claims, registries=self.registries)
         for shape in self.nodes:
             self.sim.add_node(shape)
         self.sim.start()
