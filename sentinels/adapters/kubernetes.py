@@ -267,6 +267,12 @@ class KubernetesCluster:
             if not token:
                 return items
 
+    async def check_reachable(self) -> None:
+        """Ask the API server its version: Unavailable (naming the host) when it does not
+        answer, ConfigError when there is no configuration to reach it with."""
+        version = self._api("VersionApi")
+        await self._run("asking the API server its version", lambda: _json(version.get_code(**self._opts())))
+
     # the port -----------------------------------------------------------------------
     async def nodes(self) -> list[Node]:
         """Free capacity per node: from the watch-fed cache, else (not synced yet, watch

@@ -19,7 +19,7 @@ from ..adapters import jetstream
 from ..adapters.local import SUBJECT, VERBS
 from ..domain.errors import ConfigError, InvalidSpec, SentinelsError
 from ..settings import Settings
-from . import machine, runtimes, usage
+from . import machine, readiness, runtimes, usage
 from .builder import Builder
 from .kubelet import Kubelet
 
@@ -102,6 +102,7 @@ async def serve(settings: Settings, capacity: machine.Capacity, stop: asyncio.Ev
             await nc.subscribe(SUBJECT.format(verb), cb=handler(kubelet, verb, builder))
         await nc.flush()
         log.info("local executor ready (runtime %s): %s", kubelet.runtime.describe(), kubelet.node())
+        readiness.mark(settings.home, "executor")
         sampler = usage.Sampler(settings.home / "jobs", mlflow_uri=settings.mlflow_uri())
         sampling: asyncio.Future | None = None
         while not stop.is_set():

@@ -8,6 +8,8 @@ choose `always` (every write on disk before the ack, as the chart does; fewer su
 per second) or another interval.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -54,6 +56,13 @@ def free_block(n: int) -> int:
     raise ConfigError(f"no {n} consecutive free ports found")
 
 
+def server_name(store: Path, port: int) -> str:
+    """The name this store's server announces: `start` checks that the server answering on
+    the port is this one, not another stack's that already held the port."""
+    digest = hashlib.sha256(str(Path(store).resolve()).encode()).hexdigest()[:12]
+    return f"sentinels-{digest}-{port}"
+
+
 def write_config(store: Path, port: int, host: str = "127.0.0.1", sync: str = DEFAULT_SYNC,
                  auth: str | None = None) -> Path:
     """nats.conf (mode 0600: it may hold the users' passwords); `auth` is an authorization block."""
@@ -61,7 +70,7 @@ def write_config(store: Path, port: int, host: str = "127.0.0.1", sync: str = DE
     conf = store / "nats.conf"
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(f'host: "{host}"\nport: {port}\nmax_payload: 1MB\n'
+        f.write(f'server_name: "{server_name(store, port)}"\nhost: "{host}"\nport: {port}\nmax_payload: 1MB\n'
                 f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: {sync}\n}}\n' + (auth or ""))
     os.chmod(conf, 0o600)
     return conf
@@ -80,9 +89,36 @@ def start(store: Path, port: int, log_file=None, sync: str | None = None, preexe
         if proc.poll() is not None:
             raise ConfigError(f"nats-server exited at start (code {proc.returncode}); is port {port} in use?")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
+            answering = announced_name(port)
         except OSError:
             time.sleep(0.05)
+            continue
+        if answering == server_name(store, port):
+            return proc
+        if proc.poll() is not None or answering is not None:  # another server holds the port
+            proc.kill()
+            proc.wait()
+            raise ConfigError(f"port {port} (nats-server) is in use by another NATS server ({answering or 'unnamed'})")
+        time.sleep(0.05)
     proc.kill()
     raise ConfigError(f"nats-server did not listen on port {port} within 15 s")
+
+
+def announced_name(port: int) -> str | None:
+    """The `server_name` in the INFO line a NATS server sends first on connect (OSError when
+    nothing answers yet)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.settimeout(2)
+        data = b""
+        while b"\r\n" not in data and len(data) < 65536:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionResetError("closed before INFO")
+            data += chunk
+    line = data.split(b"\r\n", 1)[0]
+    if not line.startswith(b"INFO "):
+        return None
+    try:
+        return json.loads(line[5:]).get("server_name")
+    except ValueError:
+        return None

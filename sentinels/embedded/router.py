@@ -27,7 +27,7 @@ from ..domain import duration, events
 from ..domain.errors import ConfigError, InvalidSpec
 from ..adapters.meter import NatsMeter
 from ..settings import Settings
-from . import localhttp, serve, triggers
+from . import localhttp, readiness, serve, triggers
 
 log = logging.getLogger("sentinels.router")
 IN_FLIGHT = 16
@@ -99,6 +99,7 @@ class Router:
         for t in self.table:
             await self.consume(t)
         log.info("routing %d triggers: %s", len(self.table), ", ".join(t.name for t in self.table))
+        readiness.mark(self.s.home, "router")
         await self.timer(tick)
 
     async def consume(self, t: triggers.Trigger) -> None:
@@ -181,9 +182,10 @@ def main() -> None:
     settings = Settings.load()
     try:
         retry = retry_settings(settings)
+        table = triggers.load(settings.knative_dir())
     except ConfigError as e:
         raise SystemExit(f"sentinels router: {e.message}") from None
-    asyncio.run(Router(settings, triggers.load(settings.knative_dir()), retry).run(settings.tick()))
+    asyncio.run(Router(settings, table, retry).run(settings.tick()))
 
 
 if __name__ == "__main__":

@@ -5,12 +5,19 @@ the same supervisor in its own session, its pid in `$SENTINELS_HOME/run/up.pid`,
 `sentinels down` sends it SIGTERM. Children that die (nats-server included) are
 restarted with a capped back-off that resets once a child stayed up for a minute; every
 child gets SIGTERM from the kernel if the supervisor itself is killed (-9 included).
+
+Start-up tells the truth: before anything starts, every port is checked free (a busy one
+is named with its component) and, with the Kubernetes backend, the API server must
+answer; then `up` returns only once every component answers its health check (the
+functions on their ports, the router and the executor by `readiness`). A child that
+dies meanwhile stops everything and `up` fails with one line naming it.
 """
 
 import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,9 +26,10 @@ import urllib.request
 from ..domain.errors import ConfigError
 from ..settings import Settings
 from ..adapters.jetstream import CREDENTIALS_ENV
-from . import lifeline, natsauth, natsd, serve
+from . import lifeline, natsauth, natsd, readiness, serve
 
 PID_FILE = "up.pid"
+FAILED = "sentinels up: "  # how the supervisor's one line of failure starts (in logs/up.log)
 SERVICES = {"executor": "sentinels.embedded.executor", "router": "sentinels.embedded.router",
             "exporter": "sentinels.exporter"}
 MLFLOW_PORT_OFFSET = 5  # the MLflow server listens on the submit port + 5
@@ -98,6 +106,41 @@ def healthy(url: str, timeout: float = 3.0) -> bool:
             return r.status == 200
     except Exception:
         return False
+
+
+def answers(url: str, timeout: float = 3.0) -> bool:
+    """Whether an HTTP server answers at `url` at all (an internal function refuses a GET
+    it cannot take, which still says that it serves)."""
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(url + "/", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except Exception:
+        return False
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on (or holds) `port`; SO_REUSEADDR as the servers bind,
+    so a socket of a stopped stack in TIME_WAIT does not count."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def last_line(path) -> str:
+    """The last non-empty line of a log file ("" when there is none)."""
+    try:
+        lines = [ln.strip() for ln in open(path, errors="replace").read()[-4096:].splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def local_runtime(settings: Settings):
@@ -190,34 +233,114 @@ class Supervisor:
         else:
             self.spawn(name)
 
+    def ports(self) -> list[tuple[str, int]]:
+        """Every port this stack listens on, with the component that does."""
+        out = [("nats-server", self.s.nats_port())]
+        out += [(name, self.s.function_port(serve.FUNCTIONS[name][2])) for name in serve.available()]
+        out.append(("exporter", self.exporter_address()[1]))
+        if self.mlflow_url:
+            out.append(("mlflow", self.s.function_port(MLFLOW_PORT_OFFSET)))
+        return out
+
+    def exporter_address(self) -> tuple[str, int]:
+        from ..exporter import listen_address
+
+        return listen_address(self.s)
+
+    def preflight(self) -> None:
+        """What would make the start a lie, checked before anything starts (ConfigError)."""
+        for component, port in self.ports():
+            if port_taken(port):
+                raise ConfigError(f"port {port} ({component}) is in use: another program or sentinels stack "
+                                  "listens there; stop it, or choose free ports with SENTINELS_URL / SENTINELS_NATS_URL")
+        if self.s.backend() == "kubernetes":
+            from ..adapters.kube_manifest import KubeConfig
+            from ..adapters.kubernetes import KubernetesCluster
+            from ..domain.errors import SentinelsError
+
+            cluster = KubernetesCluster(KubeConfig.from_dict(self.s.section("kubernetes")), informer=False)
+            try:
+                asyncio.run(cluster.check_reachable())
+            except SentinelsError as e:
+                raise ConfigError(f"SENTINELS_BACKEND=kubernetes: {e.message}") from None
+
     def start(self) -> None:
         for d in (self.s.home, self.logs, self.s.run_dir, self.s.home / "jobs"):
             d.mkdir(parents=True, exist_ok=True)
+        self.preflight()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # nothing stays running after a failed start
+            raise
+
+    def _start(self) -> None:
         init = self.init_mlflow()
+        if init is not None:
+            self.children["mlflow-init"] = init  # stopped with the rest if the start fails
         self.start_nats()
         asyncio.run(self._ensure_streams())
         # one process creates a local MLflow store before the functions open it: two
         # processes migrating the same new sqlite file at once can leave it broken
-        if init is not None and init.wait() != 0:
-            print(f"sentinels: the MLflow store {self.store_uri} could not be prepared; runs will catch up "
-                  "when it answers (see logs/mlflow-init.log)", file=sys.stderr, flush=True)
+        if init is not None:
+            code = init.wait()
+            del self.children["mlflow-init"]
+            if code != 0:
+                print(f"sentinels: the MLflow store {self.store_uri} could not be prepared; runs will catch up "
+                      "when it answers (see logs/mlflow-init.log)", file=sys.stderr, flush=True)
+        for name in ("executor", "router"):
+            readiness.clear(self.s.home, name)
         if self.s.backend() == "local":
             self.spawn("executor")
         for name in serve.available():
-            self.spawn(name)
+            if name != "submit":
+                self.spawn(name)
         self.spawn("router")
         self.spawn("exporter")  # Prometheus metrics on the submit port + 4
-        deadline = time.monotonic() + START_SECONDS
-        while not healthy(self.s.url):
-            dead = [n for n, p in self.children.items() if p.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                self.stop()
-                raise ConfigError(f"{', '.join(dead) or 'submit'} did not start; see {self.logs}")
-            time.sleep(0.05)
+        self.await_health()
+        if "submit" in serve.available():  # last: once the API answers, everything behind it does
+            self.spawn("submit")
+            self.await_health()
         if self.mlflow_url:  # started last, not awaited (it is slow to start): runs catch up once it answers
             self.spawn("mlflow")
         (self.s.run_dir / PID_FILE).write_text(json.dumps({"pid": os.getpid(), "url": self.s.url,
                                                             "nats_url": self.s.nats_url, "mlflow_ui": self.mlflow_url}))
+
+    def unhealthy(self) -> list[str]:
+        """The components that do not answer their health check yet."""
+        out = []
+        for name, proc in self.children.items():
+            if name == "submit":
+                ok = healthy(self.s.url)  # 200 only when JetStream answers it too
+            elif name in serve.FUNCTIONS:
+                ok = answers(f"http://127.0.0.1:{self.s.function_port(serve.FUNCTIONS[name][2])}")
+            elif name == "exporter":
+                host, port = self.exporter_address()
+                ok = answers(f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}")
+            elif name in SERVICES:
+                ok = readiness.ready(self.s.home, name, proc.pid)
+            else:
+                ok = True  # nats-server answered before anything else started
+            if not ok:
+                out.append(name)
+        return out
+
+    def await_health(self, timeout: float = START_SECONDS) -> None:
+        """Return once every component answers; ConfigError naming the first that died, or
+        the ones still silent at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for name, proc in self.children.items():
+                if proc.poll() is not None:
+                    why = last_line(self.logs / ("nats.log" if name == "nats" else f"{name}.log"))
+                    raise ConfigError(f"{name} exited during start-up (code {proc.returncode})"
+                                      + (f": {why}" if why else "") + f"; see {self.logs / (name + '.log')}")
+            silent = self.unhealthy()
+            if not silent:
+                return
+            if time.monotonic() > deadline:
+                raise ConfigError(f"{', '.join(silent)} did not answer within {timeout:.0f} s; see {self.logs}")
+            time.sleep(0.1)
 
     def mlflow_command(self) -> list[str]:
         """`mlflow server` of the installed package on the local store, serving artifacts."""
@@ -317,7 +440,7 @@ def main() -> None:
             print(f"sentinels: {note}", flush=True)
         sys.exit(run_foreground(settings, lambda m: print(m, flush=True)))
     except ConfigError as e:
-        print(f"sentinels up: {e.message}", file=sys.stderr, flush=True)
+        print(f"{FAILED}{e.message}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
@@ -334,16 +457,28 @@ def start_background(settings: Settings, timeout: float = START_SECONDS + 30) ->
            "SENTINELS_NATS_URL": settings.nats_url}
     proc = subprocess.Popen([sys.executable, "-m", "sentinels.embedded.supervisor"], stdin=subprocess.DEVNULL,
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    start = log.stat().st_size if log.exists() else 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-            raise ConfigError("the embedded default did not start:\n  " + "\n  ".join(tail))
+            raise ConfigError(_failure(log, start) or f"the embedded default exited (code {proc.returncode}); see {log}")
         if running_pid(settings) == proc.pid and healthy(settings.url):
             return proc.pid
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGTERM)
     raise ConfigError(f"the embedded default did not answer at {settings.url} within {timeout:.0f} s; see {log}")
+
+
+def _failure(log, start: int) -> str:
+    """The one line a failed supervisor gave as its reason (`sentinels up: ...`) in this start's part of up.log."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    said = [ln[len(FAILED):] for ln in text.splitlines() if ln.startswith(FAILED)]
+    return said[-1] if said else ""
 
 
 def stop_background(settings: Settings, timeout: float = 30) -> bool:
