@@ -259,15 +259,7 @@ async def listen_counts(nc, events: Events) -> None:
 
 def listen_address(settings: Settings) -> tuple[str, int]:
     """`SENTINELS_METRICS_LISTEN` (host:port; the chart sets 0.0.0.0:9464), else loopback on submit port + 4."""
-    raw = settings.metrics_listen()
-    if raw:
-        host, _, port = raw.rpartition(":")
-        if not port.isdigit():
-            from .domain.errors import ConfigError
-
-            raise ConfigError(f"SENTINELS_METRICS_LISTEN must be host:port, got {raw!r}")
-        return host or "0.0.0.0", int(port)
-    return "127.0.0.1", settings.function_port(4)
+    return settings.metrics_address()
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:

@@ -385,6 +385,17 @@ class Settings:
         """SENTINELS_METRICS_LISTEN (host:port) for the exporter; None: loopback, submit port + 4."""
         return self.env.get("SENTINELS_METRICS_LISTEN") or None
 
+    def metrics_address(self) -> tuple[str, int]:
+        """Where the exporter listens: `SENTINELS_METRICS_LISTEN` (host:port; the chart sets
+        0.0.0.0:9464), else loopback on the submit port + 4."""
+        raw = self.metrics_listen()
+        if raw:
+            host, _, port = raw.rpartition(":")
+            if not port.isdigit():
+                raise ConfigError(f"SENTINELS_METRICS_LISTEN must be host:port, got {raw!r}")
+            return host or "0.0.0.0", int(port)
+        return "127.0.0.1", self.function_port(4)
+
     def mlflow_uri(self) -> str:
         return (self.env.get("MLFLOW_TRACKING_URI") or self.file.get("mlflow_tracking_uri")
                 or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}")

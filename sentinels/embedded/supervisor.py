@@ -243,9 +243,7 @@ class Supervisor:
         return out
 
     def exporter_address(self) -> tuple[str, int]:
-        from ..exporter import listen_address
-
-        return listen_address(self.s)
+        return self.s.metrics_address()
 
     def preflight(self) -> None:
         """What would make the start a lie, checked before anything starts (ConfigError)."""
