@@ -24,7 +24,10 @@ def start_foreground(env):
     the supervisor wrote its pid file (after every component answered its health check)."""
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    wait_http(env["SENTINELS_URL"] + "/", proc, timeout=120)
+    try:
+        wait_http(env["SENTINELS_URL"] + "/", proc, timeout=120)
+    except RuntimeError:
+        raise AssertionError(f"up did not start: {proc.communicate(timeout=60)[0]}") from None
     pid_file = Path(env["SENTINELS_HOME"]) / "run" / "up.pid"
     deadline = time.monotonic() + 120
     while not pid_file.exists():
