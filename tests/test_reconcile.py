@@ -113,3 +113,27 @@ async def test_a_running_job_is_left_alone():
     rec = await w.running_job()
     assert await w.life.reconcile() == 0
     assert (await w.get(rec["id"]))["state"] == states.RUNNING
+
+
+async def test_a_record_the_active_index_lost_is_still_repaired_by_the_periodic_scan():
+    # a crash between the record's write and its index entry: the index does not list it
+    w = World()
+    rec = await w.running_job()
+    w.cluster.finish(rec["id"])
+    real_active = w.jobs.active
+
+    async def index_without_it():
+        return [r for r in await real_active() if r["id"] != rec["id"]]
+
+    w.jobs.active = index_without_it
+    assert await w.life.reconcile() == 1  # the first reconcile after a start also scans
+    lost = await w.running_job()
+    w.cluster.finish(lost["id"])
+    w.jobs.active = lambda: index_without_scan(real_active, lost["id"])
+    repaired = [await w.life.reconcile() for _ in range(lifecycle_service.FULL_SCAN_EVERY)]
+    assert sorted(repaired) == [0] * (lifecycle_service.FULL_SCAN_EVERY - 1) + [1]
+    assert (await w.get(lost["id"]))["state"] == states.SUCCEEDED
+
+
+async def index_without_scan(real_active, job_id):
+    return [r for r in await real_active() if r["id"] != job_id]

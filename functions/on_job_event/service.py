@@ -28,6 +28,8 @@ EVENT_FOR = {states.RUNNING: events.JOB_STARTED, states.SUCCEEDED: events.JOB_SU
 PASSED_THROUGH = "running (its start was seen after its end)"
 RACE_RETRIES = 10
 EARLY = (observe.RUNNING, observe.SUCCEEDED, observe.FAILED)  # observations that need a SCHEDULED record
+FULL_SCAN_EVERY = 10
+RECONCILE_CONCURRENCY = 16  # records repaired at once (each a few store round trips)
 RECONCILE_GRACE = 60.0  # seconds a SCHEDULED/RUNNING record may have no Job before it counts as deleted
 VERDICT_WAIT_SECONDS = 20.0
 
@@ -51,6 +53,7 @@ class LifecycleService:
     _node_states: dict = field(default_factory=dict)
     owed_mlflow: set = field(default_factory=set)
     board: Optional[Board] = None  # where the owed set survives restarts
+    _reconciles: int = 0
 
     async def handle(self, event_type: str, obj: dict, event_id: str = "") -> str:
         """Apply one ApiServerSource-shaped event; returns a word for logs and tests."""
@@ -227,13 +230,18 @@ class LifecycleService:
         cluster shows it now; a finished Job moves the record exactly as its event would
         have, a Job that is gone (for longer than a grace period) counts as deleted.
         """
-        active = [r for r in await self.jobs.all() if r["state"] in states.ACTIVE]
+        self._reconciles += 1
+        # the active index, not a scan of every record; every FULL_SCAN_EVERY-th time a scan
+        # as well, so a record whose index entry a crash lost is still repaired
+        scan = self._reconciles % FULL_SCAN_EVERY == 1
+        active = [r for r in await (self.jobs.all() if scan else self.jobs.active()) if r["state"] in states.ACTIVE]
         if not active:
             return 0
         current = await self.cluster.jobs([r["id"] for r in active])
         now = parse_iso(self.clock())
-        repaired = 0
-        for record in active:
+        gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+
+        async def repair(record: dict) -> bool:
             obj = current.get(record["id"])
             if obj is not None:
                 obs = observe.observe(events.APISERVER_UPDATE, obj)
@@ -243,18 +251,21 @@ class LifecycleService:
                                           resource_version=record.get("updated_at"), attempt=record.get("attempts"),
                                           reason="its Job is gone")
             else:
-                continue
+                return False
             if obs is None or obs.what not in (observe.SUCCEEDED, observe.FAILED, observe.DELETED):
-                continue
-            try:
-                outcome = await self._job(obs)
-            except (RetryLater, SentinelsError) as e:
-                log.warning("reconcile: job %s: %s", record["id"], e)
-                continue
-            if outcome not in ("stale", "unknown-job", "redelivered"):
-                log.info("reconcile: job %s %s -> %s (from the cluster's state)", record["id"], record["state"], outcome)
-                repaired += 1
-        return repaired
+                return False
+            async with gate:
+                try:
+                    outcome = await self._job(obs)
+                except (RetryLater, SentinelsError) as e:
+                    log.warning("reconcile: job %s: %s", record["id"], e)
+                    return False
+            if outcome in ("stale", "unknown-job", "redelivered"):
+                return False
+            log.info("reconcile: job %s %s -> %s (from the cluster's state)", record["id"], record["state"], outcome)
+            return True
+
+        return sum(await asyncio.gather(*(repair(r) for r in active)))
 
     # --- cancel and MLflow ------------------------------------------------------------
     async def cancel(self, job_id: str) -> str:
