@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from sentinels.adapters import jetstream
-from sentinels.adapters.jetstream_index import INDEX_STREAM, token
+from sentinels.adapters.jetstream_index import FINISHED_STREAM, INDEX_STREAM, token
 from sentinels.adapters.memory import MemoryJobs
 
 
@@ -62,6 +62,7 @@ async def test_an_ended_job_is_indexed_once_even_when_written_again(js):
         got, rev = await jobs.get(f"job{i:07d}")
         await jobs.update({**got, "state": "FAILED", "n": rev}, rev)
     assert (await jobs.listing("done"))[0] == ["job0000002", "job0000001"]  # still in order of ending
+    assert (await js.stream_info(FINISHED_STREAM)).state.messages == 2  # one entry each, on their owner's subject
     assert (await jobs.listing("active"))[0] == []
 
 
@@ -82,6 +83,7 @@ async def test_finished_records_expire_after_retention_but_history_stays(js):
     assert (await jobs.listing("done"))[0] == []
     assert [e["to"] for e in await history.of("job0000001")] == ["SUCCEEDED"]
     assert (await js.stream_info(INDEX_STREAM)).config.allow_msg_ttl
+    assert (await js.stream_info(FINISHED_STREAM)).config.allow_msg_ttl
 
 
 def test_subject_tokens_are_safe_and_distinct():

@@ -14,7 +14,7 @@ from sentinels.domain.errors import Conflict as Refused, Forbidden, InvalidSpec,
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.registries import Registries
 from sentinels.domain.sharing import Sharing
-from sentinels.domain.spec import Limits, job_config, validate
+from sentinels.domain.spec import Limits, job_config, validate, with_params
 from sentinels.ports import Conflict, EventSink, History, JobQueue, JobStore
 from sentinels.transitions import announce
 
@@ -57,7 +57,7 @@ class SubmitService:
         return spec
 
     async def _submit_one(self, spec: dict, who: dict, source: str, event_id: str,
-                          member: dict | None = None, raw=None) -> tuple[int, dict]:
+                          member: dict | None = None, raw=None, announce: bool = True) -> tuple[int, dict]:
         job_id = job.job_id_for(who["user"], source, event_id)
         now = self.clock()
         entry = job.queue_entry(job_id=job_id, spec=spec, klass=spec["priority"], submitted_at=now,
@@ -73,7 +73,8 @@ class SubmitService:
         # The record, its history entry and the queued event go out together: the latter two
         # carry deterministic ids, so a retry repeats nothing, and an event that beats its
         # record is harmless (the scheduler waits for records; see orphan_grace).
-        created, _ = await asyncio.gather(self._create(record), self._announce(None, record, events.JOB_QUEUED))
+        created, _ = await asyncio.gather(self._create(record),
+                                          self._announce(None, record, events.JOB_QUEUED if announce else None))
         if created:
             return 201, record
         record = await self._current(job_id)  # a retry of a submit that already made its record
@@ -110,9 +111,10 @@ class SubmitService:
         """Every member validated first (a bad one refuses the whole request), then written;
         member i has CloudEvent id `<id>#<i>`, so a retried request creates nothing twice."""
         sweep_id = sweep.SWEEP_PREFIX + job.job_id_for(who["user"], source, event_id)
+        base = self._prepare(raw, who)  # validated once; members differ only in params, name and env
         specs = []
         for m in members:
-            spec = self._prepare(sweep.member_spec(raw if isinstance(raw, dict) else {}, m), who)
+            spec = with_params(base, sweep.member_spec(raw, m)["params"]) if m["values"] else dict(base)
             spec["name"] = sweep.member_name(spec["name"], m["index"])
             spec["env"] = dict(spec.get("env") or {}, SENTINELS_SWEEP_ID=sweep_id)
             if m["array_index"] is not None:
@@ -125,10 +127,18 @@ class SubmitService:
                 meta = {"id": sweep_id, "index": m["index"], "size": len(members), "values": m["values"]}
                 if m["array_index"] is not None:
                     meta["array_index"] = m["array_index"]
-                return await self._submit_one(spec, who, source, f"{event_id}#{m['index']}", meta)
+                return await self._submit_one(spec, who, source, f"{event_id}#{m['index']}", meta, announce=False)
 
         done = await asyncio.gather(*(one(s, m) for s, m in zip(specs, members)))
         created = any(status == 201 for status, _ in done)
+        # one queued event for the whole sweep (each member has its history entry): it only
+        # tells the scheduler to look at the queue, a thousand would tell it the same
+        last = done[-1][1]
+        await self.sink.emit(events.envelope(events.JOB_QUEUED, SOURCE, f"{sweep_id}:queued",
+                                             {"job": last["id"], "sweep": sweep_id, "size": len(members),
+                                              "class": last["priority"], "owner": last["owner"], "state": "QUEUED",
+                                              "reason": last.get("reason", "")},
+                                             last["updated_at"], subject=sweep_id))
         return (201 if created else 200), {"sweep": sweep_id, "size": len(members),
                                            "jobs": [r["id"] for _, r in done]}
 

@@ -46,7 +46,7 @@ def _stream_configs(replicas: int) -> list[api.StreamConfig]:
                          description="sentinels: every job state transition", **common),
         api.StreamConfig(name=EVENTS_STREAM, subjects=[EVENTS_SUBJECTS], max_age=7 * 86400.0,
                          description="sentinels: the embedded broker's CloudEvents", **common),
-        jetstream_index.stream_config(replicas),
+        *jetstream_index.stream_configs(replicas),
     ]
 
 
@@ -203,7 +203,7 @@ class JetStreamJobs:
         if self.index is None:
             raise TypeError("listings need the store opened with JetStreamJobs.open(js)")
         page, cursor, total = await self.index.page(filter_subject(kind, owner, team, sweep), before, limit)
-        return [e["id"] for _, e in page], cursor, total
+        return list(dict.fromkeys(e["id"] for _, e in page)), cursor, total  # (a repeated entry once)
 
     async def active(self) -> list[dict]:
         """Every live record (from the active index, checked against the records)."""

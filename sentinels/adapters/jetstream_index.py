@@ -3,8 +3,16 @@
 Stream `SENTINELS_INDEX`, one subject per job and list (at most one message each):
 
     sentinels.index.active.<team>.<owner>.<id>   a live job (QUEUED, SCHEDULED, RUNNING); purged when it ends
-    sentinels.index.done.<team>.<owner>.<id>     a finished job; expires with its record (Nats-TTL)
     sentinels.index.sweep.<sweep>.<id>           a member of a sweep or array
+
+Stream `SENTINELS_FINISHED`, one subject per owner, one message per ended job:
+
+    sentinels.finished.<team>.<owner>            a finished job; expires with its record (Nats-TTL)
+
+Finished jobs are many (a million is the design point) and only ever appended, so they
+share their owner's subject: a filter over one subject per job made the server walk a
+million subjects for every count (a quarter of a second per page at a million), while
+per owner a filter matches a handful of subjects.
 
 Listings are newest first and paged by stream sequence: the server counts how many
 entries of a filter lie at or after a sequence (consumer `num_pending`), so a page is
@@ -21,7 +29,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
-from ..domain.names import DUPLICATE_WINDOW, INDEX_PREFIX as PREFIX, INDEX_STREAM
+from ..domain.names import DUPLICATE_WINDOW, FINISHED_PREFIX, FINISHED_STREAM, INDEX_PREFIX as PREFIX, INDEX_STREAM
 SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 ANY = "*"
 
@@ -37,20 +45,29 @@ def token(name) -> str:
 def subject(kind: str, record: dict) -> str:
     if kind == "sweep":
         return f"{PREFIX}.sweep.{token(record['sweep']['id'])}.{record['id']}"
+    if kind == "done":
+        return f"{FINISHED_PREFIX}.{token(record.get('team'))}.{token(record.get('owner'))}"
     return f"{PREFIX}.{kind}.{token(record.get('team'))}.{token(record.get('owner'))}.{record['id']}"
 
 
 def filter_subject(kind: str, owner=None, team=None, sweep=None) -> str:
     if kind == "sweep":
         return f"{PREFIX}.sweep.{token(sweep)}.*"
-    return f"{PREFIX}.{kind}.{ANY if team is None else token(team)}.{ANY if owner is None else token(owner)}.*"
+    who = f"{ANY if team is None else token(team)}.{ANY if owner is None else token(owner)}"
+    return f"{FINISHED_PREFIX}.{who}" if kind == "done" else f"{PREFIX}.{kind}.{who}.*"
 
 
-def stream_config(replicas: int) -> api.StreamConfig:
-    return api.StreamConfig(name=INDEX_STREAM, subjects=[f"{PREFIX}.>"], storage=api.StorageType.FILE,
-                            num_replicas=replicas, allow_direct=True, retention=api.RetentionPolicy.LIMITS,
-                            max_msgs_per_subject=1, allow_msg_ttl=True, duplicate_window=DUPLICATE_WINDOW,
-                            description="sentinels: live, finished and sweep jobs by team and owner (listings)")
+def stream_of(subj: str) -> str:
+    return FINISHED_STREAM if subj.startswith(FINISHED_PREFIX + ".") else INDEX_STREAM
+
+
+def stream_configs(replicas: int) -> list[api.StreamConfig]:
+    common: dict = dict(storage=api.StorageType.FILE, num_replicas=replicas, allow_direct=True,
+                        retention=api.RetentionPolicy.LIMITS, allow_msg_ttl=True, duplicate_window=DUPLICATE_WINDOW)
+    return [api.StreamConfig(name=INDEX_STREAM, subjects=[f"{PREFIX}.>"], max_msgs_per_subject=1, **common,
+                             description="sentinels: live and sweep jobs by team and owner (listings)"),
+            api.StreamConfig(name=FINISHED_STREAM, subjects=[f"{FINISHED_PREFIX}.>"], **common,
+                             description="sentinels: finished jobs by team and owner, in order of ending (listings)")]
 
 
 async def read_from(js, stream: str, subject: str, start: int, limit: int) -> list[tuple[int, dict]]:
@@ -106,8 +123,18 @@ class JobIndex:
         await asyncio.gather(*work)
 
     async def ended(self, record: dict) -> None:
-        await self._once(subject("done", record), record, self.ttl)
-        await self.js.purge_stream(INDEX_STREAM, subject=subject("active", record))
+        """Listed as finished, no longer as active. Once: a finished record written again
+        (MLflow catching up) finds its active entry gone and changes nothing; a repeat after
+        a crash between the two steps is dropped by its message id (readers drop a later one)."""
+        active = subject("active", record)
+        try:
+            await self.js.get_msg(INDEX_STREAM, subject=active, direct=True)
+        except NotFoundError:
+            return
+        headers = {"Nats-Msg-Id": f"{record['id']}:done", "Nats-TTL": f"{int(self.ttl)}s"}
+        await self.js.publish(subject("done", record), json.dumps(self.entry(record)).encode(), stream=FINISHED_STREAM,
+                              headers=headers)
+        await self.js.purge_stream(INDEX_STREAM, subject=active)
 
     # --- reads ------------------------------------------------------------------------
     async def _pending(self, subj: str, seq: int) -> int:
@@ -116,13 +143,13 @@ class JobIndex:
         cfg = api.ConsumerConfig(name=name, filter_subject=subj, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                  opt_start_seq=max(1, seq), ack_policy=api.AckPolicy.NONE, inactive_threshold=5.0,
                                  mem_storage=True, num_replicas=1)
-        info = await self.js.add_consumer(INDEX_STREAM, cfg)
-        asyncio.ensure_future(self._drop(name))
+        info = await self.js.add_consumer(stream_of(subj), cfg)
+        asyncio.ensure_future(self._drop(stream_of(subj), name))
         return info.num_pending
 
-    async def _drop(self, name: str) -> None:
+    async def _drop(self, stream: str, name: str) -> None:
         try:
-            await self.js.delete_consumer(INDEX_STREAM, name)
+            await self.js.delete_consumer(stream, name)
         except Exception:  # it expires by itself after inactive_threshold
             pass
 
@@ -131,9 +158,10 @@ class JobIndex:
 
         Returns (entries, cursor for the next page or None, how many lie below `before`).
         """
+        stream = stream_of(subj)
         try:  # the first and last entries of this filter, straight from the server
-            last = (await self.js.get_msg(INDEX_STREAM, subject=subj, direct=True)).seq
-            first = (await self.js.get_msg(INDEX_STREAM, seq=1, subject=subj, next=True, direct=True)).seq
+            last = (await self.js.get_msg(stream, subject=subj, direct=True)).seq
+            first = (await self.js.get_msg(stream, seq=1, subject=subj, next=True, direct=True)).seq
         except NotFoundError:
             return [], None, 0
         hi = min(before or last + 1, last + 1)
@@ -159,7 +187,7 @@ class JobIndex:
                     lo, n = mid, m
                 else:
                     prev = mid
-        got = [(s, e) for s, e in await read_from(self.js, INDEX_STREAM, subj, lo, n) if s < hi]
+        got = [(s, e) for s, e in await read_from(self.js, stream, subj, lo, n) if s < hi]
         page = list(reversed(got[-limit:]))
         cursor = page[-1][0] if page and total > len(page) else None
         return page, cursor, total

@@ -36,7 +36,9 @@ DEADLETTER_STREAM = "SENTINELS_DEADLETTERS"  # events the embedded broker gave u
 DEADLETTER_SUBJECT = "sentinels.deadletter.{}"  # .format(trigger name)
 
 INDEX_STREAM = "SENTINELS_INDEX"  # the job store's listings: live, finished and sweep jobs
-INDEX_PREFIX = "sentinels.index"  # .active.<team>.<owner>.<id>, .done.<team>.<owner>.<id>, .sweep.<sweep>.<id>
+INDEX_PREFIX = "sentinels.index"  # .active.<team>.<owner>.<id>, .sweep.<sweep>.<id>
+FINISHED_STREAM = "SENTINELS_FINISHED"  # the job store's listing of ended jobs, one subject per owner
+FINISHED_PREFIX = "sentinels.finished"  # .<team>.<owner>: every job of theirs that ended, in order of ending
 
 DUPLICATE_WINDOW = 120.0  # seconds in which a stream drops a message id seen before
 

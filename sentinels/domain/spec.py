@@ -260,6 +260,13 @@ def _params(value) -> dict:
     return copy.deepcopy(value)
 
 
+def with_params(spec: dict, params) -> dict:
+    """A validated spec with other params (a sweep member's), checked as `validate` checks them:
+    a sweep of a thousand validates its spec once, then only each member's values."""
+    _no_nul(params, "params")
+    return dict(spec, params=_params(params))
+
+
 def param_text(value) -> str:
     """One param value as MLflow stores it (a string): 0.5 -> "0.5", true -> "true", [1, 2] -> "[1, 2]"."""
     if isinstance(value, str):

@@ -37,13 +37,15 @@ _READ = ["$JS.API.INFO", "$JS.API.STREAM.INFO.>", "$JS.API.STREAM.NAMES", "$JS.A
          "$JS.API.CONSUMER.DELETE.SENTINELS_QUEUE.>", "$JS.API.CONSUMER.DELETE.KV_sentinels_jobs.>",
          "$JS.API.CONSUMER.MSG.NEXT.SENTINELS_QUEUE.>", "$JS.FC.>",
          "$JS.API.CONSUMER.CREATE.SENTINELS_INDEX.>", "$JS.API.CONSUMER.CREATE.SENTINELS_INDEX",
-         "$JS.API.CONSUMER.DELETE.SENTINELS_INDEX.>", "$JS.API.CONSUMER.MSG.NEXT.SENTINELS_INDEX.>"]
+         "$JS.API.CONSUMER.DELETE.SENTINELS_INDEX.>", "$JS.API.CONSUMER.MSG.NEXT.SENTINELS_INDEX.>",
+         "$JS.API.CONSUMER.CREATE.SENTINELS_FINISHED.>", "$JS.API.CONSUMER.CREATE.SENTINELS_FINISHED",
+         "$JS.API.CONSUMER.DELETE.SENTINELS_FINISHED.>", "$JS.API.CONSUMER.MSG.NEXT.SENTINELS_FINISHED.>"]
 _EVENTS = ["sentinels.events.>"]
 _JOBS = ["$KV.sentinels_jobs.>"]
 _STATE = ["$KV.sentinels_state.>"]
 _QUEUE = ["sentinels.queue.>", "$JS.API.STREAM.MSG.DELETE.SENTINELS_QUEUE"]
 _HISTORY = ["sentinels.history.*"]
-_INDEX = ["sentinels.index.>", "$JS.API.STREAM.PURGE.SENTINELS_INDEX"]  # the job store's listings
+_INDEX = ["sentinels.index.>", "sentinels.finished.>", "$JS.API.STREAM.PURGE.SENTINELS_INDEX"]  # the job store's listings
 _LOCAL = "sentinels.local.{}"
 _METRICS = ["sentinels.metrics.>"]  # counts for the metrics exporter (core NATS, no stream)
 
