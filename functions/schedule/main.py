@@ -55,11 +55,17 @@ async def build(stores: wiring.Stores) -> ScheduleService:
         jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
         cluster=cluster, priorities=PRIORITIES, cfg=CONFIG,
         clock=clock.now_iso, tracker=TRACKER, env_for_run=mlflow_env, after_pass=after_pass,
-        board=stores.board, holdings=Holdings(stores.jobs, cluster, stores.board, SHARING, PRIORITIES.classes),
+        board=stores.board, holdings=Holdings(stores.jobs, cluster, stores.board, SHARING, PRIORITIES.classes,
+                                              refresh_seconds=HOLDINGS_REFRESH_SECONDS),
         meter=stores.meter())
 
 
 SERVICE = wiring.Lazy(SETTINGS, "sentinels-schedule", build)
+# Who holds what is kept from this function's own placements and the end events it gets;
+# the cluster's list of every running Job is read again at most this often (it is what
+# a pass would otherwise read every time, growing with the cluster's Jobs)
+HOLDINGS_REFRESH_SECONDS = 5.0
+ENDED = (events.JOB_SUCCEEDED, events.JOB_FAILED, events.JOB_CANCELLED, events.JOB_REQUEUED)
 # Reconciling lists every sentinels Job in the cluster: on the timer, but at most once per
 # `lifecycle.reconcile_seconds` (the first tick after a start always reconciles)
 RECONCILE = clock.Every(SETTINGS.lifecycle().reconcile_seconds)
@@ -72,6 +78,8 @@ async def schedule(cloud_event):
         log.info("build of %s: %s", (cloud_event.data or {}).get("job"),
                  await svc.start_build((cloud_event.data or {}).get("job")))
         return
+    if cloud_event["type"] in ENDED and svc.holdings is not None:
+        svc.holdings.forget(str((cloud_event.data or {}).get("job")))
     if cloud_event["type"] == events.PING and RECONCILE.due():
         repaired = await svc.reconcile()
         if repaired:

@@ -165,6 +165,8 @@ class ScheduleService:
                 await self.cluster.stop(record)
             return False
         before, after = done
+        if self.holdings is not None:
+            self.holdings.forget(job_id, after)  # it holds its room from now on
         await self.queue.remove(seq)
         await announce(self.history, self.sink, SOURCE, before, after, events.JOB_SCHEDULED,
                        data={"job": job_id, "node": node, "class": after["priority"], "owner": after["owner"]})
