@@ -24,7 +24,7 @@ from pathlib import Path
 from common import ROOT, load, median, ms, natsd, pct, wait_http
 
 from sentinels.adapters import jetstream
-from sentinels.adapters.jetstream_index import INDEX_STREAM, JobIndex, subject
+from sentinels.adapters.jetstream_index import FINISHED_STREAM, INDEX_STREAM, JobIndex, subject
 from sentinels.domain import job
 from sentinels.domain.names import JOBS_BUCKET, QUEUE_SUBJECT
 from sentinels.domain.priority import PriorityConfig
@@ -99,7 +99,7 @@ async def fill(nats_url: str, prio: PriorityConfig) -> str:
         await publish_fast(nc, ((subject("done", r), json.dumps(JobIndex.entry(r)).encode(), ttl) for r in done))
     for _ in range(600):  # the server may still be writing the last ones
         kv = (await js.stream_info(f"KV_{JOBS_BUCKET}")).state.messages
-        idx = (await js.stream_info(INDEX_STREAM)).state.messages
+        idx = (await js.stream_info(INDEX_STREAM)).state.messages + (await js.stream_info(FINISHED_STREAM)).state.messages
         if kv >= QUEUED + FINISHED and idx >= QUEUED + FINISHED:
             break
         await asyncio.sleep(0.5)
