@@ -333,8 +333,9 @@ def cmd_up(a) -> int:
     except ConfigError as e:
         raise CliError(f"up: {e.message}") from None
     ui = supervisor.running_info(settings).get("mlflow_ui")
+    metrics = f"http://127.0.0.1:{settings.function_port(4)}/metrics"  # the exporter (sentinels.exporter)
     print(f"sentinels up (pid {pid}): submit at {settings.url}, JetStream at {settings.nats_url}, data in {settings.home}"
-          + (f", MLflow UI at {ui}" if ui else ""))
+          + (f", MLflow UI at {ui}" if ui else "") + f", metrics at {metrics}")
     return 0
 
 

@@ -79,3 +79,18 @@ def test_status_links_open_the_experiment_dashboard_and_discover():
     assert board["uid"] == "sentinels-experiment" and board["templating"]["list"][1]["name"] == "job"
     assert links["Kibana logs"].startswith("https://kb.example/app/discover#/")
     assert "sentinels_job_id:%22ab2cd3ef4g%22" in links["Kibana logs"]
+
+
+def test_status_links_open_the_experiment_dashboard_and_discover_for_the_job():
+    """A bare Grafana or Kibana address in notify: the links `sentinels status` prints (and
+    Slack carries) open the chart's experiment dashboard with its `job` variable, and
+    Discover filtered on the field the Fluent Bit filter lifts."""
+    from sentinels.domain import notify
+
+    cfg = notify.NotifyConfig.from_dict({"grafana_url": "https://grafana.example/", "kibana_url": "https://kb.example"})
+    links = dict(notify.job_links({"id": "ab2cd3ef4g", "name": "n", "owner": "ada", "spec": {}}, cfg))
+    uid = dashboards.experiment()["uid"]
+    assert links["Grafana"] == f"https://grafana.example/d/{uid}/{uid}?var-job=ab2cd3ef4g"
+    assert [v["name"] for v in dashboards.experiment()["templating"]["list"]] == ["datasource", "job"]
+    assert links["Kibana logs"].startswith("https://kb.example/app/discover#/")
+    assert "sentinels_job_id:%22ab2cd3ef4g%22" in links["Kibana logs"]

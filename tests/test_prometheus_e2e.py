@@ -53,6 +53,7 @@ def stack(tmp_path_factory):
     up = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True,
                         timeout=120)
     assert up.returncode == 0, up.stderr + up.stdout
+    assert f"metrics at http://127.0.0.1:{base + 4}/metrics" in up.stdout  # `up` says where to scrape
     yield env, base + 4
     subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, timeout=60)
 
