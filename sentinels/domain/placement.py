@@ -178,7 +178,9 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
     cpu_nodes = [n for n in open_nodes if n.gpu == 0]
     gpu_nodes = sorted((n for n in open_nodes if n.gpu > 0), key=lambda n: n.free_gpu)
     gpu_first, cpu_first = gpu_nodes + cpu_nodes, cpu_nodes + gpu_nodes  # keep GPU nodes for GPU jobs
-    failed_shapes: dict[tuple, set[tuple]] = {}  # selector -> distinct shapes that found no room this pass
+    failed_shapes: dict[tuple, set[tuple]] = {}  # selector -> the smallest shapes that found no room this pass
+    blocked: dict[tuple, set[tuple]] = {}  # selector -> shapes known to be no smaller than a failed one
+    usable_for: dict[tuple, list[Node]] = {}  # (selector, needs GPUs) -> nodes such a job may use at all
     reserved: set[str] = set()
     held_for: Waiting | None = None  # the starving job the reserved nodes are held for
     why: dict[tuple, tuple[str | None, str, set]] = {}
@@ -186,10 +188,18 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
     waiting_ahead = 0
     held = {k: dict(v) for k, v in (held or {}).items()}
     order, second_round = list(heads), set()
+    verdicts: dict[tuple, quota.Verdict] = {}  # one check per holder, shape and what the holder holds
+    changes: dict[tuple | None, int] = {}  # holder -> how many placements this pass changed what it holds
+    no_quota = quota.Verdict(True)
     for job in order:  # jobs that would borrow go round again after every job within its quota
-        need = quota.demand(job.cpu_millis, job.memory_bytes, job.gpu) if quotas else {}
+        verdict = no_quota
         if quotas:
-            verdict = quota.check(quotas, job.team, job.owner, need, held)
+            team = ("team", job.team) if job.team in quotas.teams else None
+            user = ("user", job.owner) if job.owner in quotas.users else None
+            if team or user:
+                key = (team, user, job.cpu_millis, job.memory_bytes, job.gpu, changes.get(team), changes.get(user))
+                verdict = verdicts.get(key) or verdicts.setdefault(key, quota.check(
+                    quotas, job.team, job.owner, quota.demand(job.cpu_millis, job.memory_bytes, job.gpu), held))
             if not verdict.ok:
                 decision.waits[job.id] = Wait(NEVER_FITS if verdict.never else QUOTA, "quota", verdict.reason)
                 continue
@@ -205,7 +215,12 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
             waiting_ahead += 1
             continue
         node = None
-        if not any(all(s <= f for s, f in zip(prev, shape)) for prev in failed_shapes.get(sel_key, ())):
+        fails = failed_shapes.get(sel_key)
+        if fails:  # a shape at least as large as one that found no room finds none either (room only shrinks)
+            seen = blocked.setdefault(sel_key, set())
+            if shape not in seen and any(all(s <= f for s, f in zip(prev, shape)) for prev in fails):
+                seen.add(shape)
+        if not fails or shape not in blocked[sel_key]:
             for n in gpu_first if job.gpu else cpu_first:
                 room = free[n.name]
                 if (room[3] > 0 and room[2] >= job.gpu and room[0] >= job.cpu_millis and room[1] >= job.memory_bytes
@@ -225,12 +240,18 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
             if quotas:
                 if verdict.borrows:
                     decision.borrowing.add(job.id)
-                quota.add(held, job.team, job.owner, need, quotas)
+                quota.add(held, job.team, job.owner, quota.demand(job.cpu_millis, job.memory_bytes, job.gpu), quotas)
+                for holder in (("team", job.team), ("user", job.owner)):
+                    changes[holder] = changes.get(holder, 0) + 1
             continue
-        failed_shapes.setdefault(sel_key, set()).add(shape)
+        if not fails or shape not in blocked[sel_key]:  # keep only the smallest failing shapes
+            failed_shapes[sel_key] = {p for p in fails or () if not all(s <= f for s, f in zip(shape, p))} | {shape}
         cached = why.get((sel_key, shape))
         if cached is None:  # one O(nodes) look per distinct request shape and selector
-            candidates = [n for n in nodes if usable(job, n)]
+            usable_key = (sel_key, job.gpu > 0)  # what decides `usable`: the selector, and the GPU taint
+            candidates = usable_for.get(usable_key)
+            if candidates is None:
+                candidates = usable_for[usable_key] = [n for n in nodes if usable(job, n)]
             possible = [n for n in candidates if _fits_total(job, n)]
             resource, reason = _short_reason(job, possible, free) if possible else _never_reason(job, nodes)
             cached = why[(sel_key, shape)] = (resource, reason, {n.name for n in possible})

@@ -128,9 +128,18 @@ def _work(v: Running) -> float:
 def plan(job: Candidate, nodes: list[NodeRoom], running: list[Running]) -> Plan | None:
     """The cheapest set of victims on one node that makes room for `job`, or None."""
     by_node: dict[str, list[Running]] = {}
+    totals: dict[str, list[int]] = {}  # node -> what all its eligible victims hold together
     for v in running:
         if _eligible(job, v):
             by_node.setdefault(v.node, []).append(v)
+            t = totals.get(v.node)
+            if t is None:
+                totals[v.node] = [v.cpu_millis, v.memory_bytes, v.gpu, 1]
+            else:
+                t[0] += v.cpu_millis
+                t[1] += v.memory_bytes
+                t[2] += v.gpu
+                t[3] += 1
     best: Plan | None = None
     best_key: tuple = ()
     for node in nodes:
@@ -141,8 +150,8 @@ def plan(job: Candidate, nodes: list[NodeRoom], running: list[Running]) -> Plan 
                 1 if node.free_pods is None else node.free_pods]
         if _fits(job, room):
             continue  # it fits without preemption: placement handles it
-        if not _fits(job, [room[0] + sum(v.cpu_millis for v in candidates), room[1] + sum(v.memory_bytes for v in candidates),
-                           room[2] + sum(v.gpu for v in candidates), room[3] + len(candidates)]):
+        t = totals[node.name]
+        if not _fits(job, [room[0] + t[0], room[1] + t[1], room[2] + t[2], room[3] + t[3]]):
             continue  # not even with every candidate gone
         candidates.sort(key=lambda v: (not v.borrowed, v.rank, _work(v)))
         chosen = []
