@@ -133,8 +133,9 @@ def tracker_for(settings: Settings):
     uri = settings.mlflow_uri()
     if uri in ("none", "off", ""):
         return None
-    from .adapters.mlflow_tracker import MlflowTracker
+    from .adapters.mlflow_tracker import MlflowTracker, fail_fast_defaults
 
+    fail_fast_defaults()  # once, as the process is wired (MLflow reads them from the environment)
     return MlflowTracker(uri)
 
 

@@ -249,10 +249,14 @@ def test_a_run_created_through_the_http_api(server, tmp_path):
     assert (run.info.status, run.data.params["lr"], run.data.metrics["duration_seconds"]) == ("FINISHED", "0.01", 90.0)
     assert [a.path for a in tracker._client().list_artifacts(run_id)] == ["model.json"]
     assert list((server.root / "artifacts").rglob("model.json"))  # proxied to the server's store
-    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # fail-fast settings are scoped
 
 
-def test_mlflow_unreachable_then_back(server, tmp_path):
+def test_mlflow_unreachable_then_back(server, tmp_path, monkeypatch):
+    from sentinels.adapters.mlflow_tracker import fail_fast_defaults
+
+    for key in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(key, raising=False)
+    fail_fast_defaults()  # as tracker_for does when a function is wired (undone by monkeypatch)
     tracker = MlflowTracker(server.url)
     running = tracker.sync(job_at(SCHEDULED, RUNNING, job_id="cc2cd3ef4g"))
     assert running["mlflow"]["synced_state"] == RUNNING
@@ -281,7 +285,7 @@ def test_mlflow_unreachable_then_back(server, tmp_path):
     assert tracker._client().get_run(created["mlflow_run_id"]).info.status == "SCHEDULED"
 
 
-async def test_lifecycle_keeps_states_right_while_mlflow_is_down_and_catches_up(server):
+async def test_lifecycle_keeps_states_right_while_mlflow_is_down_and_catches_up(server, monkeypatch):
     """The whole path: scheduled, running and succeeded while the MLflow server is down;
     the job's states never wait for MLflow, and the next ticks bring its run up to date."""
     from tests.test_lifecycle import UPDATE, World, fixture, labelled
@@ -289,6 +293,8 @@ async def test_lifecycle_keeps_states_right_while_mlflow_is_down_and_catches_up(
     from functions.on_job_event.service import LifecycleService
     from sentinels.adapters.memory import MemoryBoard
 
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")  # what tracker_for sets in a function process
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     w = World()
     tracker = MlflowTracker(server.url)
     w.sched.tracker = w.life.tracker = tracker
@@ -312,3 +318,19 @@ async def test_lifecycle_keeps_states_right_while_mlflow_is_down_and_catches_up(
     run = tracker._client().get_run(done["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["sentinels.job_id"] == rec["id"]
     assert not w.life.owed_mlflow
+
+
+def test_fail_fast_settings_are_the_process_defaults_set_once_at_wiring(tmp_path, monkeypatch):
+    """MLflow reads its timeout and retries from the environment: the function's wiring sets
+    them once (no per-call change of os.environ under a lock); an operator's values win."""
+    from sentinels import wiring
+    from sentinels.adapters import mlflow_tracker
+    from sentinels.settings import Settings
+
+    for key in mlflow_tracker.FAIL_FAST:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    settings = Settings.load(env={"SENTINELS_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert wiring.tracker_for(settings) is not None
+    assert (os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"], os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) == ("30", "0")
+    assert not hasattr(mlflow_tracker, "_ENV_LOCK") and not hasattr(mlflow_tracker.MlflowTracker, "_fail_fast")

@@ -6,6 +6,10 @@ performs what `domain.tracking.pending_ops` says the record still owes and retur
 updated record; when MLflow does not answer it raises `Unavailable` quickly (no retries,
 a short timeout) so the caller keeps the job's state and tries again on the next tick.
 
+MLflow's client takes its HTTP timeout and retries only from the environment, per
+request; `fail_fast_defaults` sets them once when a process wires its tracker (before any
+thread; values the operator set win), so calls are never serialised behind a lock.
+
 `import mlflow` costs about a second, so it happens on first use, never at import.
 """
 
@@ -14,7 +18,6 @@ import os
 import stat
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,7 +31,13 @@ from ..domain.tracking import apply_synced, epoch_ms, pending_ops, run_id_of
 JOB_TAG = "sentinels.job_id"
 FINISHED_TAG = "sentinels.finished"  # set last by finish_run: the status it completed
 TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "SERVICE_UNDER_MAINTENANCE"}
-_ENV_LOCK = threading.Lock()  # MLflow reads its HTTP timeout and retries from the environment
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+
+
+def fail_fast_defaults(environ=os.environ) -> None:
+    """MLflow's HTTP timeout (5 s) and retries (none) for this process, set once at start."""
+    for key, value in FAIL_FAST.items():
+        environ.setdefault(key, value)
 
 
 def _transient(err: BaseException) -> bool:
@@ -52,16 +61,15 @@ def _guarded(what: str):
     def wrap(fn):
         @functools.wraps(fn)
         def call(self, *args, **kwargs):
-            with self._fail_fast():
-                try:
-                    return fn(self, *args, **kwargs)
-                except SentinelsError:
-                    raise
-                except Exception as e:
-                    first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-                    if _transient(e):
-                        raise Unavailable(f"MLflow at {self.where} did not answer ({what}): {first}") from None
-                    raise SentinelsError(f"MLflow at {self.where} refused {what}: {first}") from None
+            try:
+                return fn(self, *args, **kwargs)
+            except SentinelsError:
+                raise
+            except Exception as e:
+                first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                if _transient(e):
+                    raise Unavailable(f"MLflow at {self.where} did not answer ({what}): {first}") from None
+                raise SentinelsError(f"MLflow at {self.where} refused {what}: {first}") from None
         return call
     return wrap
 
@@ -96,12 +104,10 @@ class SyncUnavailable(Unavailable):
 class MlflowTracker:
     """Experiment tracking on an MLflow tracking server or a local sqlite store."""
 
-    def __init__(self, tracking_uri: str, ui_url: Optional[str] = None, timeout: int = 5, max_retries: int = 0):
+    def __init__(self, tracking_uri: str, ui_url: Optional[str] = None):
         self.tracking_uri = tracking_uri
         self.ui_url = ui_url
         self._remote = tracking_uri.startswith(("http://", "https://"))
-        self._env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout)),
-                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(max_retries))} if self._remote else {}
         self._client_obj: Any = None  # mlflow's MlflowClient, made on first use
         self._client_lock = threading.Lock()
 
@@ -109,23 +115,6 @@ class MlflowTracker:
     @property
     def where(self) -> str:
         return self.tracking_uri.split("@")[-1] if self._remote else "the local store"
-
-    @contextmanager
-    def _fail_fast(self):
-        if not self._env:
-            yield
-            return
-        with _ENV_LOCK:
-            saved = {k: os.environ.get(k) for k in self._env}
-            os.environ.update(self._env)
-            try:
-                yield
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
 
     def _sqlite_dir(self) -> Optional[Path]:
         prefix = "sqlite:///"
@@ -146,8 +135,7 @@ class MlflowTracker:
 
     def warm(self) -> None:
         """Import mlflow and open the store ahead of the first job (a local store is created here)."""
-        with self._fail_fast():
-            self._client().search_experiments(max_results=1)
+        self._client().search_experiments(max_results=1)
 
     def run_url(self, experiment_id: str, run_id: str) -> Optional[str]:
         base = self.ui_url or (self.tracking_uri if self._remote else None)

@@ -354,7 +354,8 @@ class Supervisor:
         uri = self.store_uri
         if not uri.startswith("sqlite:"):  # a server (or `none`) needs no preparing
             return None
-        code = "import sys; from sentinels.adapters.mlflow_tracker import MlflowTracker; MlflowTracker(sys.argv[1]).warm()"
+        code = ("import sys; from sentinels.adapters.mlflow_tracker import MlflowTracker, fail_fast_defaults; "
+                "fail_fast_defaults(); MlflowTracker(sys.argv[1]).warm()")
         return subprocess.Popen([sys.executable, "-c", code, uri], env=self.env("reader"),
                                 stdout=open(self.logs / "mlflow-init.log", "ab"), stderr=subprocess.STDOUT)
 
