@@ -115,13 +115,20 @@ class Mirror:
             self.events.record(old.state if old else None, record)
 
     async def run(self, js) -> None:
-        while True:  # the functions create the bucket; the exporter only reads
+        """Follow the job records for ever: before the functions made the bucket it waits; a
+        watch that fails starts again from a fresh load."""
+        while True:
             try:
-                kv = await js.key_value(names.JOBS_BUCKET)
-                break
-            except Exception as e:
-                log.info("waiting for the jobs bucket (%s)", getattr(e, "description", None) or type(e).__name__)
-                await asyncio.sleep(2)
+                await self._watch(js)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the functions create the bucket; the exporter only reads
+                log.info("job watch: %s; starting again", getattr(e, "description", None) or type(e).__name__)
+            self.tally, self.ready = metrics.Tally(), False
+            await asyncio.sleep(2)
+
+    async def _watch(self, js) -> None:
+        kv = await js.key_value(names.JOBS_BUCKET)
         watcher = await kv.watchall()
         async for entry in watcher:
             if entry is None:

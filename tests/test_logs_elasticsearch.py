@@ -126,7 +126,13 @@ async def test_falls_back_to_the_local_file(es, tmp_path):
     assert len(lines) == 4 and notes == ["--since needs Elasticsearch (the local log file has no time per line): "
                                          "showing every line"]
     ship(es, JOB, 2)  # once it has lines, Elasticsearch answers
-    assert (await chain.lines({"id": JOB}, None))[0] == [f"{JOB} attempt 1 line {i}" for i in range(2)]
+    lines, position = await chain.lines({"id": JOB}, None)
+    assert lines == [f"{JOB} attempt 1 line {i}" for i in range(2)]
+    es.mode = "error"  # gone while followed: nothing for now, and the same place afterwards
+    assert await chain.more({"id": JOB}, position) == ([], position)
+    es.mode = "ok"
+    ship(es, JOB, 1, start_ms=60_000)
+    assert (await chain.more({"id": JOB}, position))[0] == [f"{JOB} attempt 1 line 0"]
 
 
 # --- the Fluent Bit Lua filter, in LuaJIT as Fluent Bit runs it ------------------------------

@@ -204,3 +204,22 @@ def test_listen_address(tmp_path):
     from sentinels.domain.errors import ConfigError
     with pytest.raises(ConfigError, match="host:port"):
         listen_address(at({"SENTINELS_METRICS_LISTEN": "nope"}))
+
+
+async def test_the_mirror_waits_for_the_bucket_the_functions_make(nats_url):
+    """The exporter only reads: started before any function made the jobs bucket, it waits for
+    it, then loads and follows the records."""
+    nc = await jetstream.connect(nats_url)
+    js = nc.jetstream(timeout=5)
+    mirror = Mirror(Events())
+    watch = asyncio.create_task(mirror.run(js))
+    try:
+        await asyncio.sleep(0.5)
+        assert not mirror.ready and not watch.done()  # no bucket yet: waiting, not dead
+        await jetstream.ensure(js)
+        jobs = await jetstream.JetStreamJobs.open(js)
+        await jobs.create(record(1, "high"))
+        await wait_for(lambda: mirror.ready and mirror.tally.by_state[states.QUEUED] == 1, 30)
+    finally:
+        watch.cancel()
+        await nc.close()

@@ -7,8 +7,11 @@ Neither knows when a line was written, so `since` is a note there, not a filter.
 """
 
 import asyncio
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger("sentinels.logs")
 
 BLOCK = 64 * 1024
 
@@ -132,5 +135,9 @@ class FallbackLogs:
                     return got, (0, first_position, since, False)
             except Unavailable:
                 pass
-        got, inner = await self.sources[which].more(record, inner)
+        try:
+            got, inner = await self.sources[which].more(record, inner)
+        except Unavailable as e:  # Elasticsearch went away mid-read: nothing now, the same place next time
+            log.warning("job %s: %s", record.get("id"), e.message)
+            return [], position
         return got, (which, inner, since, empty and not got)
