@@ -181,3 +181,55 @@ def test_up_hashes_the_tokens_file_and_says_so(tmp_path):
         subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, timeout=60)
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "home" / "logs").glob("*.log"))
     assert "s3cret-alice" not in logs
+
+
+@ROOT_ONLY
+async def test_no_path_a_job_is_given_leads_to_the_tokens_or_the_nats_credentials(tmp_path, monkeypatch,
+                                                                                  request_cleanup):
+    """The probe: from SENTINELS_CONFIG, SENTINELS_OUTPUTS, HOME and its working directory a
+    job walks up to $SENTINELS_HOME and tries the tokens file, config.yaml, the NATS
+    credentials, the internal token, the stack's logs and the JetStream store."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from sentinels.embedded import natsauth, supervisor
+    from sentinels.settings import Settings
+
+    monkeypatch.delenv("SENTINELS_RUN_AS", raising=False)
+    home = Path(tempfile.mkdtemp(prefix="sentinels-probe-", dir="/tmp"))
+    os.chmod(home, 0o755)  # as a fresh `mkdir` leaves it
+    request_cleanup.append(lambda: shutil.rmtree(home, ignore_errors=True))
+    tokens = home / "tokens.yaml"
+    tokens.write_text(yaml.safe_dump({"users": [{"user": "alice", "role": "admin", "token": "s3cret-alice"}]}))
+    os.chmod(tokens, 0o644)
+    (home / "config.yaml").write_text("token: s3cret-alice\n")
+    os.chmod(home / "config.yaml", 0o644)
+    settings = Settings.load(env={"SENTINELS_HOME": str(home), "SENTINELS_TOKENS_FILE": str(tokens)})
+    notes = supervisor.protect_home(settings)
+    assert any("tokens file" in n and "0600" in n for n in notes), notes
+    natsauth.ensure(home)
+    natsauth.internal_token(home)
+    (home / "logs" / "submit.log").write_text("a log line\n")
+    targets = [tokens, home / "config.yaml", natsauth.credentials_file(home, "admin"),
+               natsauth.credentials_file(home, "executor"), natsauth.internal_token(home), home / "logs" / "submit.log"]
+    assert all(t.exists() for t in targets)
+    cap = machine.capacity({"cpu": 8, "memory": "8Gi", "stop_grace": 1}, home / "jobs")
+    assert cap.run_as == "nobody"
+    kubelet = Kubelet(home / "jobs", cap, MemorySink())
+    kubelet.recover()
+    rel = [str(t.relative_to(home)) for t in targets]
+    script = ('cat "$SENTINELS_CONFIG" > /dev/null && echo READ-CONFIG; '
+              'for base in "$(dirname "$SENTINELS_CONFIG")/../.." "$SENTINELS_OUTPUTS/../../.." "$HOME/../../.." '
+              '"$PWD/../../.."; do '
+              f'for f in {" ".join(rel)}; do cat "$base/$f" > /dev/null 2>&1 && echo "READ $f"; done; '
+              'ls "$base" > /dev/null 2>&1 && echo "LISTED $base"; '
+              'ls "$base/jetstream" > /dev/null 2>&1 && echo "LISTED jetstream"; done; echo PROBED')
+    try:
+        kubelet.launch(make_record("hhhhhhhhhh", ["/bin/sh", "-c", script]), {})
+        await finish(kubelet, "hhhhhhhhhh")
+        log = (home / "jobs" / "hhhhhhhhhh" / "log").read_text()
+        assert "READ-CONFIG" in log and "PROBED" in log, log  # its own configuration it reads
+        assert "READ " not in log and "LISTED" not in log, log
+    finally:
+        kill_leftovers(home)

@@ -150,6 +150,35 @@ def local_runtime(settings: Settings):
     return runtimes.select(runtimes.RuntimeConfig.from_dict(settings.local(), settings.env, settings.registries()))
 
 
+PRIVATE = ("logs", "run", "jetstream", "mlflow", natsauth.SECRETS_DIR)  # the stack's own, closed to jobs
+
+
+def protect_home(settings: Settings) -> list[str]:
+    """Close what a job must not read: `$SENTINELS_HOME` can at most be passed through (a
+    job reaches its own directory under `jobs/`, which its SENTINELS_CONFIG names) but not
+    listed, the stack's own folders are 0700, and the tokens file and config.yaml (it may
+    hold a `token:`), when ours and readable by others, become 0600. Returns what it
+    changed, to say at start."""
+    notes = []
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    mine = os.geteuid()
+    if home.stat().st_uid == mine:
+        os.chmod(home, home.stat().st_mode & 0o7711)  # no reading or writing by others
+    for name in PRIVATE:
+        (home / name).mkdir(mode=0o700, exist_ok=True)
+        os.chmod(home / name, 0o700)
+    for what, path in (("tokens file", settings.tokens_file()), ("configuration", home / "config.yaml")):
+        try:
+            st = path.stat() if path is not None else None
+        except OSError:
+            st = None
+        if path is not None and st is not None and st.st_mode & 0o077 and st.st_uid == mine:
+            os.chmod(path, 0o600)
+            notes.append(f"{what} {path}: was readable by others; now mode 0600")
+    return notes
+
+
 def check_config(settings: Settings) -> list[str]:
     """Parse every server-side section and file now; raise ConfigError on the first bad one."""
     from ..auth import hash_at_rest
@@ -168,6 +197,7 @@ def check_config(settings: Settings) -> list[str]:
     notes += settings.registry_notes()
     notify = settings.notify()
     ids = settings.identities()
+    notes += protect_home(settings)
     try:
         hashed = hash_at_rest(settings.tokens_file())
     except OSError as e:
