@@ -17,7 +17,7 @@ from tests.simcluster.control import SCRIPT_ENV, NodeShape
 from tests.simcluster.harness import SimStack
 
 OUTPUTS_CLAIM = "sentinels-outputs"
-POOLS = {"general": 2, "evict": 2, "lost": 2, "cordon": 1, "faults": 3}
+POOLS = {"general": 2, "evict": 2, "lost": 2, "cordon": 1, "preempt": 1, "faults": 3}
 
 
 def spec(pool: str, script=None, **extra) -> dict:
@@ -37,7 +37,8 @@ def sim(tmp_path_factory):
         volume = home / "outputs-volume"  # the RWX claim: jobs write subPath <id>, on_job_event reads it
         config = {"lifecycle": {"image_pull_grace_seconds": 3, "outputs_root": str(volume)},
                   "kubernetes": {"outputs_volume": {"claim": OUTPUTS_CLAIM}},
-                  "registries": {"ghcr.io": {"secret": "ghcr-pull"}}}  # every scenario's image is private
+                  "registries": {"ghcr.io": {"secret": "ghcr-pull"}},  # every scenario's image is private
+                  "preemption": {"classes": ["critical"]}}  # only the preemption scenario submits critical jobs
         private = {"ghcr.io": "ghcr-pull", "private.registry.internal": "private-pull"}
         with SimStack(home, nodes, config=config, env=env, claims={OUTPUTS_CLAIM: volume},
                       registries=private) as stack:
@@ -165,6 +166,28 @@ def test_evicted_pod_is_requeued_and_runs_elsewhere(sim):
     steps = [(h["to"], h.get("reason", "")) for h in sim.history(job)]
     assert ("QUEUED", "requeued after: evicted: EvictionByEvictionAPI: Eviction API: evicting") in steps, steps
     assert [j["metadata"]["name"] for j in sim.jobs_in_cluster(job)] == [f"sentinels-{job}-a2"]
+
+
+def test_a_critical_job_preempts_a_low_one_which_runs_again(sim):
+    """Preemption on the Kubernetes path: the victim's pod is marked DisruptionTarget and its Job
+    deleted (the pod gets SIGTERM, exit 143); it is requeued with attempts + 1, never failed,
+    runs again after the critical job, and its second run is told who preempted the first."""
+    whole = {"cpu": 4, "memory": "8Gi"}  # the pool's one node holds one such job
+    low = sim.submit(spec("preempt", [{"duration": 60}, {"duration": 0.5}], priority="low", resources=whole))
+    sim.wait(low, "RUNNING")
+    urgent = sim.submit(spec("preempt", {"duration": 0.5}, priority="critical", resources=whole))
+    assert sim.wait(urgent, "SUCCEEDED", timeout=120)["attempts"] == 1
+    record = sim.wait(low, "SUCCEEDED", timeout=120)
+    assert record["attempts"] == 2 and record["preemptions"] == 1 and record.get("exit_code", 0) == 0
+    steps = [(h["to"], h.get("reason", "")) for h in sim.history(low)]
+    assert [s for s, _ in steps] == ["QUEUED", "SCHEDULED", "RUNNING", "QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"], steps
+    assert steps[3][1].startswith(f"preempted by {urgent} (critical, ") and "requeued at the front of low" in steps[3][1]
+    (second,) = sim.jobs_in_cluster(low)  # the first attempt's Job was deleted by the preemption
+    assert second["metadata"]["name"] == f"sentinels-{low}-a2"
+    env = {e["name"]: e["value"] for e in second["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SENTINELS_PREEMPTED"] == steps[3][1].split("; requeued")[0]
+    told = [m for m in sim.slack.messages if low in json.dumps(m) and "preempted" in json.dumps(m)]
+    assert told, "Slack was not told who preempted whom"
 
 
 def test_node_deleted_while_running_requeues(sim):

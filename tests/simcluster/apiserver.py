@@ -45,6 +45,9 @@ ATTEMPT = "sentinels.io/attempt"  # watch events kept for resuming from a resour
 CORE = {"pods", "nodes", "configmaps", "events", "namespaces", "secrets"}
 
 
+VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-simcluster", "platform": "linux/amd64"}  # GET /version
+
+
 def rkey(group: str, version: str, plural: str) -> str:
     """'batch/v1/jobs', 'v1/pods': how resources are named here."""
     return f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
@@ -338,6 +341,8 @@ class ApiServer(kmock.KubernetesScaffold):
     async def _handle(self, request) -> aiohttp.web.StreamResponse:
         del self._requests[:-200]  # kmock keeps every request; the DSL scans them all
         action = request.action
+        if request.resource is None and str(request.url).split("?")[0].rstrip("/").endswith("/version"):
+            return self._json(VERSION)  # what `sentinels up` asks first: is this a Kubernetes API server?
         if request.resource is None or action is None or request.resource.plural is None:
             return await super()._handle(request)
         self.calls[(self.client_of(request), str(action.value))] += 1
