@@ -158,3 +158,29 @@ def test_a_child_dying_during_start_up_stops_everything(tmp_path):
     (broken / "triggers.yaml").write_text("kind: Trigger\nspec: [not, a, trigger\n")  # the router cannot load it
     env = stack_env(tmp_path / "home", SENTINELS_KNATIVE_DIR=str(broken))
     fails_cleanly(env, "router exited during start-up", "router.log")
+
+
+def test_without_the_full_mlflow_package_up_says_so_in_one_line_and_tracks_nothing(tmp_path):
+    """The core installs only mlflow-skinny: the local store (SQLAlchemy) and the server (Flask)
+    are the `mlflow` extra. Without it `up` says so once and runs with tracking off."""
+    code = """
+import json, sys
+for missing in ("sqlalchemy", "flask", "alembic"):
+    sys.modules[missing] = None  # as if only mlflow-skinny were installed
+from sentinels.embedded import supervisor
+from sentinels.settings import Settings
+settings = Settings.load()
+notes = supervisor.check_config(settings)
+sup = supervisor.Supervisor(settings)
+print(json.dumps({"notes": notes, "store": sup.store_uri, "server": sup.mlflow_url, "init": sup.init_mlflow() is None,
+                  "env": sup.env("on_job_event")["MLFLOW_TRACKING_URI"]}))
+"""
+    env = {**os.environ, "SENTINELS_HOME": str(tmp_path)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    said = [n for n in got["notes"] if "mlflow" in n.lower()]
+    assert said == ["MLflow tracking is off: the local store needs the full mlflow package "
+                    "(pip install 'sentinels[mlflow]'), or set MLFLOW_TRACKING_URI to an MLflow server"], got["notes"]
+    assert (got["store"], got["server"], got["init"], got["env"]) == ("none", None, True, "none")

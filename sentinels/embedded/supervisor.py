@@ -36,12 +36,34 @@ MLFLOW_PORT_OFFSET = 5  # the MLflow server listens on the submit port + 5
 START_SECONDS = 120  # for the functions to answer: minutes on a loaded machine, not seconds
 
 
+def full_mlflow() -> bool:
+    """Whether the full `mlflow` package (the `mlflow` extra) is installed: its local store
+    and server need SQLAlchemy and Flask, which the core's `mlflow-skinny` client lacks."""
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("sqlalchemy", "flask", "alembic"))
+    except (ImportError, ValueError):
+        return False
+
+
+NO_LOCAL_STORE = ("MLflow tracking is off: the local store needs the full mlflow package "
+                  "(pip install 'sentinels[mlflow]'), or set MLFLOW_TRACKING_URI to an MLflow server")
+
+
+def store_uri(settings: Settings) -> str:
+    """The tracking store the stack uses: `none` when it is the local one and the full
+    mlflow package is not installed (`check_config` says so in one line)."""
+    uri = settings.mlflow_uri()
+    return "none" if uri.startswith("sqlite:") and not full_mlflow() else uri
+
+
 def mlflow_server_url(settings: Settings, env=None) -> str | None:
     """Where `up` serves MLflow (UI, tracking API, artifacts) when the tracking store is local,
     so that jobs in containers log to it over HTTP; None when the store is a server already
     (or tracking is off), or SENTINELS_MLFLOW_SERVER=off."""
     env = settings.env if env is None else env
-    if not settings.mlflow_uri().startswith("sqlite:") or env.get("SENTINELS_MLFLOW_SERVER", "on") in ("off", "0", "false"):
+    if not store_uri(settings).startswith("sqlite:") or env.get("SENTINELS_MLFLOW_SERVER", "on") in ("off", "0", "false"):
         return None
     return f"http://127.0.0.1:{settings.function_port(MLFLOW_PORT_OFFSET)}"
 
@@ -206,6 +228,8 @@ def check_config(settings: Settings) -> list[str]:
     else:
         if hashed:
             notes.append(f"tokens file {settings.tokens_file()}: {hashed} plaintext token(s) replaced by their SHA-256")
+    if store_uri(settings) != settings.mlflow_uri():
+        notes.append(NO_LOCAL_STORE)
     if ids.single_user:
         notes.append(f"single-user mode: no tokens file configured, every request acts as {ids.local['user']} (admin)")
     notifier = slack.start(settings.slack_env(), notify.default_channel, strict=True)  # invalid_auth: a clear error now
@@ -221,7 +245,7 @@ class Supervisor:
         self.started: dict[str, float] = {}  # name -> monotonic time of its last start
         self.stopping = False
         self.runtime = local_runtime(settings).name if settings.backend() == "local" else None
-        self.store_uri = settings.mlflow_uri()
+        self.store_uri = store_uri(settings)
         self.mlflow_url = mlflow_server_url(settings)
 
     def env(self, user: str = "admin") -> dict:
