@@ -207,7 +207,7 @@ def place(heads: list[Waiting], nodes: list[Node], strategy: str = BEST_EFFORT,
                 second_round.add(job.id)
                 order.append(job)
                 continue
-        sel_key = tuple(sorted(job.node_selector.items()))
+        sel_key = tuple(sorted(job.node_selector.items())) if job.node_selector else ()
         shape = (job.cpu_millis, job.memory_bytes, job.gpu)
         if strategy == STRICT and waiting_ahead:
             decision.waits[job.id] = Wait(BY_ORDER, None, f"{waiting_ahead} job{'s' if waiting_ahead > 1 else ''} "
