@@ -108,6 +108,14 @@ class UsageSource(Protocol):
     async def usage(self, job_id: Optional[str]) -> list[dict]: ...
 
 
+class PeakUsage(Protocol):
+    """What a job that has just ended used at most (`peak_memory_bytes`, `peak_cpu_cores`,
+    `cpu_seconds`, GPU peaks; keys of `domain.usage`), for its MLflow run: Prometheus on
+    Kubernetes (on one machine the executor's sampler logs them itself). Raises Unavailable."""
+
+    async def peaks(self, job_id: str, seconds: float) -> dict: ...
+
+
 class Cluster(Protocol):
     """Where jobs run: Kubernetes (`adapters.kubernetes`) or this machine (`adapters.local`).
 

@@ -95,6 +95,16 @@ def cluster_for(settings: Settings, nc):
     return LocalCluster(nc)
 
 
+def peak_usage_for(settings: Settings):
+    """Where a finished job's peaks come from for MLflow (`ports.PeakUsage`): Prometheus on
+    Kubernetes when `prometheus_url` is set; None otherwise (locally the sampler logs them)."""
+    if settings.backend() != "kubernetes" or not settings.prometheus_url():
+        return None
+    from .adapters.prometheus_usage import PrometheusUsage
+
+    return PrometheusUsage(settings.prometheus_url())
+
+
 def placeholders_for(settings: Settings, cluster):
     """Where placeholder Deployments go (`ports.Placeholders`), or None: off, or not on Kubernetes."""
     if not settings.placeholders().enabled or settings.backend() != "kubernetes":

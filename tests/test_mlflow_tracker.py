@@ -334,3 +334,40 @@ def test_fail_fast_settings_are_the_process_defaults_set_once_at_wiring(tmp_path
     assert wiring.tracker_for(settings) is not None
     assert (os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"], os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) == ("30", "0")
     assert not hasattr(mlflow_tracker, "_ENV_LOCK") and not hasattr(mlflow_tracker.MlflowTracker, "_fail_fast")
+
+
+class Peaks:
+    """The PeakUsage port as Prometheus would answer for one job (the real adapter is tested
+    against a real Prometheus in test_prometheus_e2e.py)."""
+
+    def __init__(self, answer):
+        self.answer, self.asked = answer, []
+
+    async def peaks(self, job_id, seconds):
+        self.asked.append((job_id, seconds))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return dict(self.answer)
+
+
+@pytest.mark.parametrize("answer", [{"peak_memory_bytes": 3 << 30, "peak_cpu_cores": 1.5, "cpu_seconds": 42.0},
+                                    Unavailable("Prometheus at http://p:9090 is unreachable")])
+async def test_on_kubernetes_a_finished_jobs_peaks_reach_its_run(tracker, answer):
+    from tests.test_lifecycle import UPDATE, World, fixture, labelled
+
+    w = World()
+    w.life.tracker, w.life.peaks = tracker, Peaks(answer)
+    rec = await w.running_job()
+    w.cluster.finish(rec["id"])
+    assert await w.life.handle(UPDATE, labelled(fixture("job-succeeded.yaml"), rec)) == "succeeded"
+    done = await w.get(rec["id"])
+    metrics = tracker._client().get_run(done["mlflow_run_id"]).data.metrics
+    assert w.life.peaks.asked and w.life.peaks.asked[0][0] == rec["id"]
+    if isinstance(answer, Exception):  # the run is finished all the same, without peaks
+        assert done["usage"] == {} and not [k for k in metrics if k.startswith("system/")]
+        return
+    assert done["usage"]["peak_memory_bytes"] == 3 << 30 and done["usage"]["gpu_seconds"] == 0
+    assert metrics["system/peak_memory_bytes"] == 3 << 30 and metrics["system/cpu_seconds"] == 42.0
+    assert metrics["system/peak_cpu_cores"] == 1.5 and "duration_seconds" in metrics
+    await w.life.sync_mlflow(done)
+    assert len(w.life.peaks.asked) == 1  # asked once per job

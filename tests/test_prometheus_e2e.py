@@ -211,6 +211,25 @@ def test_top_on_kubernetes_reads_prometheus(prometheus, capsys):
     assert asyncio.run(PrometheusUsage(prometheus).usage("zz2zz3zz4z")) == []
 
 
+def test_a_finished_jobs_peaks_come_from_prometheus(prometheus):
+    """What on_job_event logs to the run's MLflow metrics at the end on Kubernetes."""
+    import asyncio
+
+    from sentinels.adapters.prometheus_usage import PrometheusUsage, peak_queries
+
+    wait(lambda: scalar(prometheus, 'count(count_over_time(container_cpu_usage_seconds_total[1m]) > 2)'), 60,
+         "a few cAdvisor samples")
+    for expr in peak_queries(K8S_JOB, 120).values():  # each one valid PromQL for the real server
+        assert query(prometheus, expr)["status"] == "success"
+    # a subquery sees the series at its steps only: wait for the first step after the first sample
+    wait(lambda: len(asyncio.run(PrometheusUsage(prometheus).peaks(K8S_JOB, 120))) == len(peak_queries(K8S_JOB, 1)),
+         60, "subquery steps with samples of every series (irate needs two)")
+    peaks = asyncio.run(PrometheusUsage(prometheus).peaks(K8S_JOB, 120))
+    assert peaks["peak_memory_bytes"] == 3 << 30 and peaks["peak_gpu_memory_bytes"] == 3 << 30
+    assert peaks["peak_gpu_util"] == 70 and peaks["cpu_seconds"] > 0 and 0 <= peaks["peak_cpu_cores"] < 1
+    assert asyncio.run(PrometheusUsage(prometheus).peaks("zz2zz3zz4z", 120)) == {}
+
+
 def test_top_in_the_embedded_default_shows_a_running_job(stack):
     env, _ = stack
     burn = "x = bytearray(64 << 20)\nimport time\nt = time.time()\nwhile time.time() - t < 120: pass\n"

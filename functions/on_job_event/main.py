@@ -40,7 +40,7 @@ async def build(stores: wiring.Stores) -> LifecycleService:
     return LifecycleService(
         jobs=stores.jobs, queue=stores.queue, history=stores.history, sink=stores.sink,
         cluster=wiring.cluster_for(SETTINGS, stores.nc), clock=clock.now_iso, policy=LIFECYCLE.policy,
-        tracker=TRACKER, outputs_dir=outputs_dir, board=stores.board)
+        tracker=TRACKER, outputs_dir=outputs_dir, board=stores.board, peaks=wiring.peak_usage_for(SETTINGS))
 
 
 RECONCILE = clock.Every(LIFECYCLE.reconcile_seconds)

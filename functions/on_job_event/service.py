@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from sentinels.domain.times import parse as parse_iso
-from sentinels.domain import events, job, lifecycle, local_objects, observe, states, tracking
+from sentinels.domain import events, job, lifecycle, local_objects, observe, states, times, tracking
 from sentinels.domain.errors import SentinelsError, Unavailable
 from sentinels.domain.names import MLFLOW_OWED_KEY
-from sentinels.ports import Board, Cluster, EventSink, History, JobQueue, JobStore, Tracker
+from sentinels.ports import Board, Cluster, EventSink, History, JobQueue, JobStore, PeakUsage, Tracker
 from sentinels.transitions import announce
 
 log = logging.getLogger("sentinels.on_job_event")
@@ -54,6 +54,7 @@ class LifecycleService:
     owed_mlflow: set = field(default_factory=set)
     board: Optional[Board] = None  # where the owed set survives restarts
     _reconciles: int = 0
+    peaks: Optional[PeakUsage] = None  # a finished job's peaks for MLflow (Kubernetes); None: not here
 
     async def handle(self, event_type: str, obj: dict, event_id: str = "") -> str:
         """Apply one ApiServerSource-shaped event; returns a word for logs and tests."""
@@ -321,6 +322,7 @@ class LifecycleService:
         try:
             if self.tracker is None or not tracking.pending_ops(record):
                 return
+            record = await self._with_peaks(record)
             outputs = self.outputs_dir(record) if self.outputs_dir else None
             try:
                 updated = await asyncio.to_thread(self.tracker.sync, record, outputs)
@@ -336,6 +338,25 @@ class LifecycleService:
                 await self.jobs.mutate(record["id"], lambda r: dict(r, **keep))
         finally:
             await self._owe(record["id"], owed)
+
+    async def _with_peaks(self, record: dict) -> dict:
+        """Before the run is finished in MLflow: the job's peaks, once (best effort)."""
+        if self.peaks is None or "usage" in record or record["state"] not in states.TERMINAL:
+            return record
+        if not any(op["op"] == "finish" for op in tracking.pending_ops(record)):
+            return record
+        _, run = times.job_times(record)
+        if run is None:
+            return record  # it never ran: nothing used
+        try:
+            found = await self.peaks.peaks(record["id"], run)
+        except SentinelsError as e:  # Prometheus away: the run is finished without them
+            log.warning("job %s: peak usage not read (%s)", record["id"], e.message)
+            found = {}
+        gpus = int((record.get("spec") or {}).get("resources", {}).get("gpu") or 0)
+        found = {**found, "gpu_seconds": round(gpus * run, 3)} if found else {}
+        changed = await self.jobs.mutate(record["id"], lambda r: None if "usage" in r else dict(r, usage=found))
+        return changed[1] if changed else record
 
     async def _owe(self, job_id: str, owed: bool) -> None:
         """Keep the set of jobs MLflow still owes, in memory and (when it changes) in the Board,

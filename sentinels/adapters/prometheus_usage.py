@@ -36,6 +36,20 @@ def queries(job_id: Optional[str], window: str = "24h") -> dict[str, str]:
             "peak_gpu_memory_bytes": f"max_over_time(({gpu_mem})[{window}:30s])"}
 
 
+def peak_queries(job_id: str, seconds: float) -> dict[str, str]:
+    """Peaks and CPU-seconds of a job over its last `seconds`, as subqueries: the pod and its
+    series are gone once it ended, the join is made at each past step."""
+    span = max(60, int(seconds) + 60)
+    w = f"{span}s:{max(5, span // 500)}s"  # about 500 steps at most; a short job still gets a few
+    q = queries(job_id)
+    total_cpu = _join(f"container_cpu_usage_seconds_total{CONTAINERS}", job_id)
+    return {"peak_cpu_cores": f"max_over_time(({q['cpu_cores']})[{w}])",
+            "peak_memory_bytes": f"max_over_time(({q['memory_bytes']})[{w}])",
+            "cpu_seconds": f"max_over_time(({total_cpu})[{w}])",
+            "peak_gpu_memory_bytes": f"max_over_time(({q['gpu_memory_bytes']})[{w}])",
+            "peak_gpu_util": f"max_over_time(({q['gpu_util']})[{w}])"}
+
+
 class PrometheusUsage:
     def __init__(self, url: Optional[str], timeout: float = 5.0):
         self.url, self.timeout = (url or "").rstrip("/"), timeout
@@ -71,6 +85,22 @@ class PrometheusUsage:
             if job:
                 out[job] = float(row["value"][1])
         return out
+
+    async def peaks(self, job_id: str, seconds: float) -> dict:
+        """The `PeakUsage` port: what a job that has just ended used at most (and its
+        CPU-seconds); {} when Prometheus has no series of it."""
+        import asyncio
+
+        if not self.url:
+            return {}
+        qs = peak_queries(job_id, seconds)
+
+        def ask() -> dict:
+            with ThreadPoolExecutor(len(qs)) as pool:
+                answers = dict(zip(qs, pool.map(self.query, qs.values())))
+            return {k: v[job_id] for k, v in answers.items() if job_id in v}
+
+        return await asyncio.to_thread(ask)
 
     def by_job(self, job_id: Optional[str] = None, window: str = "24h") -> dict[str, dict]:
         """{job id: {cpu_cores, peak_cpu_cores, memory_bytes, ...}} for running jobs (or one job)."""

@@ -48,6 +48,7 @@ class JobRecord(TypedDict, total=False):
     # schedule
     node: Optional[str]  # where it was placed
     mlflow: dict[str, Any]  # {run_id, experiment_id, url, synced_state} (domain.tracking)
+    usage: dict[str, Any]  # peaks and totals of a finished run (domain.usage keys), from ports.PeakUsage
     links: dict[str, str]  # label -> URL (MLflow run, ...)
     preempted_by: Optional[str]  # the waiting job this one is stopped for (the lifecycle requeues it)
     preempted_note: str  # the same, for people

@@ -31,7 +31,7 @@ statuses (`MLFLOW_STATUS`). Operations, in order:
 
 import copy
 
-from . import times
+from . import times, usage
 from .states import (CANCELLED, FAILED, QUEUED, RUNNING, SCHEDULED, SUCCEEDED, TERMINAL)
 
 MLFLOW_STATUS = {
@@ -47,13 +47,16 @@ def epoch_ms(iso: str | None) -> int | None:
 
 
 def metrics_of(record: dict) -> dict:
-    """Queue time and run time in seconds of a finished job (`times.job_times`)."""
+    """Queue time and run time in seconds of a finished job (`times.job_times`), and its
+    peaks and totals when the record has them (`usage`, on Kubernetes from Prometheus)."""
     in_queue, run = times.job_times(record)
-    out = {}
+    out: dict = {}
     if in_queue is not None:
         out["time_in_queue_seconds"] = in_queue
     if run is not None:
         out["duration_seconds"] = run
+    if record.get("usage"):
+        out.update(usage.system_metrics(record["usage"]))
     return out
 
 
