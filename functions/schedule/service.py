@@ -75,6 +75,12 @@ class ScheduleService:
                     log.info("pass: %s", self.last)
             return self.last
 
+    @property
+    def launches_in_doubt(self) -> bool:
+        """A launch failed without a clear answer (timeout, 5xx) and backs off: its Job may
+        exist anyway, which only the reconcile finds (before the Job ends and is gone)."""
+        return bool(self._refused)
+
     async def run_pass(self) -> dict:
         t0 = time.perf_counter()
         now = parse_iso(self.clock())
