@@ -79,7 +79,7 @@ def debian_mirror() -> str:
                     uri = next((p for p in parts[1:] if "://" in p), "")
                     if uri.rstrip("/").endswith("/debian"):
                         return uri
-    return "http://deb.debian.org/debian"
+    pytest.skip("no Debian archive in apt's sources to bootstrap the base image from")
 
 
 def base_image() -> str:
