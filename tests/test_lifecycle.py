@@ -277,6 +277,31 @@ async def test_two_observations_of_one_node_loss_keep_the_queue_entry():
     assert [(seq, e["id"]) for seq, e in heads] == [(again["queue_seq"], rec["id"])]
 
 
+async def test_a_step_decided_on_an_older_attempt_changes_nothing():
+    """A node loss seen through an old listing (the job's first attempt on n1) after the job
+    was requeued and placed on n1 again: the stale step must not requeue the new attempt with
+    the first requeue's (already used) queue entry, which left the record QUEUED with no
+    entry on the simulated cluster."""
+    w = World(nodes=("n1",))
+    first = await w.running_job()
+    requeue = lifecycle.requeue_or_fail(first, "node lost: DeletionByPodGC", w.life.policy, False)
+    assert await w.life.apply(first, requeue, "pod:uid:1:disrupted") == "queued"
+    await w.sched.trigger()
+    second = await w.get(first["id"])
+    assert second["state"] == "SCHEDULED" and second["attempts"] == 2 and second["node"] == "n1"
+    assert await w.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), second)) == "running"
+    stale = lifecycle.requeue_or_fail(first, "node n1 was removed", w.life.policy, False)  # both RUNNING
+    assert await w.life.apply(first, stale, "node-removed:n1:u1") == "raced"
+    assert (await w.get(first["id"]))["state"] == "RUNNING"
+    node = fixture("node-gpu.yaml")
+    node["metadata"]["name"] = "n1"
+    assert await w.life.handle(DELETE, node) == "node-removed"  # decided on the record as it is now
+    third = await w.get(first["id"])
+    assert third["state"] == "QUEUED" and third["attempts"] == 3 and third["k8s_job"].endswith("-a3")
+    heads = await w.queue.heads(["critical", "high", "normal", "low"], 5)
+    assert [(seq, e["id"]) for seq, e in heads] == [(third["queue_seq"], first["id"])]
+
+
 async def test_too_many_infrastructure_failures_fail_the_job():
     w = World()
     rec = await w.running_job()

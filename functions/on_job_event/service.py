@@ -137,7 +137,9 @@ class LifecycleService:
         step_data = {"to": step.to, "effects": list(step.effects), "through": step.through}
 
         def decide(r):
-            if r["state"] != expected or r.get("last_observation") == key:
+            # the step was decided for this attempt: a record that moved on to another one
+            # (requeued meanwhile) is not this step's to change
+            if r["state"] != expected or r.get("last_observation") == key or r.get("attempts") != record.get("attempts"):
                 return None
             if step.to is None:
                 return dict(r, reason=reason, updated_at=now, last_observation=key, **changes)
@@ -214,9 +216,14 @@ class LifecycleService:
             self._node_states[obs.name] = obs.node_state
         if obs.what == observe.NODE_REMOVED:
             self._node_states.pop(obs.name, None)
-            for record in lifecycle.jobs_on_lost_node(await self.jobs.active(), obs.name or ""):
-                step = lifecycle.requeue_or_fail(record, f"node {obs.name} was removed", self.policy, False)
-                await self.apply(record, step, f"node-removed:{obs.name}:{obs.uid}")
+            for listed in lifecycle.jobs_on_lost_node(await self.jobs.active(), obs.name or ""):
+                # decided on the record as it is now: the listing may be older than a requeue
+                # (and a placement of the next attempt) that another observation already made
+                got = await self.jobs.get(listed["id"])
+                if got is None or not lifecycle.jobs_on_lost_node([got[0]], obs.name or ""):
+                    continue
+                step = lifecycle.requeue_or_fail(got[0], f"node {obs.name} was removed", self.policy, False)
+                await self.apply(got[0], step, f"node-removed:{obs.name}:{obs.uid}", revision=got[1])
         await self._capacity_changed(f"node:{obs.name}:{obs.uid}:{obs.resource_version}:{obs.what}",
                                      f"node {obs.name}: {obs.what}")
         return obs.what
