@@ -111,10 +111,13 @@ def test_a_private_image_pulls_with_its_registrys_secret_and_fails_unauthorized_
     (created,) = sim.jobs_in_cluster(job)
     assert created["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "ghcr-pull"}]  # exactly its own
     other = sim.submit(spec("general", image="private.registry.internal/acme/train:1"))  # no credentials configured
+    # look at its Job while it exists: once the job has FAILED its Job is deleted
+    found = wait_for(lambda: sim.jobs_in_cluster(other))
+    assert found, "its Job was never created"
+    assert "imagePullSecrets" not in found[0]["spec"]["template"]["spec"]
     record = sim.wait(other, "FAILED")
     assert "ErrImagePull" in record["reason"] or "ImagePullBackOff" in record["reason"], record["reason"]
     assert "401 Unauthorized" in record["reason"], record["reason"]  # the runtime's own words
-    assert "imagePullSecrets" not in sim.jobs_in_cluster(other)[0]["spec"]["template"]["spec"]
 
 
 def test_failure_keeps_exit_code_and_last_log_lines(sim):
