@@ -21,7 +21,7 @@ COPY cli ./cli
 RUN python3 -m venv /opt/sentinels \
  && /opt/sentinels/bin/pip install --no-cache-dir ${PIP_INSTALL_ARGS} "/src[server]" \
  && mkdir -p /app \
- && ln -s "$(/opt/sentinels/bin/python -I -c 'import functions, os; print(os.path.dirname(functions.__file__))')" /app/functions \
+ && ln -s "$(/opt/sentinels/bin/python -I -c 'import sentinels.functions as f, os; print(os.path.dirname(f.__file__))')" /app/functions \
  && find /opt/sentinels -name '__pycache__' -prune -exec rm -rf {} +
 
 # --- run: no compilers, no pip cache, not root ---------------------------------------------

@@ -57,13 +57,13 @@ def stack(extra_env=None, config=None):
     base = free_block()
     env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_URL": f"http://127.0.0.1:{base}",
            "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", **(extra_env or {})}
-    r = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "up", "-d"], env=env, capture_output=True, text=True, cwd=ROOT)
     if r.returncode:
         raise SystemExit(r.stderr)
     try:
         yield env
     finally:
-        subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, cwd=ROOT)
+        subprocess.run([sys.executable, "-m", "sentinels.cli.main", "down"], env=env, capture_output=True, cwd=ROOT)
 
 
 class Http:

@@ -33,7 +33,7 @@ def submit_to_running(env: dict, image: str, command: list[str], n: int = N) -> 
     """Jobs one after another (the slot is free each time): RUNNING time - submit time, per job."""
     out = []
     for _ in range(n):
-        r = subprocess.run([sys.executable, "-m", "cli.main", "submit", image, "--cpu", "100m", "--memory", "64Mi",
+        r = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "submit", image, "--cpu", "100m", "--memory", "64Mi",
                             "--", *command], env=env, capture_output=True, text=True, cwd=ROOT)
         if r.returncode:
             raise SystemExit(r.stderr)

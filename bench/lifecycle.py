@@ -15,10 +15,10 @@ from common import ROOT, ms, nats_server, pct, stack, submit_load
 sys.path.insert(0, str(ROOT))
 from tests.fake_slack import FakeSlack  # noqa: E402
 
-from functions.on_job_event.service import LifecycleService  # noqa: E402
+from sentinels.functions.on_job_event.service import LifecycleService  # noqa: E402
 from sentinels.domain.scheduler_config import SchedulerConfig  # noqa: E402
-from functions.schedule.service import ScheduleService  # noqa: E402
-from functions.submit.service import SubmitService  # noqa: E402
+from sentinels.functions.schedule.service import ScheduleService  # noqa: E402
+from sentinels.functions.submit.service import SubmitService  # noqa: E402
 from sentinels import clock  # noqa: E402
 from sentinels.adapters import jetstream  # noqa: E402
 from sentinels.adapters.memory import MemoryCluster  # noqa: E402

@@ -69,7 +69,7 @@ def cli_wall(env, *args, runs=7) -> tuple[float, str]:
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run([sys.executable, "-m", "sentinels.cli.main", *args], env=env, capture_output=True, text=True, cwd=ROOT)
         times.append(time.perf_counter() - t)
         assert r.returncode == 0, r.stderr
     return median(times), r.stdout

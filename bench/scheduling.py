@@ -18,7 +18,7 @@ from common import ROOT, median, ms, nats_server, pct, stack
 
 from foundation import fill
 from sentinels.domain.scheduler_config import SchedulerConfig
-from functions.schedule.service import ScheduleService, to_waiting
+from sentinels.functions.schedule.service import ScheduleService, to_waiting
 from sentinels import clock
 from sentinels.adapters import jetstream
 from sentinels.adapters.memory import MemoryCluster
@@ -119,7 +119,7 @@ def submit_to_start(n=20):
     lat = []
     with stack({"SENTINELS_TICK": "30"}) as env:
         sys.path.insert(0, str(ROOT))
-        from cli.client import Api
+        from sentinels.cli.client import Api
         from sentinels.settings import Settings
         import os
         old = dict(os.environ)

@@ -27,7 +27,7 @@ from pathlib import Path
 from common import ROOT, load, nats_server, pct
 
 from foundation import fill
-from functions.schedule.service import ScheduleService
+from sentinels.functions.schedule.service import ScheduleService
 from sentinels import clock
 from sentinels.adapters import jetstream
 from sentinels.adapters.kube_manifest import KubeConfig

@@ -175,7 +175,7 @@ async def run(n: int, every: float, bound: float) -> int:
            "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "1",
            "MLFLOW_TRACKING_URI": "none", "SENTINELS_RUNTIME": "process"}  # trivial commands, no images
     env.pop(jetstream.CREDENTIALS_ENV, None)
-    up = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True,
+    up = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "up", "-d"], env=env, capture_output=True, text=True,
                         cwd=ROOT, timeout=180)
     if up.returncode:
         print(up.stderr, file=sys.stderr)
@@ -209,7 +209,7 @@ async def run(n: int, every: float, bound: float) -> int:
         stop.set()
         await dup_task
     finally:
-        subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, cwd=ROOT, timeout=120)
+        subprocess.run([sys.executable, "-m", "sentinels.cli.main", "down"], env=env, capture_output=True, cwd=ROOT, timeout=120)
     lost = [i for i, s in snapshot.items() if s is None]
     stuck = [i for i, s in snapshot.items() if s and s[0] not in states.TERMINAL]
     twice = [p.name for p in markers.iterdir() if len(p.read_text().splitlines()) > 1]

@@ -9,6 +9,7 @@ stderr with a non-zero exit.
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from .client import Api, CliError
 
@@ -202,8 +203,9 @@ def _amounts(amounts: dict | None, only: dict | None = None) -> str:
         return "-"
     from sentinels.domain.quantity import format_cpu, format_memory
 
-    shown = {"gpu": ("gpu", str), "cpu_millis": ("cpu", format_cpu), "memory_bytes": ("mem", format_memory),
-             "jobs": ("jobs", str)}
+    shown: dict[str, tuple[str, Callable[[int], str]]] = {
+        "gpu": ("gpu", str), "cpu_millis": ("cpu", format_cpu), "memory_bytes": ("mem", format_memory),
+        "jobs": ("jobs", str)}
     return " ".join(f"{label}={fmt(amounts[k])}" for k, (label, fmt) in shown.items()
                     if k in amounts and (only is None or k in only or amounts[k])) or "-"
 

@@ -2,7 +2,7 @@
 
 They run where the stack runs (credentials from SENTINELS_HOME or
 SENTINELS_NATS_CREDENTIALS), so they may import the NATS client; the common commands
-in `cli.main` never load this module.
+in `sentinels.cli.main` never load this module.
 """
 
 import asyncio

@@ -56,7 +56,8 @@ def request(url: str, method: str, target: str, headers: dict, body: bytes | Non
     u = urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     # an ASCII host goes as bytes: a str would be IDNA-encoded, which imports the codec
-    sock = socket.create_connection((host.encode() if host.isascii() else host, port), timeout=timeout)
+    address: tuple = (host.encode() if host.isascii() else host, port)  # typeshed allows str only; bytes works
+    sock = socket.create_connection(address, timeout=timeout)
     head = [f"{method} {u.path.rstrip('/')}{target} HTTP/1.1", f"Host: {u.netloc}", "Connection: close",
             "Accept-Encoding: identity", *(f"{k}: {v}" for k, v in headers.items())]
     if body is not None:

@@ -22,7 +22,7 @@ JOBS = [("low", "0.05"), ("normal", "0.1"), ("high", "0.5"), ("low", "1.0"), ("c
 
 
 def sentinels(*args, show=True, check=True):
-    cmd = [sys.executable, "-m", "cli.main", *args]
+    cmd = [sys.executable, "-m", "sentinels.cli.main", *args]
     if show:
         print(f"\n$ sentinels {' '.join(args)}", flush=True)
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=ROOT)

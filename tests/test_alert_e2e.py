@@ -26,11 +26,11 @@ def slack_stack(tmp_path_factory):
         env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_URL": f"http://127.0.0.1:{base}",
                "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "1",
                "SLACK_WEBHOOK_URL": fake.webhook_url, "MLFLOW_TRACKING_URI": "none"}
-        up = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True, timeout=400)
+        up = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "up", "-d"], env=env, capture_output=True, text=True, timeout=400)
         assert up.returncode == 0, up.stderr
         assert "Slack incoming webhook" in up.stderr
         yield env, fake
-        subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, timeout=60)
+        subprocess.run([sys.executable, "-m", "sentinels.cli.main", "down"], env=env, capture_output=True, timeout=60)
 
 
 def texts(fake):

@@ -25,14 +25,14 @@ def env(tmp_path_factory):
     env = {**os.environ, "SENTINELS_HOME": str(home), "SENTINELS_URL": f"http://127.0.0.1:{base}",
            "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"}
-    up = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True, timeout=180)
+    up = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "up", "-d"], env=env, capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stderr + up.stdout
     yield env
-    subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "sentinels.cli.main", "down"], env=env, capture_output=True, timeout=60)
 
 
 def cli(env, *args, check=True, timeout=60):
-    r = subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run([sys.executable, "-m", "sentinels.cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout)
     assert "Traceback" not in r.stderr, r.stderr
     if check:
         assert r.returncode == 0, r.stderr

@@ -54,7 +54,7 @@ def test_the_function_stops_with_one_line(tmp_path):
     want = json.dumps([{"secret": "sentinels-slack", "key": "bot-token|webhook-url", "env": "SLACK_BOT_TOKEN|SLACK_WEBHOOK_URL"}])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "SENTINELS_"))}
     env.update(SENTINELS_HOME=str(tmp_path), SENTINELS_EXPECT_SECRETS=want, MLFLOW_TRACKING_URI="none")
-    proc = subprocess.run([sys.executable, "-c", "import functions.alert.main"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-c", "import sentinels.functions.alert.main"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -168,17 +168,17 @@ def test_up_hashes_the_tokens_file_and_says_so(tmp_path):
     env = {**os.environ, "SENTINELS_HOME": str(tmp_path / "home"), "SENTINELS_URL": f"http://127.0.0.1:{base}",
            "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "MLFLOW_TRACKING_URI": "none",
            "SENTINELS_TOKENS_FILE": str(tokens), "SENTINELS_TOKEN": "s3cret-alice"}
-    up = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True,
+    up = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "up", "-d"], env=env, capture_output=True, text=True,
                         timeout=120)
     try:
         assert up.returncode == 0, up.stderr
         assert "1 plaintext token(s) replaced by their SHA-256" in up.stderr
         assert "s3cret-alice" not in tokens.read_text()
-        job = subprocess.run([sys.executable, "-m", "cli.main", "submit", "python:3.11", "-o", "json", "--", "true"],
+        job = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "submit", "python:3.11", "-o", "json", "--", "true"],
                              env=env, capture_output=True, text=True, timeout=60)
         assert job.returncode == 0 and json.loads(job.stdout)["owner"] == "alice", job.stderr
     finally:
-        subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, timeout=60)
+        subprocess.run([sys.executable, "-m", "sentinels.cli.main", "down"], env=env, capture_output=True, timeout=60)
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "home" / "logs").glob("*.log"))
     assert "s3cret-alice" not in logs
 

@@ -8,9 +8,9 @@ placeholder of its shape appear, and it goes once the job runs.
 
 import pytest
 
-from functions.schedule.placeholders import PlaceholderSync
-from functions.schedule.service import ScheduleService
-from functions.submit.service import SubmitService
+from sentinels.functions.schedule.placeholders import PlaceholderSync
+from sentinels.functions.schedule.service import ScheduleService
+from sentinels.functions.submit.service import SubmitService
 from sentinels import clock
 from sentinels.adapters.kube_manifest import KubeConfig
 from sentinels.adapters.kube_placeholders import KubePlaceholders

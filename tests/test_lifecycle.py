@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from functions.on_job_event.service import LifecycleService, RetryLater
+from sentinels.functions.on_job_event.service import LifecycleService, RetryLater
 from sentinels.domain.scheduler_config import SchedulerConfig
-from functions.schedule.service import ScheduleService
-from functions.submit.service import SubmitService
+from sentinels.functions.schedule.service import ScheduleService
+from sentinels.functions.submit.service import SubmitService
 from sentinels import clock
 from sentinels.adapters.memory import MemoryCluster, MemoryHistory, MemoryJobs, MemoryQueue
 from sentinels.domain import lifecycle

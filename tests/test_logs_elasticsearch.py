@@ -206,7 +206,7 @@ def set_record(nats_url, job_id, **fields):
 
 def logs(fn, *args, timeout=60):
     env = {**os.environ, "SENTINELS_URL": fn.url, "SENTINELS_HOME": "/nonexistent"}
-    r = subprocess.run([sys.executable, "-m", "cli.main", "logs", *args], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "logs", *args], env=env, capture_output=True, text=True,
                        timeout=timeout, cwd=ROOT)
     assert "Traceback" not in r.stderr, r.stderr
     return r
@@ -263,7 +263,7 @@ def test_cli_no_logs_yet_says_so_and_follow_waits(stack, es):
     r = logs(fn, job)
     assert r.returncode == 0 and f"no output yet: job {job} is QUEUED (it has not started)" in r.stderr
     env = {**os.environ, "SENTINELS_URL": fn.url, "SENTINELS_HOME": "/nonexistent"}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "logs", job, "-f"], cwd=ROOT, text=True, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "sentinels.cli.main", "logs", job, "-f"], cwd=ROOT, text=True, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         first: list = []

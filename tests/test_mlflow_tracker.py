@@ -290,7 +290,7 @@ async def test_lifecycle_keeps_states_right_while_mlflow_is_down_and_catches_up(
     the job's states never wait for MLflow, and the next ticks bring its run up to date."""
     from tests.test_lifecycle import UPDATE, World, fixture, labelled
 
-    from functions.on_job_event.service import LifecycleService
+    from sentinels.functions.on_job_event.service import LifecycleService
     from sentinels.adapters.memory import MemoryBoard
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")  # what tracker_for sets in a function process

@@ -144,7 +144,7 @@ def test_a_whole_stack_runs_with_authentication_and_no_violation(tmp_path):
            "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "1",
            "MLFLOW_TRACKING_URI": "none", "SENTINELS_TOKEN": "the-admin-token", "SLACK_CHANNEL": "#only-alert"}
     env.pop(jetstream.CREDENTIALS_ENV, None)
-    up = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True,
+    up = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "up", "-d"], env=env, capture_output=True, text=True,
                         timeout=120)
     assert up.returncode == 0, up.stderr
     try:
@@ -183,7 +183,7 @@ def test_a_whole_stack_runs_with_authentication_and_no_violation(tmp_path):
 
         asyncio.run(anonymous())
     finally:
-        subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, timeout=60)
+        subprocess.run([sys.executable, "-m", "sentinels.cli.main", "down"], env=env, capture_output=True, timeout=60)
     log = (tmp_path / "logs" / "nats.log").read_text()
     assert "Permissions Violation" not in log, [line for line in log.splitlines() if "Violation" in line][:5]
 

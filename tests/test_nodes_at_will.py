@@ -9,9 +9,9 @@ that have no real dump (a cordoned node, an evicted pod) are built from the API 
 import pytest
 import yaml
 
-from functions.on_job_event.service import LifecycleService
-from functions.schedule.service import ScheduleService
-from functions.submit.service import SubmitService
+from sentinels.functions.on_job_event.service import LifecycleService
+from sentinels.functions.schedule.service import ScheduleService
+from sentinels.functions.submit.service import SubmitService
 from sentinels import clock
 from sentinels.adapters.kube_manifest import KubeConfig
 from sentinels.adapters.kubernetes import KubernetesCluster

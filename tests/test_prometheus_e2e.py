@@ -50,12 +50,12 @@ def stack(tmp_path_factory):
            "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "1",
            "MLFLOW_TRACKING_URI": "none"}
     (home / "config.yaml").write_text(yaml.safe_dump({"local": {"cpu": 2, "memory": "4Gi", "gpu": 0, "slots": 2}}))
-    up = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True,
+    up = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "up", "-d"], env=env, capture_output=True, text=True,
                         timeout=120)
     assert up.returncode == 0, up.stderr + up.stdout
     assert f"metrics at http://127.0.0.1:{base + 4}/metrics" in up.stdout  # `up` says where to scrape
     yield env, base + 4
-    subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "sentinels.cli.main", "down"], env=env, capture_output=True, timeout=60)
 
 
 K8S_JOB = "kk2kk3kk4k"
@@ -183,7 +183,7 @@ def test_rules_load_and_are_healthy(stack, prometheus):
 
 
 def top(env, *args):
-    r = subprocess.run([sys.executable, "-m", "cli.main", "top", *args], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "top", *args], env=env, capture_output=True, text=True,
                        timeout=60, cwd=ROOT)
     assert "Traceback" not in r.stderr, r.stderr
     return r
@@ -194,8 +194,8 @@ def test_top_on_kubernetes_reads_prometheus(prometheus, capsys):
     cAdvisor, kube-state-metrics and DCGM would show; then `top`'s table of its rows."""
     import asyncio
 
-    from cli import top as cli_top
-    from cli.output import emit
+    from sentinels.cli import top as cli_top
+    from sentinels.cli.output import emit
     from sentinels.adapters.prometheus_usage import PrometheusUsage
 
     wait(lambda: scalar(prometheus, 'count(count_over_time(container_cpu_usage_seconds_total[1m]) > 2)'), 60,

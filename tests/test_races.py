@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from cli.client import CliError
-from cli.jobspec import load_file
+from sentinels.cli.client import CliError
+from sentinels.cli.jobspec import load_file
 from sentinels import clock, logfiles
 from sentinels.domain import events, states
 from sentinels.embedded import machine
@@ -157,7 +157,7 @@ async def test_a_lost_history_entry_is_written_by_the_redelivery():
 
 
 async def test_a_submit_retried_after_the_dedupe_window_records_queued_once(js):
-    from functions.submit.service import SubmitService
+    from sentinels.functions.submit.service import SubmitService
     from sentinels.adapters import jetstream
     from sentinels.domain.priority import PriorityConfig
     from sentinels.domain.spec import Limits

@@ -173,7 +173,7 @@ HEAVY = ("nats", "kubernetes", "mlflow", "yaml", "pydantic", "httpx", "starlette
 RUN_CLI = """
 import atexit, json, sys
 atexit.register(lambda: open(sys.argv[1], "w").write(json.dumps(sorted(sys.modules))))
-from cli.main import main
+from sentinels.cli.main import main
 main(sys.argv[2:])
 """
 
@@ -195,14 +195,14 @@ def test_the_cli_common_commands_import_nothing_heavy(stack, tmp_path):
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, (argv, r.stderr)
         loaded = json.loads(dump.read_text())
-        assert "cli.wire" in loaded  # it did talk to the API
+        assert "sentinels.cli.wire" in loaded  # it did talk to the API
         heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)]
         assert heavy == [], f"sentinels {' '.join(argv)} imported {heavy}"
 
 
 async def test_logs_of_any_attempt_default_the_last(tmp_path):
     """`logs --attempt N`: the local executor keeps `attempt-<n>.log` per run, `log` links the last."""
-    from functions.submit.reads import ReadService
+    from sentinels.functions.submit.reads import ReadService
     from sentinels.adapters.logs import LocalLogs
     from sentinels.adapters.memory import MemoryBoard, MemoryHistory, MemoryJobs, MemoryQueue
     from sentinels.domain.errors import InvalidSpec
@@ -248,7 +248,7 @@ def test_a_bad_attempt_is_400(stack, query):
 
 async def test_ls_queue_and_status_give_the_same_reason_and_code():
     """One source: the scheduler's last pass on the board, for every reader of a queued job."""
-    from functions.submit.reads import ReadService
+    from sentinels.functions.submit.reads import ReadService
     from sentinels.adapters.memory import MemoryBoard, MemoryHistory, MemoryJobs, MemoryQueue
     from sentinels.domain.job import new_record
     from sentinels.domain.names import WAITING_KEY
@@ -335,7 +335,7 @@ def test_cli_share_and_queue_print_the_shares(shared):
     env = {**os.environ, "SENTINELS_URL": shared.url, "SENTINELS_TOKEN": TOKENS["bob"], "SENTINELS_HOME": shared.env["SENTINELS_HOME"]}
 
     def cli(*argv):
-        r = subprocess.run([sys.executable, "-m", "cli.main", *argv], env=env, cwd=ROOT, capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-m", "sentinels.cli.main", *argv], env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         return r.stdout

@@ -8,8 +8,8 @@ the broker's retries, so the job's events are never delivered.
 
 import pytest
 
-from functions.on_job_event import service as lifecycle_service
-from functions.on_job_event.service import RetryLater
+from sentinels.functions.on_job_event import service as lifecycle_service
+from sentinels.functions.on_job_event.service import RetryLater
 from sentinels.domain import states
 from tests.test_lifecycle import ADMIN, UPDATE, World, fixture, labelled
 

@@ -226,7 +226,7 @@ def test_podman_gets_the_auth_file_of_the_images_host_and_docker_its_directory(t
 # --- submit: a job of another team is refused before anything is written --------------------
 
 async def test_a_registry_kept_for_a_team_refuses_other_teams_jobs_at_submit():
-    from functions.submit.service import SubmitService
+    from sentinels.functions.submit.service import SubmitService
     from sentinels import clock
     from sentinels.adapters.memory import MemoryHistory, MemoryJobs, MemoryQueue, MemorySink
     from sentinels.domain.errors import Forbidden

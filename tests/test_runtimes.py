@@ -49,7 +49,7 @@ def test_up_refuses_a_named_engine_that_is_not_there_in_one_line(tmp_path):
     (tmp_path / "config.yaml").write_text("local: {runtime: docker}\n")
     env = {**os.environ, "SENTINELS_HOME": str(tmp_path), "PATH": os.path.dirname(sys.executable)}
     env.pop("SENTINELS_RUNTIME", None)
-    r = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "up", "-d"], env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == \

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from sentinels.domain.scheduler_config import SchedulerConfig
-from functions.schedule.service import ScheduleService
-from functions.submit.service import SubmitService
+from sentinels.functions.schedule.service import ScheduleService
+from sentinels.functions.submit.service import SubmitService
 from sentinels import clock
 from sentinels.adapters.memory import MemoryBoard, MemoryCluster, MemoryHistory, MemoryJobs, MemoryQueue
 from sentinels.domain.errors import ConfigError

@@ -7,10 +7,10 @@ from sentinels.domain.placement import Node
 from sentinels.domain.priority import PriorityConfig
 from sentinels.domain.scheduler_config import SchedulerConfig
 from sentinels.domain.spec import Limits
-from functions.on_job_event.service import LifecycleService
-from functions.schedule.holdings import Holdings
-from functions.schedule.service import ScheduleService
-from functions.submit.service import SubmitService
+from sentinels.functions.on_job_event.service import LifecycleService
+from sentinels.functions.schedule.holdings import Holdings
+from sentinels.functions.schedule.service import ScheduleService
+from sentinels.functions.submit.service import SubmitService
 
 GI = 2**30
 PRIO = {"classes": {"critical": 1000, "normal": 10, "low": 1}, "default": "normal",

@@ -35,14 +35,14 @@ def env(tmp_path_factory):
            "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"}
     env.pop("SENTINELS_TOKEN", None)
-    up = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True, timeout=180)
+    up = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "up", "-d"], env=env, capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stderr + up.stdout
     yield env
-    subprocess.run([sys.executable, "-m", "cli.main", "down"], env=env, capture_output=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "sentinels.cli.main", "down"], env=env, capture_output=True, timeout=60)
 
 
 def cli(env, token, *args):
-    r = subprocess.run([sys.executable, "-m", "cli.main", *args], env={**env, "SENTINELS_TOKEN": token},
+    r = subprocess.run([sys.executable, "-m", "sentinels.cli.main", *args], env={**env, "SENTINELS_TOKEN": token},
                        capture_output=True, text=True, timeout=60)
     assert "Traceback" not in r.stderr and r.returncode == 0, r.stderr
     return r.stdout.strip()

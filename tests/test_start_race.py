@@ -14,9 +14,9 @@ import random
 
 import pytest
 
-from functions.on_job_event.service import LifecycleService, RetryLater
-from functions.schedule.service import ScheduleService
-from functions.submit.service import SubmitService
+from sentinels.functions.on_job_event.service import LifecycleService, RetryLater
+from sentinels.functions.schedule.service import ScheduleService
+from sentinels.functions.submit.service import SubmitService
 from sentinels import clock
 from sentinels.adapters.memory import MemoryHistory, MemoryJobs, MemoryQueue
 from sentinels.domain import lifecycle, local_objects, states

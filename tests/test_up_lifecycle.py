@@ -22,7 +22,7 @@ from tests.test_cli_e2e import cli
 def start_foreground(env):
     """`sentinels up` in the foreground, returned once it has started: the API answers and
     the supervisor wrote its pid file (after every component answered its health check)."""
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "sentinels.cli.main", "up"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         wait_http(env["SENTINELS_URL"] + "/", proc, timeout=120)
@@ -92,7 +92,7 @@ def processes_of(home) -> list[int]:
 
 def fails_cleanly(env, *words, timeout=240):
     """`up -d` exits non-zero with one line holding `words`, and nothing of it runs on."""
-    r = subprocess.run([sys.executable, "-m", "cli.main", "up", "-d"], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "up", "-d"], env=env, capture_output=True, text=True,
                        timeout=timeout)
     lines = r.stderr.strip().splitlines()
     try:

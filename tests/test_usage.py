@@ -114,7 +114,7 @@ def test_tree_sample_sees_descendants_and_container_lookup_without_engine():
 
 
 def top(env, *args):
-    r = subprocess.run([sys.executable, "-m", "cli.main", "top", *args], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "sentinels.cli.main", "top", *args], env=env, capture_output=True, text=True,
                        timeout=60, cwd=ROOT)
     assert "Traceback" not in r.stderr, r.stderr
     return r

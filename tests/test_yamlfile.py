@@ -58,8 +58,8 @@ def test_every_server_file_goes_through_it(tmp_path):
 
 
 def test_the_cli_reads_a_spec_with_notify_on(tmp_path):
-    from cli.client import CliError
-    from cli.jobspec import load_file
+    from sentinels.cli.client import CliError
+    from sentinels.cli.jobspec import load_file
 
     spec = tmp_path / "job.yaml"
     spec.write_text("image: python:3.11\nnotify: {channel: '#x', on: [failed]}\n")

@@ -18,7 +18,7 @@ from sentinels.http import error_response, misrouted, read_event
 from sentinels import expected_secrets
 from sentinels.settings import Settings
 
-from functions.alert.service import AlertService
+from sentinels.functions.alert.service import AlertService
 
 log = logging.getLogger("sentinels.alert")
 SETTINGS = Settings.load()

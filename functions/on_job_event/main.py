@@ -16,7 +16,7 @@ from sentinels.http import error_response, misrouted, read_event
 from sentinels import expected_secrets
 from sentinels.settings import Settings
 
-from functions.on_job_event.service import LifecycleService, RetryLater
+from sentinels.functions.on_job_event.service import LifecycleService, RetryLater
 
 log = logging.getLogger("sentinels.on_job_event")
 SETTINGS = Settings.load()

@@ -13,10 +13,10 @@ from sentinels.domain import events
 from sentinels import expected_secrets
 from sentinels.settings import Settings
 
-from functions.schedule.capacity import CapacityAlerts
-from functions.schedule.holdings import Holdings
-from functions.schedule.placeholders import PlaceholderSync
-from functions.schedule.service import ScheduleService
+from sentinels.functions.schedule.capacity import CapacityAlerts
+from sentinels.functions.schedule.holdings import Holdings
+from sentinels.functions.schedule.placeholders import PlaceholderSync
+from sentinels.functions.schedule.service import ScheduleService
 
 log = logging.getLogger("sentinels.schedule")
 SETTINGS = Settings.load()

@@ -22,7 +22,7 @@ from sentinels.domain.scheduler_config import SchedulerConfig
 from sentinels.ports import Board, Cluster, Conflict, EventSink, History, JobQueue, JobStore, Meter, Tracker
 from sentinels.transitions import announce
 
-from functions.schedule.holdings import Holdings
+from sentinels.functions.schedule.holdings import Holdings
 
 log = logging.getLogger("sentinels.schedule")
 SOURCE = "sentinels/schedule"

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from sentinels.domain import reads, times
 from sentinels.domain.errors import InvalidSpec, NotFound
 
-from functions.submit.openapi import DOCUMENT
+from sentinels.functions.submit.openapi import DOCUMENT
 
 JOB = r"/v1/jobs/(?P<id>[^/]+)"
 ROUTES = [

@@ -2,7 +2,7 @@
 
 HTTP rather than cloud_event signature because the caller needs the job record back,
 and because this is the one public entry point: writes are CloudEvents on `POST /`,
-reads are the HTTP read API (`GET /v1/...`, `functions.submit.api`), both behind the
+reads are the HTTP read API (`GET /v1/...`, `sentinels.functions.submit.api`), both behind the
 same bearer tokens. Configuration (priorities, tokens, limits, read rules) is parsed at
 import, i.e. at start-up.
 """
@@ -19,9 +19,9 @@ from sentinels.http import error_response, misrouted, read_event
 from sentinels import expected_secrets
 from sentinels.settings import Settings
 
-from functions.submit import api
-from functions.submit.reads import ReadService
-from functions.submit.service import SubmitService
+from sentinels.functions.submit import api
+from sentinels.functions.submit.reads import ReadService
+from sentinels.functions.submit.service import SubmitService
 
 log = logging.getLogger("sentinels.submit")
 SETTINGS = Settings.load()

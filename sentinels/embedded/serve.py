@@ -25,7 +25,7 @@ def source(name: str) -> Path:
     """The function's entry file, found without importing it: it is loaded by path, as
     functions-framework does in a Knative container (the embedded layer never imports
     the functions' code)."""
-    spec = importlib.util.find_spec("functions")
+    spec = importlib.util.find_spec("sentinels.functions")
     roots = list(spec.submodule_search_locations or []) if spec else []
     return Path(roots[0] if roots else ".") / name / "main.py"
 

@@ -151,7 +151,7 @@ class SimStack:
                 pass
             self.source = None
         if getattr(self, "env", None):
-            subprocess.run([sys.executable, "-m", "cli.main", "down"], env=self.env, capture_output=True,
+            subprocess.run([sys.executable, "-m", "sentinels.cli.main", "down"], env=self.env, capture_output=True,
                            timeout=60, cwd=ROOT)
         if self.source_proc is not None:
             self.source_proc.terminate()
