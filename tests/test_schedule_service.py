@@ -147,6 +147,53 @@ async def test_crash_between_launch_and_record_is_repaired():
     assert w.cluster.launches == [j]
 
 
+async def test_a_pass_stops_starting_launches_after_its_time_and_the_next_pass_places_the_rest(monkeypatch):
+    from functions.schedule import service
+
+    monkeypatch.setattr(service, "APPLY_SECONDS", 0.0)  # every launch after the first is over time
+    w = World([node("a", cpu=8)], concurrency=1)
+    ids = [await w.submit() for _ in range(3)]
+    result = await w.sched.trigger()  # one call: the pass goes again until nothing is deferred
+    assert result["deferred"] == 0 and w.cluster.launches == ids
+    assert [(await w.state(j))["state"] for j in ids] == ["SCHEDULED"] * 3 and await w.queue.counts() == {}
+
+
+async def test_a_reconcile_asked_for_during_a_pass_runs_before_the_next_pass_without_waiting():
+    """A ping during a long run of passes must not wait for the lock (the router's delivery
+    would time out) and must still reconcile soon: a launch whose answer was lost may have
+    made a Job that ends and goes before the passes stop."""
+    from sentinels.domain.errors import Unavailable
+
+    w = World([node("a", cpu=8)])
+    launch, gate = w.cluster.launch, asyncio.Event()
+
+    async def answer_lost(record, env):
+        await launch(record, env)
+        raise Unavailable("Kubernetes API unreachable while creating Job: ReadTimeoutError")
+
+    w.cluster.launch = answer_lost
+    lost = await w.submit()
+    await w.sched.trigger()  # launched, but the pass could not know: it backs off
+    assert (await w.state(lost))["state"] == "QUEUED" and w.sched.launches_in_doubt
+
+    async def slow_launch(record, env):
+        await gate.wait()
+        await launch(record, env)
+
+    w.cluster.launch = slow_launch
+    other = await w.submit()
+    passes = asyncio.create_task(w.sched.trigger())
+    await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(w.sched.trigger(reconcile=True), 1) is None  # answered at once
+    assert (await w.state(lost))["state"] == "QUEUED"
+    gate.set()
+    await passes
+    assert (await w.state(other))["state"] == "SCHEDULED"
+    repaired = await w.state(lost)
+    assert repaired["state"] == "SCHEDULED" and repaired["reason"].startswith("found running in the cluster")
+    assert not w.sched.launches_in_doubt and await w.queue.counts() == {}
+
+
 async def test_an_earlier_attempt_still_running_is_not_taken_for_the_requeued_one():
     """Found by the simulated cluster: a requeued job (attempt 2, Job sentinels-<id>-a2) whose
     attempt-1 Job was not deleted yet must stay queued, not be "repaired" to SCHEDULED."""

@@ -68,7 +68,8 @@ HOLDINGS_REFRESH_SECONDS = 5.0
 ENDED = (events.JOB_SUCCEEDED, events.JOB_FAILED, events.JOB_CANCELLED, events.JOB_REQUEUED)
 # Reconciling lists every sentinels Job in the cluster: on the timer, at most once per
 # `lifecycle.reconcile_seconds` (the first tick after a start always reconciles), and on
-# every tick while a launch whose outcome is unknown backs off
+# every tick while a launch whose outcome is unknown backs off; while passes follow each other
+# (a burst), between two of them
 RECONCILE = clock.Every(SETTINGS.lifecycle().reconcile_seconds)
 
 
@@ -81,8 +82,4 @@ async def schedule(cloud_event):
         return
     if cloud_event["type"] in ENDED and svc.holdings is not None:
         svc.holdings.forget(str((cloud_event.data or {}).get("job")))
-    if cloud_event["type"] == events.PING and (RECONCILE.due() or svc.launches_in_doubt):
-        repaired = await svc.reconcile()
-        if repaired:
-            log.info("reconcile repaired %d job(s)", repaired)
-    await svc.trigger()
+    await svc.trigger(reconcile=cloud_event["type"] == events.PING and (RECONCILE.due() or svc.launches_in_doubt))

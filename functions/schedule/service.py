@@ -28,6 +28,11 @@ log = logging.getLogger("sentinels.schedule")
 SOURCE = "sentinels/schedule"
 PREEMPTED_ENV = "SENTINELS_PREEMPTED"  # a run after a preemption: who preempted the last one, and when
 PREEMPT_LOOKS = 16  # waiting jobs a pass considers for preemption at most (the rest: next pass)
+# A pass starts launches for at most this long; the placements it did not start go to the next
+# pass, which follows at once. Between two passes the reconcile gets its turn: a launch whose
+# answer was lost is found while its Job still exists, however long the queue (one pass placing
+# 2,000 jobs ran 48 s, during which such a Job ended and went, and its retry created it again)
+APPLY_SECONDS = 5.0
 
 
 def to_waiting(entry: dict, rank: int, order: int, now: float) -> placement.Waiting:
@@ -56,13 +61,18 @@ class ScheduleService:
     meter: Optional[Meter] = None  # pass duration and jobs placed, for the exporter
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _dirty: bool = False
+    _reconcile_due: bool = False  # asked for while a pass ran: done before the next one
     _reasons: dict = field(default_factory=dict)
     _refused: dict = field(default_factory=dict)  # job id -> (retry at, count, placement.Wait): per-job back-off
     _tried_on: dict = field(default_factory=dict)  # job id -> node of a launch that answered with an error (it may run)
     last: dict = field(default_factory=dict)
 
-    async def trigger(self) -> dict | None:
-        """Run a pass now, or ask the running one to go again (events coalesce)."""
+    async def trigger(self, reconcile: bool = False) -> dict | None:
+        """Run a pass now, or ask the running one to go again (events coalesce).
+
+        `reconcile`: repair from the cluster first; while passes run, between two of them
+        (never waiting for the lock: a busy scheduler would hold its caller for minutes)."""
+        self._reconcile_due = self._reconcile_due or reconcile
         if self._lock.locked():
             self._dirty = True
             return None
@@ -70,9 +80,16 @@ class ScheduleService:
             self._dirty = True
             while self._dirty:
                 self._dirty = False
+                if self._reconcile_due:
+                    self._reconcile_due = False
+                    repaired = await self._reconcile()
+                    if repaired:
+                        log.info("reconcile repaired %d job(s)", repaired)
                 self.last = await self.run_pass()
                 if self.last["decided"]:  # every placing pass, with its times (bench/simcluster.py reads them)
                     log.info("pass: %s", self.last)
+                if self.last["deferred"]:
+                    self._dirty = True
             return self.last
 
     @property
@@ -107,9 +124,15 @@ class ScheduleService:
             await self._preempt(decision, waiting, nodes, snap, running)
         t2 = time.perf_counter()
         sem = asyncio.Semaphore(self.cfg.concurrency)
+        deferred: list = []
+        begun = [0]
 
         async def start(job_id, node):
             async with sem:
+                if begun[0] and time.perf_counter() - t2 > APPLY_SECONDS:
+                    deferred.append(job_id)  # the next pass places it (after a reconcile, if one is due)
+                    return False
+                begun[0] += 1
                 return await self._start(*by_id[job_id], node, now)
 
         started = await asyncio.gather(*(start(j, n) for j, n in decision.placements))
@@ -124,7 +147,7 @@ class ScheduleService:
         if self.meter is not None:
             await self.meter.count("schedule_pass", str(sum(started)), time.perf_counter() - t0)
         return {"queued_seen": len(waiting), "placed": sum(started), "decided": len(decision.placements),
-                "snapshot_s": t1 - t0, "decide_s": t2 - t1, "apply_s": t3 - t2}
+                "deferred": len(deferred), "snapshot_s": t1 - t0, "decide_s": t2 - t1, "apply_s": t3 - t2}
 
     async def _start(self, seq: int, entry: dict, node: str, now: float) -> bool:
         job_id = entry["id"]

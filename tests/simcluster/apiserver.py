@@ -56,6 +56,7 @@ def rkey(group: str, version: str, plural: str) -> str:
 PODS, NODES, JOBS, CONFIGMAPS = "v1/pods", "v1/nodes", "batch/v1/jobs", "v1/configmaps"
 KINDS = {PODS: "Pod", NODES: "Node", JOBS: "Job", CONFIGMAPS: "ConfigMap"}
 CLUSTER_SCOPED = {NODES}
+GC_RESOURCES = (PODS, CONFIGMAPS)  # what the garbage collector deletes with its owner
 
 
 def now_iso() -> str:
@@ -192,6 +193,7 @@ class ApiServer(kmock.KubernetesScaffold):
         self.watch_events = 0  # events written to watch streams
         self.created_jobs: collections.Counter = collections.Counter()  # (Job name, attempt) -> creates over HTTP
         self.conflicts = 0  # creates answered 409
+        self.dependents: dict[str, set] = collections.defaultdict(set)  # owner uid -> {(resource, ns, name)}
         for resource in (PODS, NODES, JOBS, CONFIGMAPS):
             self.store[resource]  # noqa: B018 - declare the resource (lists answer [] not 404)
 
@@ -201,6 +203,8 @@ class ApiServer(kmock.KubernetesScaffold):
         obj["metadata"]["resourceVersion"] = str(self.rv)
 
     def _emit(self, resource: str, kind: str, obj: dict, old: Optional[dict]) -> None:
+        if resource in GC_RESOURCES:
+            self._index_owners(resource, obj, old, kind == "DELETED")
         self.history.append((self.rv, resource, kind, obj, old))
         for res, selection, queue in self.watchers:
             if res != resource:
@@ -297,13 +301,24 @@ class ApiServer(kmock.KubernetesScaffold):
         self.collect_garbage(meta["uid"])
         return gone
 
+    def _index_owners(self, resource: str, obj: dict, old: Optional[dict], gone: bool) -> None:
+        """Keep `dependents` (owner uid -> objects naming it) as the real garbage collector's graph does."""
+        meta = obj["metadata"]
+        key = (resource, meta.get("namespace"), meta["name"])
+        before = {r.get("uid") for r in ((old or {}).get("metadata") or {}).get("ownerReferences") or ()}
+        now = set() if gone else {r.get("uid") for r in meta.get("ownerReferences") or ()}
+        for uid in before - now:
+            self.dependents[uid].discard(key)
+            if not self.dependents[uid]:
+                del self.dependents[uid]
+        for uid in now - before:
+            self.dependents[uid].add(key)
+
     def collect_garbage(self, owner_uid: str) -> None:
         """The garbage collector: delete objects owned by a deleted owner (background propagation)."""
-        for resource in (PODS, CONFIGMAPS):
-            for obj in list(self.store[resource].values()):
-                refs = obj["metadata"].get("ownerReferences") or ()
-                if any(r.get("uid") == owner_uid for r in refs):
-                    self.delete(resource, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        for resource, namespace, name in sorted(self.dependents.pop(owner_uid, ())):
+            if self.get(resource, namespace, name) is not None:
+                self.delete(resource, namespace, name)
 
     # --- faults (tests) -------------------------------------------------------------
     def fail(self, seconds: float, status: int = 500, match: Callable = lambda request: True, *,

@@ -201,6 +201,8 @@ class SimCluster:
         self.pods_of_job: dict[str, int] = {}  # sentinels job id (or Job name) -> pods created so far
         self.pods_by_owner: dict[str, set] = {}  # Job uid -> pod keys
         self.started_pods = 0
+        self.pending: set = set()  # keys of pods waiting for a node (what the scheduler looks at)
+        self._capacity: dict[str, tuple] = {}  # node name -> (resourceVersion, allocatable amounts + pods)
         self.task: Optional[asyncio.Task] = None
         self._rotate = 0
         self._starts: dict = {}
@@ -240,8 +242,12 @@ class SimCluster:
                 use = self.used.setdefault(node, [0, 0, 0, 0])
                 for i, v in enumerate(req + (1,)):
                     use[i] += v
-            if kind == "ADDED" and not node:
-                self.schedule_dirty = True
+            if kind != "DELETED" and not node and not _terminal(obj) and not _meta(obj).get("deletionTimestamp"):
+                if key not in self.pending:
+                    self.pending.add(key)
+                    self.schedule_dirty = True
+            else:
+                self.pending.discard(key)
             if kind != "DELETED" and _meta(obj).get("deletionTimestamp") and not (old or {}).get("metadata", {}).get(
                     "deletionTimestamp"):
                 self.at(0, lambda k=key: self._terminate(k))
@@ -443,8 +449,7 @@ class SimCluster:
 
     # --- scheduler ----------------------------------------------------------------------
     def _schedule(self) -> None:
-        pending = [p for p in self.api.items(PODS) if not (p.get("spec") or {}).get("nodeName")
-                   and not _terminal(p) and not _meta(p).get("deletionTimestamp")]
+        pending = [p for p in (self.api.get(PODS, *k) for k in self.pending) if p is not None]
         if not pending:
             return
         pending.sort(key=lambda p: _meta(p)["creationTimestamp"])
@@ -472,7 +477,7 @@ class SimCluster:
         n = len(nodes)
         for i in range(n):
             node = nodes[(self._rotate + i) % n]
-            meta, spec, status = node["metadata"], node.get("spec") or {}, node.get("status") or {}
+            meta, spec = node["metadata"], node.get("spec") or {}
             if spec.get("unschedulable") or not _has(node, "Ready"):
                 continue
             labels = meta.get("labels") or {}
@@ -480,13 +485,22 @@ class SimCluster:
                 continue
             if not all(_tolerates(pod, t) for t in spec.get("taints") or ()):
                 continue
-            alloc = status.get("allocatable") or {}
-            cap = _amounts(alloc) + (int(alloc.get("pods", 110)),)
+            cap = self._capacity_of(node)
             use = self.used.get(meta["name"], [0, 0, 0, 0])
             if all(u + r <= c for u, r, c in zip(use, req + (1,), cap)):
                 self._rotate = (self._rotate + i + 1) % n
                 return meta["name"]
         return None
+
+    def _capacity_of(self, node: dict) -> tuple:
+        """(cpu millis, memory bytes, gpus, pods) the node offers, parsed once per version of it."""
+        meta = node["metadata"]
+        known = self._capacity.get(meta["name"])
+        if known is None or known[0] != meta.get("resourceVersion"):
+            alloc = (node.get("status") or {}).get("allocatable") or {}
+            known = (meta.get("resourceVersion"), _amounts(alloc) + (int(alloc.get("pods", 110)),))
+            self._capacity[meta["name"]] = known
+        return known[1]
 
     def _unschedulable(self, pod: dict, n: int) -> None:
         for c in (pod.get("status") or {}).get("conditions") or []:
