@@ -144,20 +144,37 @@ def test_node_from_object_on_the_fixture_and_pod_requests():
     assert pod_requests(spec) == (2010, GIB, 0)
 
 
-async def test_launch_twice_is_harmless_and_objects_are_linked(api, cluster):
+async def test_launch_twice_is_harmless_and_is_one_call(api, cluster):
     record = make_record(resources={"gpu": 1})
     await cluster.launch(record, {"MLFLOW_RUN_ID": "run-1"})
-    await cluster.launch(record, {"MLFLOW_RUN_ID": "run-1"})  # 409 for both objects: already done
+    await cluster.launch(record, {"MLFLOW_RUN_ID": "run-1"})  # 409: already done
 
     job = api.objects[kmock.resource("batch/v1/jobs"), NS, record["k8s_job"]]
-    cm = api.objects[kmock.resource("v1/configmaps"), NS, record["k8s_job"]]
     assert len(api.objects[kmock.resource("batch/v1/jobs"), NS, record["k8s_job"]].history) == 1
     assert job["metadata"]["labels"]["sentinels.io/job-id"] == record["id"]
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MLFLOW_RUN_ID"] == "run-1"
-    assert cm["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
-    assert yaml.safe_load(cm["data"]["job.yaml"])["image"] == "ghcr.io/acme/resnet:1.4"
+    config = job["spec"]["template"]["metadata"]["annotations"]["sentinels.io/config"]
+    assert yaml.safe_load(config)["image"] == "ghcr.io/acme/resnet:1.4"
+    assert not [k for k in api.objects if k[0] == kmock.resource("v1/configmaps")]  # no ConfigMap made
+    creates = [r for r in api._requests if r.method == kmock.method.POST]
+    assert len(creates) == 2 and all("/jobs" in str(r.url) for r in creates)  # one per launch
     assert await cluster.active() == {record["id"]: record["k8s_job"]}
+
+
+async def test_a_large_config_goes_into_a_config_map_owned_by_the_job(api, cluster, monkeypatch):
+    from sentinels.adapters import kube_manifest
+
+    monkeypatch.setattr(kube_manifest, "INLINE_CONFIG_BYTES", 0)
+    record = make_record()
+    await cluster.launch(record, {})
+    await cluster.launch(record, {})  # 409 for both objects: already done
+    job = api.objects[kmock.resource("batch/v1/jobs"), NS, record["k8s_job"]]
+    cm = api.objects[kmock.resource("v1/configmaps"), NS, record["k8s_job"]]
+    assert len(cm.history) == 1 and cm["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    assert yaml.safe_load(cm["data"]["job.yaml"])["image"] == "ghcr.io/acme/resnet:1.4"
+    await cluster.stop(record)
+    assert job.deleted and cm.deleted
 
 
 async def test_launch_of_a_new_attempt_replaces_the_old_job(api, cluster):
@@ -182,15 +199,15 @@ async def test_active_lists_only_unfinished_sentinels_jobs(api, cluster):
     assert await cluster.active() == {"aaaaaaaaaa": running["k8s_job"]}
 
 
-async def test_stop_deletes_job_and_config_and_is_idempotent(api, cluster):
+async def test_stop_deletes_job_and_is_idempotent(api, cluster):
     record = make_record()
     await cluster.launch(record, {})
     await cluster.stop(record)
     assert api.objects[kmock.resource("batch/v1/jobs"), NS, record["k8s_job"]].deleted
-    assert api.objects[kmock.resource("v1/configmaps"), NS, record["k8s_job"]].deleted
     assert await cluster.active() == {}
     await cluster.stop(record)  # 404s: already gone
     deletes = [r for r in api._requests if r.method == kmock.method.DELETE]
+    assert not [r for r in deletes if "/configmaps/" in str(r.url)]  # none was made
     job_deletes = [r for r in deletes if "/jobs/" in str(r.url)]
     assert len(job_deletes) == 2 and all(r.params == {"propagationPolicy": "Background"} for r in job_deletes)
 

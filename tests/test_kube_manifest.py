@@ -60,19 +60,56 @@ def walk(obj, path=""):
             yield from walk(v, f"{path}[{i}]")
 
 
+@pytest.fixture
+def big_configs(monkeypatch):
+    """Every job's YAML counts as too large for an annotation: it goes into a ConfigMap."""
+    from sentinels.adapters import kube_manifest
+
+    monkeypatch.setattr(kube_manifest, "INLINE_CONFIG_BYTES", 0)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_objects_validate_strictly(case):
-    _, _, objects = build(case)
-    assert [o["kind"] for o in objects] == ["ConfigMap", "Job"]
-    for obj in objects:
+    _, _, (cm, job) = build(case)
+    assert cm is None  # the job's YAML rides on the pod: one object, one API call
+    kubernetes_validate.validate(job, "1.31", strict=True)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_config_too_large_for_an_annotation_goes_into_a_config_map(case, big_configs):
+    record, _, (cm, job) = build(case)
+    assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == job["metadata"]["name"] == record["k8s_job"]
+    assert "sentinels.io/config" not in job["spec"]["template"]["metadata"]["annotations"]
+    pod = job["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    config_dir, _, key = env["SENTINELS_CONFIG"].rpartition("/")
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == config_dir)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"] == {"name": cm["metadata"]["name"], "defaultMode": 0o444,
+                                   "items": [{"key": key, "path": key}]}
+    assert yaml.safe_load(cm["data"][key]) == record["spec"]
+    assert cm["immutable"] is True and cm["metadata"]["labels"]["sentinels.io/job-id"] == record["id"]
+    for obj in (cm, job):
         kubernetes_validate.validate(obj, "1.31", strict=True)
+
+
+def test_the_inline_limit_leaves_room_under_the_api_servers_annotation_limit():
+    from sentinels.adapters import kube_manifest
+
+    record = make_record(env={"BLOB": "x" * 100_000})  # large, still inline
+    cm, job = job_objects(record, {}, KubeConfig())
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    assert cm is None and 100_000 < len(annotations["sentinels.io/config"]) <= kube_manifest.INLINE_CONFIG_BYTES
+    assert sum(len(k) + len(v) for k, v in annotations.items()) < 256 * 1024  # what the API server accepts
+    cm, job = job_objects(make_record(env={"BLOB": "x" * 100_000, "MORE": "y" * 40_000}), {}, KubeConfig())
+    assert cm is not None and "sentinels.io/config" not in job["spec"]["template"]["metadata"]["annotations"]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_job_shape_follows_design(case):
-    record, cfg, (cm, job) = build(case)
+    record, cfg, (_, job) = build(case)
     spec = record["spec"]
-    assert job["metadata"]["name"] == cm["metadata"]["name"] == record["k8s_job"] == f"sentinels-{record['id']}"
+    assert job["metadata"]["name"] == record["k8s_job"] == f"sentinels-{record['id']}"
     assert job["metadata"]["namespace"] == cfg.namespace
     pod_labels = job["spec"]["template"]["metadata"]["labels"]
     for labels in (job["metadata"]["labels"], pod_labels):
@@ -110,15 +147,16 @@ def test_job_shape_follows_design(case):
     assert env["MLFLOW_RUN_ID"] == "r-123" and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     for k, v in spec["env"].items():
         assert env[k] == v
-    # the spec is mounted where SENTINELS_CONFIG says, from the ConfigMap
+    # the spec is mounted where SENTINELS_CONFIG says, from the pod's own annotation
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     config_dir, _, key = env["SENTINELS_CONFIG"].rpartition("/")
+    assert mounts[config_dir]["readOnly"] is True
     config_volume = volumes[mounts[config_dir]["name"]]
-    assert config_volume["configMap"]["name"] == cm["metadata"]["name"]
-    assert config_volume["configMap"]["items"] == [{"key": key, "path": key}]
-    assert yaml.safe_load(cm["data"][key]) == spec
-    assert cm["immutable"] is True and cm["metadata"]["labels"]["sentinels.io/job-id"] == record["id"]
+    assert config_volume["downwardAPI"] == {"defaultMode": 0o444, "items": [
+        {"path": key, "fieldRef": {"fieldPath": "metadata.annotations['sentinels.io/config']"}}]}
+    assert yaml.safe_load(js["template"]["metadata"]["annotations"]["sentinels.io/config"]) == spec
+    assert "sentinels.io/config" not in job["metadata"]["annotations"]  # on the pod, not twice
 
 
 def test_data_store_is_read_only_with_subpath_and_outputs_per_job():
@@ -175,7 +213,7 @@ def test_spec_validation_rejects_privileged_fields_outright():
 def test_attempt_annotation_and_owner_label_sanitised():
     record = make_record(attempts=2)
     record["owner"] = "Dr. Ünïcode <" + "x" * 100 + ">"
-    cm, job = job_objects(record, {}, KubeConfig())
+    _, job = job_objects(record, {}, KubeConfig())
     owner = job["metadata"]["labels"]["sentinels.io/owner"]
     assert len(owner) <= 63 and owner[0].isalnum() and owner[-1].isalnum()
     assert job["metadata"]["annotations"]["sentinels.io/attempt"] == "2"
@@ -193,7 +231,7 @@ def test_run_as_non_root_and_service_account_from_config():
     kubernetes_validate.validate(job, "1.31", strict=True)
 
 
-def test_owned_by_adds_owner_reference():
+def test_owned_by_adds_owner_reference(big_configs):
     cm, job = job_objects(make_record(), {}, KubeConfig())
     created = copy.deepcopy(job)
     created["metadata"]["uid"] = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
@@ -262,7 +300,7 @@ def test_a_requeued_attempt_runs_under_its_own_job_name():
     """A requeued job's record names its attempt's Job (sentinels-<id>-a2); this used to be refused."""
     record = make_record(attempts=2)
     record["k8s_job"] = f"sentinels-{record['id']}-a2"
-    cm, job = job_objects(record, {}, KubeConfig())
-    assert job["metadata"]["name"] == cm["metadata"]["name"] == record["k8s_job"]
+    _, job = job_objects(record, {}, KubeConfig())
+    assert job["metadata"]["name"] == record["k8s_job"]
     with pytest.raises(InvalidSpec, match="k8s_job"):
         job_objects({**record, "k8s_job": f"sentinels-{record['id']}-ax"}, {}, KubeConfig())

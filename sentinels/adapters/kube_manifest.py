@@ -21,6 +21,12 @@ from ..domain.registries import Registries
 from ..domain.spec import DNS1123_LABEL, ENV_NAME, config_of, label_value
 
 CONFIG_KEY = "job.yaml"
+# The job's YAML rides on its pod as this annotation, projected into the container as the file
+# SENTINELS_CONFIG names (a downward API volume): one API call per launch instead of a
+# ConfigMap and a Job. A larger file (the API server allows 256 KiB of annotations per object)
+# still goes into a ConfigMap of its own.
+CONFIG_ANNOTATION = "sentinels.io/config"
+INLINE_CONFIG_BYTES = 128 * 1024
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -150,9 +156,15 @@ def _outputs_claim(raw) -> str:
     return _dns_name(raw, "outputs_volume.claim")
 
 
-def _volumes(job_id: str, spec: dict, cfg: KubeConfig, config_name: str) -> tuple[list, list]:
-    volumes = [{"name": "config", "configMap": {"name": config_name, "defaultMode": 0o444,
-                                                 "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}]}}]
+def _volumes(job_id: str, spec: dict, cfg: KubeConfig, config_name: Optional[str]) -> tuple[list, list]:
+    """`config_name`: the ConfigMap holding the job's YAML; None: it is the pod's annotation."""
+    if config_name is None:
+        source = {"downwardAPI": {"defaultMode": 0o444, "items": [
+            {"path": CONFIG_KEY, "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"}}]}}
+    else:
+        source = {"configMap": {"name": config_name, "defaultMode": 0o444,
+                                "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}]}}
+    volumes = [{"name": "config", **source}]
     mounts = [{"name": "config", "mountPath": cfg.config_dir, "readOnly": True}]
     data = spec.get("data")
     if data:
@@ -194,29 +206,44 @@ def _env(spec: dict, extra_env: Mapping, job_id: str, cfg: KubeConfig) -> list:
     return [{"name": k, "value": str(v)} for k, v in env.items()]
 
 
-def config_map(record: dict, cfg: KubeConfig) -> dict:
-    """The ConfigMap holding the job spec as YAML (mounted at cfg.config_dir/job.yaml)."""
+def config_text(record: dict) -> str:
+    """The file the job finds at SENTINELS_CONFIG."""
     from .. import yamlfile
 
+    return yamlfile.dump(config_of(record))
+
+
+def config_inline(text: str) -> bool:
+    """Whether the job's YAML fits in its pod's annotation (else: a ConfigMap)."""
+    return len(text.encode()) <= INLINE_CONFIG_BYTES
+
+
+def config_map(record: dict, cfg: KubeConfig, text: Optional[str] = None) -> dict:
+    """The ConfigMap holding the job spec as YAML (mounted at cfg.config_dir/job.yaml), for a
+    file too large for an annotation."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": record["k8s_job"], "namespace": cfg.namespace, "labels": base_labels(record)},
         "immutable": True,
-        "data": {CONFIG_KEY: yamlfile.dump(config_of(record))},
+        "data": {CONFIG_KEY: config_text(record) if text is None else text},
     }
 
 
-def job(record: dict, extra_env: Mapping, cfg: KubeConfig) -> dict:
-    """The batch/v1 Job that runs the record's spec once (plus `retries` re-runs)."""
+def job(record: dict, extra_env: Mapping, cfg: KubeConfig, config: Optional[str] = None) -> dict:
+    """The batch/v1 Job that runs the record's spec once (plus `retries` re-runs).
+
+    `config`: the job's YAML, carried by the pod (annotation + downward API volume); None:
+    the ConfigMap of the Job's name holds it."""
     spec, job_id, name = record["spec"], record["id"], record["k8s_job"]
     labels = {**spec.get("labels", {}), **base_labels(record)}
     annotations = {ATTEMPT_ANNOTATION: str(int(record.get("attempts") or 0))}
+    pod_annotations = dict(annotations) if config is None else {**annotations, CONFIG_ANNOTATION: config}
     res = spec["resources"]
     amounts = {"cpu": quantity.format_cpu(res["cpu_millis"]), "memory": quantity.format_memory(res["memory_bytes"])}
     if res.get("gpu"):
         amounts[GPU_TAINT] = str(res["gpu"])
-    volumes, mounts = _volumes(job_id, spec, cfg, name)
+    volumes, mounts = _volumes(job_id, spec, cfg, name if config is None else None)
     container = {
         "name": CONTAINER,
         "image": spec["image"],
@@ -257,7 +284,7 @@ def job(record: dict, extra_env: Mapping, cfg: KubeConfig) -> dict:
         "ttlSecondsAfterFinished": cfg.ttl_seconds_after_finished,
         # evictions, preemptions and lost nodes never count against backoffLimit
         "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
-        "template": {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}, "spec": pod},
+        "template": {"metadata": {"labels": dict(labels), "annotations": pod_annotations}, "spec": pod},
     }
     if spec.get("timeout_seconds"):
         job_spec["activeDeadlineSeconds"] = int(spec["timeout_seconds"])
@@ -283,15 +310,19 @@ def _check_record(record: dict) -> None:
                           f"{job_name(record['id'], 2)!r}, got {record.get('k8s_job')!r}")
 
 
-def job_objects(record: dict, extra_env: Mapping, cfg: KubeConfig) -> list[dict]:
-    """[ConfigMap, Job] for one job; raise InvalidSpec when the record cannot run here.
+def job_objects(record: dict, extra_env: Mapping, cfg: KubeConfig) -> tuple[Optional[dict], dict]:
+    """(ConfigMap or None, Job) for one job; raise InvalidSpec when the record cannot run here.
 
+    The ConfigMap is None when the job's YAML fits in its pod's annotation (nearly always).
     A requeued job's next attempt runs as a Job of its own name (`lifecycle.job_name`), so
     the old attempt's Job, still being deleted, never blocks it and its late events stay stale.
     """
     _check_record(record)
     record = {**record, "k8s_job": record.get("k8s_job") or job_name(record["id"], int(record.get("attempts") or 1))}
-    return [config_map(record, cfg), job(record, extra_env, cfg)]
+    text = config_text(record)
+    if config_inline(text):
+        return None, job(record, extra_env, cfg, text)
+    return config_map(record, cfg, text), job(record, extra_env, cfg)
 
 
 def owned_by(obj: dict, owner: dict) -> dict:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Optional
 
 from ..domain import quantity
@@ -28,6 +29,10 @@ PREEMPTION_REASON = "PreemptionByScheduler"  # the DisruptionTarget reason the k
 TERMINAL_PHASES = ("Succeeded", "Failed")
 LIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 PAGE = 500
+# Blocking client calls at once (worker threads of the adapter's own pool): asyncio's shared
+# default pool has cpu count + 4 threads, which capped a burst's launches at a few dozen per
+# second while the threads waited on the API server, not on the CPU
+CALLS_AT_ONCE = 32
 _EXISTS = object()
 
 
@@ -169,6 +174,7 @@ def api_client(cfg: km.KubeConfig):
     from kubernetes import client, config
 
     conf = client.Configuration()
+    conf.connection_pool_maxsize = CALLS_AT_ONCE  # one kept-alive connection per worker thread
     if cfg.host:
         conf.host = cfg.host.rstrip("/")
         return client.ApiClient(conf)
@@ -208,19 +214,27 @@ class KubernetesCluster:
         self._client = client  # an ApiClient; built from cfg on first use when None
         self._use_informer = informer  # keep nodes and live pods by watch (see kube_informer)
         self._informer: Optional[Any] = None  # kube_informer.Informer, started by the first nodes()
+        self._apis: dict[str, Any] = {}  # CoreV1Api, BatchV1Api, ... made once
+        self._pool: Optional[ThreadPoolExecutor] = None  # where blocking calls run (CALLS_AT_ONCE threads)
 
     def __del__(self):
         informer = getattr(self, "_informer", None)
         if informer is not None:
             informer.close()
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     # plumbing ---------------------------------------------------------------------
     def _api(self, kind: str):
-        from kubernetes import client
+        api = self._apis.get(kind)
+        if api is None:
+            from kubernetes import client
 
-        if self._client is None:
-            self._client = api_client(self.cfg)
-        return getattr(client, kind)(self._client)
+            if self._client is None:
+                self._client = api_client(self.cfg)
+            api = self._apis[kind] = getattr(client, kind)(self._client)
+        return api
 
     async def _run(self, what: str, fn: Callable, *, missing_ok=False, exists_ok=False, bad_request_ok=False):
         """Run one blocking call in a thread; map failures to sentinels errors."""
@@ -251,7 +265,9 @@ class KubernetesCluster:
             except ValueError as e:  # a body that is not JSON
                 raise Unavailable(f"Kubernetes API answered nonsense while {what}: {e}") from None
 
-        return await asyncio.to_thread(call)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(CALLS_AT_ONCE, thread_name_prefix="kubernetes")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def _opts(self) -> dict:
         return {"_preload_content": False, "_request_timeout": self.cfg.request_timeout}
@@ -298,6 +314,8 @@ class KubernetesCluster:
         batch, core = self._api("BatchV1Api"), self._api("CoreV1Api")
         ns, name = self.cfg.namespace, job["metadata"]["name"]
         created = await self._create_job(batch, job)
+        if config_map is None:  # the job's YAML rides on its pod (one call per launch)
+            return
         if created.get("metadata", {}).get("uid"):  # the ConfigMap goes away with its Job (TTL)
             config_map = km.owned_by(config_map, {"apiVersion": "batch/v1", "kind": "Job", **created})
         await self._run(f"creating ConfigMap {name}",
@@ -347,6 +365,8 @@ class KubernetesCluster:
         if why:  # as the kube-scheduler does before it preempts: the pod says why it goes
             await self._disruption_target(name, why)
         await self._delete_job(self._api("BatchV1Api"), name)
+        if km.config_inline(km.config_text(record)):
+            return  # no ConfigMap was made for it
         core = self._api("CoreV1Api")
         await self._run(f"deleting ConfigMap {name}",
                         lambda: _json(core.delete_namespaced_config_map(name, self.cfg.namespace, **self._opts())),
