@@ -148,7 +148,7 @@ async def test_crash_between_launch_and_record_is_repaired():
 
 
 async def test_a_pass_stops_starting_launches_after_its_time_and_the_next_pass_places_the_rest(monkeypatch):
-    from functions.schedule import service
+    from sentinels.functions.schedule import service
 
     monkeypatch.setattr(service, "APPLY_SECONDS", 0.0)  # every launch after the first is over time
     w = World([node("a", cpu=8)], concurrency=1)
