@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import kmock
+import uvloop
 import yaml
 
 from sentinels.adapters import jetstream
@@ -52,7 +53,7 @@ class SimStack:
         self.source_in_process = source_in_process
         self.claims = claims or {}  # PVC name -> the host directory standing for it (jobs' outputs)
         self.registries = registries or {}  # private registry host -> the pull Secret the cluster wants
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # the simulated API server answers every call on it
         self.thread = threading.Thread(target=self.loop.run_forever, name="simcluster", daemon=True)
         self.api: Optional[ApiServer] = None
         self.sim: Optional[SimCluster] = None

@@ -141,7 +141,9 @@ def main() -> None:
     parser.add_argument("--nats", required=True)
     parser.add_argument("--namespace", default="sentinels")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s source %(levelname)s %(message)s")
-    asyncio.run(_main(parser.parse_args()))
+    import uvloop
+
+    uvloop.run(_main(parser.parse_args()))
 
 
 if __name__ == "__main__":
