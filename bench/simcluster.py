@@ -18,6 +18,7 @@ import argparse
 import ast
 import asyncio
 import json
+import os
 import re
 import sys
 import tempfile
@@ -42,15 +43,55 @@ from tests.simcluster.harness import SimStack
 PASS_RE = re.compile(r"schedule INFO pass: (\{.*\})")
 
 
-def schedule_pid(home: Path):
-    sup = json.loads((home / "run" / "up.pid").read_text())["pid"]
+def processes() -> dict[int, tuple[int, float, str]]:
+    """pid -> (parent pid, CPU seconds so far, command line) of every process on the machine."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == sup and b"serve\x00schedule" in (stat.parent / "cmdline").read_bytes():
-                return int(stat.parent.name)
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\x00", b" ").decode(errors="replace")
+            out[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, cmd)
         except (OSError, ValueError, IndexError):
             continue
+    return out
+
+
+def name_of(cmd: str) -> str:
+    """What a process of the run is, from its command line."""
+    words = cmd.split()
+    if "sentinels.embedded.serve" in words:
+        return words[words.index("sentinels.embedded.serve") + 1]
+    for part, name in (("nats-server", "nats-server"), ("sentinels.embedded.router", "router"),
+                       ("sentinels.exporter", "exporter"), ("sentinels.embedded.supervisor", "supervisor"),
+                       ("tests.simcluster.source", "ApiServerSource stand-in")):
+        if part in cmd:
+            return name
+    return cmd[:40]
+
+
+def cpu_of_run(sim, home: Path) -> dict[str, float]:
+    """CPU seconds so far of each process of the run: the stack `sentinels up` started (its
+    supervisor's descendants), the ApiServerSource stand-in, and this process (the simulated
+    API server and control plane, and the load generator submitting and polling)."""
+    procs = processes()
+    sup = json.loads((home / "run" / "up.pid").read_text())["pid"]
+    ours, grew = {sup}, True
+    while grew:
+        kids = {pid for pid, (parent, _, _) in procs.items() if parent in ours} - ours
+        ours |= kids
+        grew = bool(kids)
+    out = {name_of(procs[pid][2]): procs[pid][1] for pid in ours if pid in procs}
+    if sim.source_proc is not None and sim.source_proc.pid in procs:
+        out["ApiServerSource stand-in"] = procs[sim.source_proc.pid][1]
+    out["simulated cluster + load generator (this process)"] = procs[os.getpid()][1]
+    return out
+
+
+def schedule_pid(home: Path):
+    sup = json.loads((home / "run" / "up.pid").read_text())["pid"]
+    for pid, (parent, _, cmd) in processes().items():
+        if parent == sup and name_of(cmd) == "schedule":
+            return pid
     return None
 
 
@@ -70,8 +111,9 @@ def end_to_end(nodes: int, jobs: int, timeout: float) -> None:
           "MLflow off, one node drained and one deleted midway", flush=True)
     with SimStack(home, cluster_nodes(nodes), config=config, source_in_process=False) as sim:
         specs = job_specs(jobs, duration=(1.0, 5.0))
-        t0 = time.monotonic()
+        cpu_before = cpu_of_run(sim, home)
         result = burst(sim, specs, timeout)
+        cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_of_run(sim, home).items()}
         calls = sim.api.api_calls()
         placed = sum(sim.api.created_jobs.values())
         mem = memory_of(schedule_pid(home))
@@ -85,7 +127,7 @@ def end_to_end(nodes: int, jobs: int, timeout: float) -> None:
                 passes.append(p["snapshot_s"] + p["decide_s"] + p["apply_s"])
             except Exception:
                 pass
-    elapsed = time.monotonic() - t0
+    elapsed = result.seconds  # first submit -> all seen ended (not the stack's shutdown after)
     print(result.line())
     print(f"jobs/s end to end (first submit -> last SUCCEEDED): {result.succeeded / elapsed:.1f} "
           f"({result.succeeded} in {elapsed:.0f} s)   [target >= 50 jobs/s sustained]")
@@ -95,6 +137,12 @@ def end_to_end(nodes: int, jobs: int, timeout: float) -> None:
     print(f"Kubernetes API calls by sentinels per placed job: {calls / max(placed, 1):.2f} "
           f"({calls} calls, {placed} Jobs created: {breakdown})   [target <= 3]")
     print(f"schedule function memory: {mem}")
+    total = sum(cpu.values())
+    print(f"CPU per job, every process of the run ({load()}): {total / jobs * 1000:.1f} ms in all "
+          f"({total:.0f} s of CPU in {elapsed:.0f} s; {total / elapsed:.2f} of {os.cpu_count()} cores busy)")
+    for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        if seconds >= 0.05:
+            print(f"  {name}: {seconds / jobs * 1000:.1f} ms")
 
 
 def _cluster_process(nodes: int, conn) -> None:

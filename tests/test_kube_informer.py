@@ -107,3 +107,24 @@ async def test_a_failing_watch_falls_back_to_listing(api):
         assert api.calls[("python-kubernetes", "LIST")] > lists
     finally:
         cluster._informer.close()
+
+
+async def test_jobs_finds_each_jobs_newest_job_by_its_labels(api):
+    """What the lifecycle's reconcile compares records with. It used to ask for the label
+    `sentinels=sentinels` (the value where the key belongs): a real API server answered no Job,
+    so every job running for over a minute counted as deleted and was requeued."""
+    from tests.test_kube_backend import make_record
+
+    cluster = KubernetesCluster(KubeConfig(namespace="sentinels", host=api.test_url, request_timeout=3),
+                                informer=False)
+    first, other = make_record("aaaaaaaaaa", attempts=1), make_record("bbbbbbbbbb", attempts=1)
+    await cluster.launch(first, {})
+    await cluster.launch(other, {})
+    again = dict(first, attempts=2, k8s_job="sentinels-aaaaaaaaaa-a2")
+    await cluster.launch(again, {})
+    api.create("batch/v1/jobs", {"metadata": {"name": "not-ours", "namespace": "sentinels",
+                                              "labels": {"sentinels.io/job-id": "aaaaaaaaaa"}}})
+    found = await cluster.jobs(["aaaaaaaaaa", "cccccccccc"])
+    assert list(found) == ["aaaaaaaaaa"]
+    assert found["aaaaaaaaaa"]["metadata"]["name"] == "sentinels-aaaaaaaaaa-a2"  # the newer attempt's
+    assert set(await cluster.jobs(["aaaaaaaaaa", "bbbbbbbbbb"])) == {"aaaaaaaaaa", "bbbbbbbbbb"}

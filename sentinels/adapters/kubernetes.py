@@ -419,12 +419,12 @@ class KubernetesCluster:
             return {}
         batch = self._api("BatchV1Api")
         found = await self._list("listing Jobs", batch.list_namespaced_job, self.cfg.namespace,
-                                 label_selector=f"{km.MANAGED_BY}=sentinels")
+                                 label_selector=f"{km.MANAGED_BY_LABEL}={km.MANAGED_BY}")
         out: dict[str, dict] = {}
         for job in found:
             meta = job.get("metadata") or {}
             job_id = (meta.get("labels") or {}).get(km.JOB_ID_LABEL)
-            if job_id in wanted and _labelled(job, km.MANAGED_BY, "sentinels"):
+            if job_id in wanted and _labelled(job, km.MANAGED_BY_LABEL, km.MANAGED_BY):
                 newer = (meta.get("creationTimestamp") or "") >= \
                     ((out.get(job_id) or {}).get("metadata") or {}).get("creationTimestamp", "")
                 if job_id not in out or newer:
