@@ -155,7 +155,7 @@ async def states_of(env, ids) -> dict[str, str | None]:
         jobs = await jetstream.JetStreamJobs.open(nc.jetstream(timeout=10))
         out = {}
         for record in await jobs.all():
-            out[record["id"]] = (record["state"], record.get("updated_at"))
+            out[record["id"]] = (record["state"], record.get("updated_at"), record.get("reason") or "")
         return {i: out.get(i) for i in ids}
     finally:
         await nc.close()
@@ -220,6 +220,12 @@ async def run(n: int, every: float, bound: float) -> int:
     print(f"chaos: kills in turn: {', '.join(k[1] for k in kills)}; {dups[0]} events delivered twice")
     print(f"chaos: {len(accepted)} accepted, states {by_state}")
     print(f"chaos: lost {len(lost)}, ran twice {len(twice)}, stuck {len(stuck)}   [target 0, 0, 0]")
+    ended_otherwise: dict[str, list[str]] = {}  # every job here is trivial: any end but SUCCEEDED is explained
+    for i, s in snapshot.items():
+        if s and s[0] != states.SUCCEEDED:
+            ended_otherwise.setdefault(f"{s[0]}: {s[2]}", []).append(i)
+    for why, which in sorted(ended_otherwise.items()):
+        print(f"chaos: {len(which)} {why} ({' '.join(which[:5])})")
     if not stuck:
         print(f"chaos: last kill to last job terminal: {done_at - last_kill:.1f} s   [bound {bound:.0f} s]")
     for name, ids in (("lost", lost), ("twice", twice), ("stuck", stuck)):

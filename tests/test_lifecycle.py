@@ -7,6 +7,7 @@ with no real dump (evicted pod, deleted Job, removed node) are built from the
 Kubernetes API reference in the tests that need them.
 """
 
+import asyncio
 import copy
 from pathlib import Path
 
@@ -300,6 +301,50 @@ async def test_a_step_decided_on_an_older_attempt_changes_nothing():
     assert third["state"] == "QUEUED" and third["attempts"] == 3 and third["k8s_job"].endswith("-a3")
     heads = await w.queue.heads(["critical", "high", "normal", "low"], 5)
     assert [(seq, e["id"]) for seq, e in heads] == [(third["queue_seq"], first["id"])]
+
+
+async def test_a_requeue_decided_again_after_losing_its_race_still_has_its_queue_entry():
+    """An eviction decided on the SCHEDULED record loses its compare-and-set to the pod's
+    running event and drops its queue entry; decided again on the RUNNING record, it must not
+    get the dropped entry back from the stream's deduplication (the simulated cluster showed
+    records QUEUED with no entry: never scheduled again)."""
+    w = World()
+    _, rec = await w.submitter.submit({"spec": {"image": "python:3.11", "command": ["true"], "name": "race",
+                                                "resources": {"cpu": 1, "memory": "1Gi"}}}, ADMIN, "t", "race")
+    await w.sched.trigger()
+    scheduled, revision = await w.jobs.get(rec["id"])
+    assert scheduled["state"] == "SCHEDULED"
+    assert await w.life.handle(UPDATE, labelled(fixture("pod-running.yaml"), scheduled)) == "running"
+    evicted = lifecycle.requeue_or_fail(scheduled, "evicted: EvictionByEvictionAPI", w.life.policy, False)
+    assert await w.life.apply(scheduled, evicted, "pod:uid:7:disrupted", revision=revision) == "raced"
+    running, revision = await w.jobs.get(rec["id"])
+    assert running["state"] == "RUNNING" and not [s for s, e in await w.queue.heads(["normal"], 5)]
+    again = lifecycle.requeue_or_fail(running, "evicted: EvictionByEvictionAPI", w.life.policy, False)
+    assert await w.life.apply(running, again, "pod:uid:7:disrupted", revision=revision) == "queued"
+    queued = await w.get(rec["id"])
+    heads = await w.queue.heads(["critical", "high", "normal", "low"], 5)
+    assert [(seq, e["id"]) for seq, e in heads] == [(queued["queue_seq"], rec["id"])]
+    await w.sched.trigger()
+    assert (await w.get(rec["id"]))["state"] == "SCHEDULED"
+
+
+async def test_the_same_reprioritize_twice_at_once_keeps_the_queue_entry():
+    w = World()
+    _, rec = await w.submitter.submit({"spec": {"image": "python:3.11", "command": ["true"], "name": "twice",
+                                                "resources": {"cpu": 64, "memory": "1Gi"}}}, ADMIN, "t", "twice")
+    enqueue = w.queue.enqueue
+
+    async def interleaved(*args, **kwargs):  # both requests read the record before either writes
+        await asyncio.sleep(0)
+        return await enqueue(*args, **kwargs)
+
+    w.queue.enqueue = interleaved
+    answers = await asyncio.gather(*(w.submitter.reprioritize({"job": rec["id"], "class": "high"}, ADMIN)
+                                     for _ in range(2)))
+    assert [status for status, _ in answers] == [200, 200]
+    now = await w.get(rec["id"])
+    heads = await w.queue.heads(["critical", "high", "normal", "low"], 5)
+    assert now["priority"] == "high" and [(seq, e["id"]) for seq, e in heads] == [(now["queue_seq"], rec["id"])]
 
 
 async def test_too_many_infrastructure_failures_fail_the_job():

@@ -120,17 +120,26 @@ class LifecycleService:
                 if end.get("exit_code") is not None:
                     changes["exit_code"] = end["exit_code"]
         seq = None
+        # An entry's message id names the revision the step was decided on: steps decided on
+        # one revision share one entry (the winner's), and a step decided again after losing
+        # its race (its entry dropped below) gets a new one: the same id would be deduplicated
+        # by the stream to the dropped entry's sequence, leaving the record QUEUED with no entry.
+        tag = revision
+        if tag is None and (lifecycle.ENQUEUE in step.effects or lifecycle.REQUEUE in step.effects):
+            got = await self.jobs.get(record["id"])
+            tag = got[1] if got else 0
         if lifecycle.ENQUEUE in step.effects:  # built: it joins the queue with its image
             entry = job.queue_entry(job_id=record["id"], spec=step.changes["spec"], klass=record["priority"],
                                     submitted_at=record["submitted_at"])
-            seq = await self.queue.enqueue(entry, msg_id=f"{record['id']}:built")
+            seq = await self.queue.enqueue(entry, msg_id=f"{record['id']}:built:{tag}")
             changes.update(queue_seq=seq, order=seq)
         if lifecycle.REQUEUE in step.effects:
             entry = job.queue_entry(job_id=record["id"], spec=record["spec"], klass=record["priority"],
                                     submitted_at=record["submitted_at"], order=record.get("order"),
                                     owner=record.get("owner"), team=record.get("team"))
             entry["front"] = True
-            seq = await self.queue.enqueue(entry, msg_id=f"{record['id']}:requeue:{record.get('attempts', 1)}", front=True)
+            seq = await self.queue.enqueue(entry, msg_id=f"{record['id']}:requeue:{record.get('attempts', 1)}:{tag}",
+                                           front=True)
             changes.update(queue_seq=seq, queue_front=True)
         expected = record["state"]
         now = self.clock()
@@ -155,6 +164,8 @@ class LifecycleService:
                 # enqueue the same deduplicated entry: if the other one won with it, it stays.
                 current = await self.jobs.get(record["id"])
                 if current is None or current[0].get("queue_seq") != seq:
+                    log.info("job %s: queue entry %d of a step that lost the race dropped (the record has %s)",
+                             record["id"], seq, current[0].get("queue_seq") if current else None)
                     await self.queue.remove(seq)
             return "raced"
         before, after = done
@@ -307,7 +318,7 @@ class LifecycleService:
             return "nothing-to-do"
         # raises Unavailable: redelivered; the job is told why before SIGTERM (file / DisruptionTarget)
         await self.cluster.stop(record, record.get("preempted_note") or f"preempted by {record['preempted_by']}")
-        outcome = await self.apply(record, step, f"preempt:{record.get('attempts', 1)}")
+        outcome = await self.apply(record, step, f"preempt:{record.get('attempts', 1)}", revision=got[1])
         if outcome == "raced":
             return await self.preempt(job_id)
         return outcome

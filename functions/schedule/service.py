@@ -160,6 +160,8 @@ class ScheduleService:
         if record["state"] != states.QUEUED or record.get("queue_seq") != seq:
             if record["state"] in states.ACTIVE and seq > int(record.get("queue_seq") or 0):
                 return False  # a requeue in flight (entry written, record not yet QUEUED): leave it
+            log.info("job %s: queue entry %d dropped (the record is %s with entry %s)", job_id, seq,
+                     record["state"], record.get("queue_seq"))
             await self.queue.remove(seq)  # cancelled, already placed, or a stale copy
             return False
         run = await self._tracking(record)

@@ -250,8 +250,10 @@ class SubmitService:
 
         done = await self.jobs.mutate(record["id"], decide)
         if done is None:
-            await self.queue.remove(seq)
             current = await self._current(record["id"])
+            if current.get("queue_seq") == seq:  # the same request made twice at once: the other did it
+                return 200, current
+            await self.queue.remove(seq)
             raise Refused(f"job {record['id']} changed while reprioritizing (now {current['state']}); try again")
         before, after = done
         await self.queue.remove(old_seq)
