@@ -73,28 +73,35 @@ class SimStack:
     def __enter__(self) -> "SimStack":
         self.thread.start()
         self.run(self._start_cluster())
-        base = natsd.free_block(4)
-        self.env = {**os.environ, "SENTINELS_HOME": str(self.home), "SENTINELS_URL": f"http://127.0.0.1:{base}",
-                    "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "1",
-                    "SENTINELS_BACKEND": "kubernetes", "MLFLOW_TRACKING_URI": "none", **self.extra_env}
-        self.url = self.env["SENTINELS_URL"]
+        self._ports()
         cfg = {"backend": "kubernetes", **self.config,
                "kubernetes": {"host": self.api_url, "namespace": NAMESPACE, "request_timeout": 3,
                               **(self.config.get("kubernetes") or {})}}
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "config.yaml").write_text(yaml.safe_dump(cfg))
         try:
-            try:
-                self._up()
-            except RuntimeError as e:  # the supervisor gives its children 30 s: a loaded machine may need more
-                if "did not start" not in str(e):
-                    raise
-                self._up()
+            for tries_left in (2, 1, 0):
+                try:
+                    self._up()
+                    break
+                except RuntimeError as e:
+                    if tries_left and "address already in use" in str(e):  # taken between the probe and the bind
+                        self._ports()
+                    elif not (tries_left and "did not start" in str(e)):  # a loaded machine may need more than 30 s
+                        raise
         except Exception:
             self.__exit__(None, None, None)
             raise
         self.run(self._start_source())
         return self
+
+    def _ports(self) -> None:
+        """Free ports for the stack (new ones when another process took them first)."""
+        base = natsd.free_block(4)
+        self.env = {**os.environ, "SENTINELS_HOME": str(self.home), "SENTINELS_URL": f"http://127.0.0.1:{base}",
+                    "SENTINELS_NATS_URL": f"nats://127.0.0.1:{natsd.free_port()}", "SENTINELS_TICK": "1",
+                    "SENTINELS_BACKEND": "kubernetes", "MLFLOW_TRACKING_URI": "none", **self.extra_env}
+        self.url = self.env["SENTINELS_URL"]
 
     def _up(self, timeout: float = 240) -> None:
         """`sentinels up -d`, with more patience than the CLI's 60 s (a loaded CI machine
