@@ -76,6 +76,27 @@ class World:
         return [e for e in self.sink.events if e["type"] == f"io.sentinels.{kind}"]
 
 
+async def test_a_pod_that_is_only_starting_reads_no_record_and_changes_nothing():
+    w = World()
+    spec = {"image": "python:3.11", "command": ["true"], "name": "starting", "resources": {"cpu": 1, "memory": "1Gi"}}
+    _, rec = await w.submitter.submit({"spec": spec}, ADMIN, "t", "e-start")
+    await w.sched.trigger()
+    rec = await w.get(rec["id"])
+    reads, get = [], w.jobs.get
+
+    async def counted(job_id):
+        reads.append(job_id)
+        return await get(job_id)
+
+    w.jobs.get = counted
+    pending = labelled(fixture("pod-pending-unschedulable.yaml"), rec)
+    pending["status"] = {"phase": "Pending"}  # just created: no condition, no container status yet
+    assert await w.life.handle(ADD, pending) == "stale" and reads == []
+    pulling = labelled(fixture("pod-errimagepull.yaml"), rec)  # pending with a problem: that one is read
+    assert await w.life.handle(UPDATE, pulling) == "noted" and reads == [rec["id"]]
+    assert (await w.get(rec["id"]))["state"] == "SCHEDULED"
+
+
 async def test_running_then_succeeded_from_real_objects():
     w = World()
     rec = await w.running_job()

@@ -67,6 +67,8 @@ class LifecycleService:
         if obs.job_id is None:
             log.info("ignoring %s %s: no valid sentinels.io/job-id label", obs.kind, obs.name)
             return "ignored"
+        if not lifecycle.needs_record(obs):
+            return "stale"  # what decide() would say, without reading the record
         return await self._job(obs)
 
     async def _job(self, obs: observe.Observation) -> str:

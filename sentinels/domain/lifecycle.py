@@ -122,6 +122,13 @@ def built(record: dict, obs: ob.Observation) -> Optional[Step]:
     return None
 
 
+def needs_record(obs: ob.Observation) -> bool:
+    """Whether `decide` can take anything from this observation: a pod that is only starting
+    (pending with no problem: just created, bound, creating its container) never moves a
+    record, so its events need no read of the store (two of a job's dozen events)."""
+    return not (obs.what == ob.PENDING and not obs.problem and not obs.build)
+
+
 def decide(record: dict, obs: ob.Observation, now: float, policy: Policy = Policy(),
            scheduled_at: Optional[float] = None) -> Optional[Step]:
     """The step this observation asks for, or None (stale, duplicate, or nothing to do)."""

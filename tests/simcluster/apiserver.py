@@ -153,15 +153,20 @@ class Selection:
 
 
 def merge(target: dict, patch: dict) -> dict:
-    """JSON merge patch (RFC 7386): None deletes, dicts merge, the rest replaces."""
+    """JSON merge patch (RFC 7386): None deletes, dicts merge, the rest replaces.
+
+    Returns a new object: what the patch changes is copied, the rest is shared with
+    `target` (stored objects are never changed in place, so versions may share parts;
+    copying whole pods on every status update was a tenth of the simulated cluster's CPU)."""
+    out = dict(target)
     for key, value in patch.items():
         if value is None:
-            target.pop(key, None)
+            out.pop(key, None)
         elif isinstance(value, dict):
-            target[key] = merge(target[key] if isinstance(target.get(key), dict) else {}, value)
+            out[key] = merge(out[key] if isinstance(out.get(key), dict) else {}, value)
         else:
-            target[key] = copy.deepcopy(value)
-    return target
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 class Gone(Exception):
@@ -271,8 +276,8 @@ class ApiServer(kmock.KubernetesScaffold):
         if current is None:
             raise kmock.KubernetesObjectNotFoundError()
         old = current
-        new = merge(copy.deepcopy(current), patch)
-        new["metadata"]["uid"] = old["metadata"]["uid"]
+        new = merge(current, patch)
+        new["metadata"] = dict(new["metadata"], uid=old["metadata"]["uid"])  # its own: _bump writes into it
         self._bump(new)
         self.store[resource][(old["metadata"].get("namespace"), name)] = new
         self._emit(resource, "MODIFIED", new, old)
@@ -295,7 +300,7 @@ class ApiServer(kmock.KubernetesScaffold):
     def _drop(self, resource: str, obj: dict) -> dict:
         meta = obj["metadata"]
         self.store[resource].pop((meta.get("namespace"), meta["name"]), None)
-        gone = copy.deepcopy(obj)
+        gone = dict(obj, metadata=dict(obj["metadata"]))  # the stored versions stay as they were
         self._bump(gone)
         self._emit(resource, "DELETED", gone, obj)
         self.collect_garbage(meta["uid"])

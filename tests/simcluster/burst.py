@@ -25,7 +25,7 @@ from .control import SCRIPT_ENV, NodeShape
 from .harness import SimStack
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
-LOOK_AT = 200  # records read per look while waiting for the burst to end
+LOOK_AT = 100  # records read per look while waiting for the burst to end (up to 200 confirmed a second)
 
 
 def cluster_nodes(n: int) -> list[NodeShape]:
