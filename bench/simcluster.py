@@ -28,7 +28,7 @@ from pathlib import Path
 from common import ROOT, load, nats_server, pct
 
 from foundation import fill
-from sentinels.functions.schedule.service import ScheduleService
+from sentinels.functions.schedule.service import APPLY_SECONDS, ScheduleService
 from sentinels import clock
 from sentinels.adapters import jetstream
 from sentinels.adapters.kube_manifest import KubeConfig
@@ -118,13 +118,15 @@ def end_to_end(nodes: int, jobs: int, timeout: float) -> None:
         placed = sum(sim.api.created_jobs.values())
         mem = memory_of(schedule_pid(home))
         breakdown = {f"{who} {verb}": n for (who, verb), n in sorted(sim.api.calls.items()) if who == "python-kubernetes"}
-    passes = []
+    passes, fixed, placing = [], [], []
     for line in (home / "logs" / "schedule.log").read_text(errors="replace").splitlines():
         m = PASS_RE.search(line)
         if m:
             try:
                 p = ast.literal_eval(m.group(1))  # the function logs a dict repr
                 passes.append(p["snapshot_s"] + p["decide_s"] + p["apply_s"])
+                fixed.append(p["snapshot_s"] + p["decide_s"])
+                placing.append(p["placed"])
             except Exception:
                 pass
     elapsed = result.seconds  # first submit -> all seen ended (not the stack's shutdown after)
@@ -132,8 +134,10 @@ def end_to_end(nodes: int, jobs: int, timeout: float) -> None:
     print(f"jobs/s end to end (first submit -> last SUCCEEDED): {result.succeeded / elapsed:.1f} "
           f"({result.succeeded} in {elapsed:.0f} s)   [target >= 50 jobs/s sustained]")
     if passes:
-        print(f"scheduling pass (placing passes, snapshot + decide + apply): p50 {pct(passes, 50):.3f} s, "
-              f"p99 {pct(passes, 99):.3f} s over {len(passes)} passes   [target <= 1 s]")
+        print(f"scheduling passes during the burst (each starts launches for up to {APPLY_SECONDS:g} s, then the "
+              f"next pass follows): p50 {pct(passes, 50):.2f} s, p99 {pct(passes, 99):.2f} s over {len(passes)} "
+              f"passes placing p50 {pct(placing, 50):.0f} jobs; snapshot + decide p50 {pct(fixed, 50):.2f} s, "
+              f"p99 {pct(fixed, 99):.2f} s   [the <= 1 s target is the pass with 100,000 queued, above]")
     print(f"Kubernetes API calls by sentinels per placed job: {calls / max(placed, 1):.2f} "
           f"({calls} calls, {placed} Jobs created: {breakdown})   [target <= 3]")
     print(f"schedule function memory: {mem}")
