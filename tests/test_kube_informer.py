@@ -128,3 +128,21 @@ async def test_jobs_finds_each_jobs_newest_job_by_its_labels(api):
     assert list(found) == ["aaaaaaaaaa"]
     assert found["aaaaaaaaaa"]["metadata"]["name"] == "sentinels-aaaaaaaaaa-a2"  # the newer attempt's
     assert set(await cluster.jobs(["aaaaaaaaaa", "bbbbbbbbbb"])) == {"aaaaaaaaaa", "bbbbbbbbbb"}
+
+
+async def test_a_snapshot_builds_again_only_the_nodes_that_changed(api):
+    api.create(NODES, NodeShape("a", cpu="8", memory="32Gi").to_object())
+    api.create(NODES, NodeShape("b", cpu="4", memory="16Gi").to_object())
+    cluster = KubernetesCluster(KubeConfig(namespace="sentinels", host=api.test_url, request_timeout=3))
+    try:
+        await settle(cluster, lambda n: cluster._informer.snapshot() is not None)
+        first = {n.name: n for n in cluster._informer.snapshot()}
+        api.create(PODS, pod("p1", "a", cpu="2"))
+        after = await settle(cluster, lambda n: n["a"].free_cpu_millis == 6000)
+        assert after["a"].free_cpu_millis == 6000 and after["a"] is not first["a"]
+        assert after["b"] is first["b"]  # untouched: the same object, not built again
+        api.patch(PODS, "other", "p1", {"status": {"phase": "Succeeded"}})
+        done = await settle(cluster, lambda n: n["a"].free_cpu_millis == 8000)
+        assert done["a"].free_cpu_millis == 8000 and [n.name for n in await cluster.nodes()] == ["a", "b"]
+    finally:
+        cluster._informer.close()
