@@ -5,6 +5,7 @@ alert; old events replayed after the dedupe window; `logs -n` on a huge log; YAM
 """
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -177,6 +178,43 @@ async def test_a_submit_retried_after_the_dedupe_window_records_queued_once(js):
     assert (status, again, same["id"]) == (201, 200, rec["id"])
     assert [e["to"] for e in await history.of(rec["id"])] == ["QUEUED"]
     assert await jetstream.JetStreamQueue(js).counts() == {"normal": 1}
+
+
+def _as_saved_before_the_spawn(jobs, job_id: str) -> None:
+    """The executor killed between starting a run and saving its pid: the state on disk
+    has the pod Pending without a pid."""
+    path = jobs / job_id / "state.json"
+    state = json.loads(path.read_text())
+    state["pod"].update(phase="Pending", pid=None, pgid=None, proc_start=None, started=None)
+    path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("still_running", [False, True])
+async def test_a_run_whose_pid_was_never_saved_keeps_its_real_end(tmp_path, still_running):
+    """Chaos showed a job that had exited 0 reported FAILED ContainerStatusUnknown: the
+    executor died before saving the runner's pid, and its restart ignored the result file."""
+    cap = machine.capacity({"cpu": 8, "memory": "8Gi", "stop_grace": 1})
+    first = Kubelet(tmp_path / "jobs", cap, MemorySink())
+    first.recover()
+    command = [sys.executable, "-c", "import time; time.sleep(1.5)" if still_running else "pass"]
+    try:
+        first.launch(make_record("pppppppppp", command), {})
+        if not still_running:
+            first.children["pppppppppp"].wait(timeout=30)
+        _as_saved_before_the_spawn(tmp_path / "jobs", "pppppppppp")
+        sink = MemorySink()
+        second = Kubelet(tmp_path / "jobs", cap, sink)  # the restarted executor
+        second.recover()
+        deadline = time.monotonic() + 30
+        while second.active():
+            assert time.monotonic() < deadline
+            second.poll()
+            await asyncio.sleep(0.05)
+        await second.flush()
+        assert second.runs["pppppppppp"]["outcome"] == "Complete"
+        assert job_outcome(sink.events[-1])[0] == "Complete"
+    finally:
+        kill_leftovers(tmp_path)
 
 
 async def test_a_job_log_rotates_at_its_size_cap(tmp_path):

@@ -458,8 +458,14 @@ class Kubelet:
                     pod.get("pid") and processes.alive(pod["pid"], pod.get("proc_start")))):
                 log.info("adopted job %s (waiting for its container)", state["job"])
                 continue  # still pulling, or backing off: the next poll goes on with it
-            if pod["phase"] == "Pending" or pod.get("pid") is None:
-                self._ended(state, None, lost_message=objects.LOST_MESSAGE, seen_now=False)
+            if pod.get("pid") is None and self._find_runner(state):
+                log.info("adopted job %s (pid %s, started before its pid was saved)", state["job"], pod["pid"])
+            elif pod["phase"] == "Pending" or pod.get("pid") is None:
+                # its runner's result file still tells how it ended (the executor may have died
+                # between starting it and saving its pid): a job that ran is not called lost
+                written = processes.read_result(self._job_dir(state["job"]) / f"attempt-{pod['attempt']}.exit")
+                code, finished = (written["exit_code"], written.get("finished")) if written else (None, None)
+                self._ended(state, code, finished, lost_message=objects.LOST_MESSAGE, seen_now=False)
             else:
                 ended, code, finished = self._exit_of(state)
                 if not ended:
@@ -467,6 +473,16 @@ class Kubelet:
                     continue
                 self._ended(state, code, finished, lost_message=objects.LOST_MESSAGE, seen_now=False)
             self._save(state)
+
+    def _find_runner(self, state: dict) -> bool:
+        """A runner this attempt started whose pid was never saved, found by its result file
+        argument; adopted (True) when it still runs."""
+        pod = state["pod"]
+        pid = processes.find_by_argument(str(self._job_dir(state["job"]) / f"attempt-{pod['attempt']}.exit"))
+        if pid is None:
+            return False
+        pod.update(pid=pid, pgid=pid, proc_start=processes.proc_start(pid))  # the runner leads its own session
+        return True
 
     # --- reading ----------------------------------------------------------------------------------
     def _describe(self, state: dict) -> str:

@@ -41,6 +41,20 @@ def proc_start(pid: int) -> Optional[int]:
     return int(fields[19]) if fields else None  # field 22 of stat, counted from "state" (field 3)
 
 
+def find_by_argument(argument: str) -> Optional[int]:
+    """The pid of a live process with `argument` on its command line (Linux /proc), else None."""
+    wanted = argument.encode()
+    for entry in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if wanted in entry.read_bytes().split(b"\0"):
+                pid = int(entry.parent.name)
+                if alive(pid, None):
+                    return pid
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def alive(pid: int, started: Optional[int]) -> bool:
     """True when `pid` runs and is the process that was started at `started`."""
     if not pid:
