@@ -22,7 +22,7 @@ from sentinels import auth
 from sentinels.embedded import machine
 from sentinels.embedded.kubelet import Kubelet
 from sentinels.adapters.memory import MemorySink
-from tests.test_local_executor import kill_leftovers, make_record
+from tests.test_local_executor import finish, kill_leftovers, make_record
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="running jobs as another user needs root")
 
@@ -40,16 +40,6 @@ def alive(pid: int) -> bool:
         return "zombie" not in open(f"/proc/{pid}/status").read().lower()
     except OSError:
         return False
-
-
-async def finish(kubelet, job_id, timeout=30):
-    deadline = time.monotonic() + timeout
-    while kubelet.active():
-        assert time.monotonic() < deadline, "the job did not end"
-        kubelet.poll()
-        await asyncio.sleep(0.02)
-    await kubelet.flush()
-    return kubelet.runs[job_id]
 
 
 async def test_a_child_that_left_the_group_with_setsid_is_stopped_too(tmp_path):

@@ -130,6 +130,17 @@ def make_record(job_id: str, command, *, args=(), cpu=1000, memory=2**30, gpu=0,
             "attempts": attempts, "k8s_job": f"sentinels-{job_id}", "spec": spec}
 
 
+async def finish(kubelet, job_id, timeout=30):
+    """Poll a Kubelet until nothing runs, hand its events over, and return the run's state."""
+    deadline = time.monotonic() + timeout
+    while kubelet.active():
+        assert time.monotonic() < deadline, "the job did not end"
+        kubelet.poll()
+        await asyncio.sleep(0.02)
+    await kubelet.flush()
+    return kubelet.runs[job_id]
+
+
 def kill_leftovers(home: Path) -> None:
     for state_file in (home / "jobs").glob("*/state.json"):
         pgid = (json.loads(state_file.read_text()).get("pod") or {}).get("pgid")
@@ -392,12 +403,7 @@ async def test_when_every_slot_is_taken_nothing_else_fits(tmp_path):
         node = kubelet.node()
         assert (node["cpu_millis"], node["free_cpu_millis"], node["free_pods"]) == (8000, 7000, 0)
         kubelet.stop("qqqqqqqqqq")
-        deadline = time.monotonic() + 5
-        while kubelet.active():
-            assert time.monotonic() < deadline
-            kubelet.poll()
-            await asyncio.sleep(0.02)
-        await kubelet.flush()
+        await finish(kubelet, "qqqqqqqqqq", timeout=5)
         assert job_outcome(sink.events[-1]) == ("Failed", "Stopped", "stopped")
         assert kubelet.node()["free_cpu_millis"] == 8000
         assert not kubelet.runs["qqqqqqqqqq"]["outbox"]  # all handed to the sink

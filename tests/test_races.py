@@ -22,7 +22,7 @@ from sentinels.adapters.memory import MemorySink
 from tests.test_alert_function import function, put  # noqa: F401 (fixture)
 from tests.test_alert_notify import record
 from tests.test_lifecycle import ADMIN, UPDATE, World, fixture, labelled
-from tests.test_local_executor import job_outcome, kill_leftovers, make_record
+from tests.test_local_executor import finish, job_outcome, kill_leftovers, make_record
 
 
 async def test_cancel_after_the_job_exited_0_records_success_not_cancelled():
@@ -205,13 +205,7 @@ async def test_a_run_whose_pid_was_never_saved_keeps_its_real_end(tmp_path, stil
         sink = MemorySink()
         second = Kubelet(tmp_path / "jobs", cap, sink)  # the restarted executor
         second.recover()
-        deadline = time.monotonic() + 30
-        while second.active():
-            assert time.monotonic() < deadline
-            second.poll()
-            await asyncio.sleep(0.05)
-        await second.flush()
-        assert second.runs["pppppppppp"]["outcome"] == "Complete"
+        assert (await finish(second, "pppppppppp"))["outcome"] == "Complete"
         assert job_outcome(sink.events[-1])[0] == "Complete"
     finally:
         kill_leftovers(tmp_path)
@@ -224,11 +218,7 @@ async def test_a_job_log_rotates_at_its_size_cap(tmp_path):
     script = "import sys\nfor i in range(2000): print(f'line {i:05d}', flush=i % 100 == 0)"
     try:
         kubelet.launch(make_record("llllllllll", [sys.executable, "-c", script]), {})
-        deadline = time.monotonic() + 30
-        while kubelet.active():
-            assert time.monotonic() < deadline
-            kubelet.poll()
-            await asyncio.sleep(0.02)
+        await finish(kubelet, "llllllllll")
         job_dir = tmp_path / "jobs" / "llllllllll"
         current, older = job_dir / "attempt-1.log", job_dir / "attempt-1.log.1"
         assert current.stat().st_size <= 4096 + 200 and older.stat().st_size <= 4096 + 200
