@@ -108,6 +108,35 @@ async def test_a_job_the_cluster_no_longer_has_is_requeued_after_a_grace(monkeyp
     assert again["state"] == states.QUEUED and again["attempts"] == 2
 
 
+async def test_a_job_gone_from_the_cluster_is_not_requeued_while_the_clusters_events_arrive_late(monkeypatch):
+    """On a loaded machine the lifecycle fell a minute behind the cluster's events: a job that
+    had succeeded and whose Job had expired (TTL) was taken as deleted and ran again. While
+    the events it handles were sent long ago, a missing Job proves nothing."""
+    from datetime import datetime, timedelta, timezone
+
+    w = World()
+    rec = await w.running_job()
+    w.cluster.finish(rec["id"])
+    w.cluster.ended.pop(rec["id"])  # its Job ended and expired; its end waits in the broker
+    monkeypatch.setattr(lifecycle_service, "RECONCILE_GRACE", 0.0)
+    late = (datetime.now(timezone.utc) - timedelta(seconds=45)).isoformat()
+    pending = labelled(fixture("pod-pending-unschedulable.yaml"), rec)  # any cluster event, sent 45 s ago
+    await w.life.handle(UPDATE, pending, "ev-late", late)
+    assert await w.life.reconcile() == 0 and (await w.get(rec["id"]))["state"] == states.RUNNING
+    done = labelled(fixture("pod-succeeded.yaml"), rec)  # the end arrives after all
+    assert await w.life.handle(UPDATE, done, "ev-end", datetime.now(timezone.utc).isoformat()) == "succeeded"
+    assert (await w.get(rec["id"]))["attempts"] == 1
+
+    other = await w.running_job()  # caught up again: a Job that is gone is gone
+    w.cluster.running.pop(other["id"])
+    assert await w.life.reconcile() == 1 and (await w.get(other["id"]))["state"] == states.QUEUED
+    monkeypatch.setattr(lifecycle_service, "LAG_MEMORY", 0.0)  # and a late event long ago holds nothing back
+    w.life._lag = (45.0, 0.0)
+    third = await w.running_job()
+    w.cluster.running.pop(third["id"])
+    assert await w.life.reconcile() == 1
+
+
 async def test_a_running_job_is_left_alone():
     w = World()
     rec = await w.running_job()

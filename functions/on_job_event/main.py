@@ -59,7 +59,7 @@ async def on_job_event(request):
         svc = await SERVICE.get()
         kind, data = ce["type"], ce["data"]
         if kind.startswith("dev.knative.apiserver.resource."):
-            outcome = await svc.handle(kind, data if isinstance(data, dict) else {}, ce["id"])
+            outcome = await svc.handle(kind, data if isinstance(data, dict) else {}, ce["id"], ce.get("time"))
         elif kind == events.JOB_CANCEL_REQUESTED:
             outcome = await svc.cancel((data or {}).get("job"))
         elif kind == events.JOB_PREEMPT_REQUESTED:

@@ -8,6 +8,7 @@ the CAS and the effects finishes the effects once more without a second transiti
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -31,6 +32,13 @@ EARLY = (observe.RUNNING, observe.SUCCEEDED, observe.FAILED)  # observations tha
 FULL_SCAN_EVERY = 10
 RECONCILE_CONCURRENCY = 16  # records repaired at once (each a few store round trips)
 RECONCILE_GRACE = 60.0  # seconds a SCHEDULED/RUNNING record may have no Job before it counts as deleted
+# A Job gone from the cluster counts as deleted only while this function keeps up with the
+# cluster's events: when the last one it handled was sent more than this long before, the
+# Job's own end may still wait in the broker (a loaded machine: 459 jobs of a burst whose
+# Jobs had ended and expired were requeued and ran twice). A lag older than LAG_MEMORY
+# seconds (nothing came since) no longer holds the reconcile back.
+LAG_TOLERATED = 10.0
+LAG_MEMORY = 60.0
 VERDICT_WAIT_SECONDS = 20.0
 
 
@@ -54,10 +62,18 @@ class LifecycleService:
     owed_mlflow: set = field(default_factory=set)
     board: Optional[Board] = None  # where the owed set survives restarts
     _reconciles: int = 0
+    _lag: tuple = (0.0, float("-inf"))  # (seconds the last cluster event waited, time.monotonic() then)
     peaks: Optional[PeakUsage] = None  # a finished job's peaks for MLflow (Kubernetes); None: not here
 
-    async def handle(self, event_type: str, obj: dict, event_id: str = "") -> str:
-        """Apply one ApiServerSource-shaped event; returns a word for logs and tests."""
+    async def handle(self, event_type: str, obj: dict, event_id: str = "", sent_at: Optional[str] = None) -> str:
+        """Apply one ApiServerSource-shaped event; returns a word for logs and tests.
+
+        `sent_at`: the event's `time`, to know how far behind the cluster's events this is."""
+        if sent_at:
+            try:
+                self._lag = (max(0.0, parse_iso(self.clock()) - parse_iso(sent_at)), time.monotonic())
+            except (ValueError, TypeError):
+                pass
         name = (obj.get("metadata") or {}).get("name") if isinstance(obj, dict) else None
         obs = observe.observe(event_type, obj, self._node_states.get(name))
         if obs is None:
@@ -260,13 +276,17 @@ class LifecycleService:
             return 0
         current = await self.cluster.jobs([r["id"] for r in active])
         now = parse_iso(self.clock())
+        lag, seen = self._lag
+        caught_up = lag < LAG_TOLERATED or time.monotonic() - seen > LAG_MEMORY
+        if not caught_up:
+            log.info("reconcile: the cluster's events arrive %.0f s late; no Job is taken as deleted now", lag)
         gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
 
         async def repair(record: dict) -> bool:
             obj = current.get(record["id"])
             if obj is not None:
                 obs = observe.observe(events.APISERVER_UPDATE, obj)
-            elif now - parse_iso(record.get("updated_at") or self.clock()) >= RECONCILE_GRACE:
+            elif now - parse_iso(record.get("updated_at") or self.clock()) >= RECONCILE_GRACE and caught_up:
                 obs = observe.Observation(kind="Job", what=observe.DELETED, name=record.get("k8s_job"),
                                           job_id=record["id"], uid="reconcile", deleted=True,
                                           resource_version=record.get("updated_at"), attempt=record.get("attempts"),
