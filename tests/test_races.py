@@ -18,6 +18,7 @@ from sentinels import clock, logfiles
 from sentinels.domain import events, states
 from sentinels.embedded import machine
 from sentinels.embedded.kubelet import Kubelet
+from sentinels.adapters import logs
 from sentinels.adapters.memory import MemorySink
 from tests.test_alert_function import function, put  # noqa: F401 (fixture)
 from tests.test_alert_notify import record
@@ -83,6 +84,9 @@ def test_tail_edge_cases(tmp_path):
     assert logfiles.tail(log, None, 1024)[0] == ["a", "b", "c"]
     assert logfiles.tail(log, 0, 1024)[0] == []
     assert logfiles.tail(log, 10, 3)[0] == ["c"]  # cut at max_bytes; the partial first line is dropped
+    # the read API's file source: every line when no tail is asked for, nothing for no file
+    assert logs.tail_lines(log, None) == (["a", "b", "c"], 5) and logs.tail_lines(log, 1) == (["c"], 5)
+    assert logs.tail_lines(tmp_path / "never-written", 3) == ([], 0)
 
 
 def test_yaml_alias_bomb_is_refused_before_expansion(tmp_path):

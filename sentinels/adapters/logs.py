@@ -8,34 +8,21 @@ Neither knows when a line was written, so `since` is a note there, not a filter.
 
 import asyncio
 import logging
-import os
 from pathlib import Path
+
+from .. import logfiles
 
 log = logging.getLogger("sentinels.logs")
 
-BLOCK = 64 * 1024
+WHOLE_FILE = 1 << 62  # no byte cap: `logs` without -n gets every line
 
 
 def tail_lines(path: Path, n: int | None) -> tuple[list[str], int]:
-    """The last `n` lines of a file (all when None) and the size read up to, reading backwards."""
+    """The last `n` lines of a file (all when None) and its size, read backwards from its end."""
     try:
-        f = open(path, "rb")
+        return logfiles.tail(path, n, WHOLE_FILE)
     except FileNotFoundError:
         return [], 0
-    with f:
-        end = f.seek(0, os.SEEK_END)
-        if n is None:
-            f.seek(0)
-            data = f.read(end)
-        else:
-            data, pos = b"", end
-            while pos > 0 and data.count(b"\n") <= n:
-                step = min(BLOCK, pos)
-                pos -= step
-                f.seek(pos)
-                data = f.read(step) + data
-        lines = data.decode(errors="replace").splitlines()
-        return (lines[-n:] if n is not None else lines) if n != 0 else [], end
 
 
 def read_from(path: Path, offset: int) -> tuple[list[str], int]:
