@@ -357,10 +357,13 @@ class Kubelet:
             self._save(state)
         return {"stopping": True, "job": job_id, "state": self._describe(state)}
 
+    def _result(self, state: dict) -> Path:
+        """Where the current attempt's runner writes how it ended."""
+        return self._job_dir(state["job"]) / f"attempt-{state['pod']['attempt']}.exit"
+
     def _exit_of(self, state: dict) -> tuple[bool, Optional[int], Optional[str]]:
         """(ended, exit code, finished time) of the current attempt."""
-        pod = state["pod"]
-        result = self._job_dir(state["job"]) / f"attempt-{pod['attempt']}.exit"
+        pod, result = state["pod"], self._result(state)
         popen = self.children.get(state["job"])
         if popen is not None:
             code = processes.exit_code(popen)
@@ -460,13 +463,7 @@ class Kubelet:
                 continue  # still pulling, or backing off: the next poll goes on with it
             if pod.get("pid") is None and self._find_runner(state):
                 log.info("adopted job %s (pid %s, started before its pid was saved)", state["job"], pod["pid"])
-            elif pod["phase"] == "Pending" or pod.get("pid") is None:
-                # its runner's result file still tells how it ended (the executor may have died
-                # between starting it and saving its pid): a job that ran is not called lost
-                written = processes.read_result(self._job_dir(state["job"]) / f"attempt-{pod['attempt']}.exit")
-                code, finished = (written["exit_code"], written.get("finished")) if written else (None, None)
-                self._ended(state, code, finished, lost_message=objects.LOST_MESSAGE, seen_now=False)
-            else:
+            else:  # its runner's result file tells how it ended, also when its pid was never saved
                 ended, code, finished = self._exit_of(state)
                 if not ended:
                     log.info("adopted job %s (pid %s)", state["job"], pod["pid"])
@@ -478,7 +475,7 @@ class Kubelet:
         """A runner this attempt started whose pid was never saved, found by its result file
         argument; adopted (True) when it still runs."""
         pod = state["pod"]
-        pid = processes.find_by_argument(str(self._job_dir(state["job"]) / f"attempt-{pod['attempt']}.exit"))
+        pid = processes.find_by_argument(str(self._result(state)))
         if pid is None:
             return False
         pod.update(pid=pid, pgid=pid, proc_start=processes.proc_start(pid))  # the runner leads its own session
