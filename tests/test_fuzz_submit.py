@@ -22,6 +22,7 @@ from sentinels.adapters import jetstream
 from sentinels.domain import events
 from sentinels.domain.spec import FIELDS
 from sentinels.embedded import natsd
+from sentinels.functions.submit.openapi import DOCUMENT
 from tests.conftest import FunctionServer
 
 STREAMS = ("KV_" + jetstream.JOBS_BUCKET, jetstream.QUEUE_STREAM, jetstream.HISTORY_STREAM)
@@ -182,3 +183,5 @@ def test_wrong_shapes_methods_paths_and_content_types(submit, method, path, head
     r = client.request(method, path, content=body, headers=headers)
     assert r.status_code == status and r.json()["error"], r.text
     assert store.written() == before
+    if (method, path) == ("POST", "/"):  # the write's answers are in the OpenAPI document
+        assert str(status) in DOCUMENT["paths"]["/"]["post"]["responses"]

@@ -115,7 +115,7 @@ DOCUMENT = {
                                                  "reprioritize: {job, priority}"}}}},
             "responses": {"200": _json({"type": "object"}, "done (or already done: retries are safe)"),
                           "201": _json({"type": "object"}, "created"),
-                          **_errors(400, 401, 403, 404, 409, 413, 503)}}},
+                          **_errors(400, 401, 403, 404, 409, 413, 415, 503)}}},
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
