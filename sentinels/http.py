@@ -69,10 +69,17 @@ async def read_event(request) -> dict:
     return event
 
 
+def path_of(request) -> str:
+    """The request's path as sent (percent-decoded). Not `request.url.path`: building a URL drops
+    tabs and newlines, so `/v1/jobs/%09` would be answered as `/v1/jobs/`."""
+    return request.scope["path"]
+
+
 def misrouted(request) -> Response | None:
     """404 for any path but `/`, 405 for any method but GET (health) and POST (events)."""
-    if request.url.path not in ("/", ""):
-        return JSONResponse({"error": f"no such path {request.url.path!r}: events are POSTed to /"}, status_code=404)
+    path = path_of(request)
+    if path not in ("/", ""):
+        return JSONResponse({"error": f"no such path {path!r}: events are POSTed to /"}, status_code=404)
     if request.method not in ("GET", "POST"):
         return JSONResponse({"error": f"method {request.method} not allowed: POST a CloudEvent to /"},
                             status_code=405, headers={"allow": "GET, POST"})

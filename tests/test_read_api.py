@@ -66,6 +66,15 @@ def test_unknown_job_is_404_with_the_id(stack):
     assert api_get(fn.url, "/v1/nothing", TOKENS["alice"])[0] == 404
 
 
+def test_a_tab_or_space_for_an_id_is_an_unknown_job_not_the_listing(stack):
+    """A URL parser drops tabs: `/v1/jobs/%09` must not be answered as `/v1/jobs/`."""
+    fn, _ = stack
+    for job_id, shown in (("%09", "\t"), ("%20", " ")):
+        for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/history"):
+            status, body = api_get(fn.url, path, TOKENS["alice"])
+            assert status == 404 and f"job {shown} not found" == body["error"], (path, body)
+
+
 def test_listing_newest_first_paged_by_owner_and_state(stack):
     fn, _ = stack
     ids = [submit(fn, "bob", name=f"page-{i}")["id"] for i in range(5)]

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from sentinels.domain import reads, times
 from sentinels.domain.errors import InvalidSpec, NotFound
+from sentinels.http import path_of
 
 from sentinels.functions.submit.openapi import DOCUMENT
 
@@ -87,7 +88,7 @@ def _header_safe(text: str) -> str:
 
 async def get(request, who: dict, svc) -> Response:
     """Answer one GET below /v1 for the caller `who`; raises domain errors for 4xx."""
-    name, args = route(request.url.path)
+    name, args = route(path_of(request))
     query = request.query_params
     unknown = set(query) - PARAMS[name]
     if unknown:

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from sentinels import clock, wiring
 from sentinels.domain import events
 from sentinels.domain.errors import InvalidSpec, NotFound
-from sentinels.http import error_response, misrouted, read_event
+from sentinels.http import error_response, misrouted, path_of, read_event
 from sentinels import expected_secrets
 from sentinels.settings import Settings
 
@@ -73,7 +73,7 @@ async def write(request):
 
 @functions_framework.aio.http
 async def submit(request):
-    path = request.url.path
+    path = path_of(request)
     if not (request.method == "GET" and (path == "/openapi.json" or path.startswith("/v1/"))):
         wrong = misrouted(request)
         if wrong is not None:
