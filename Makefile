@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: check
-	$(BIN)/python -m pytest -q -rs --reruns 2 --reruns-delay 2
+	$(BIN)/python -m pytest -q -rsR --reruns 2 --reruns-delay 2
 
 # the architecture: import contracts and types ([tool.importlinter] and [tool.mypy] in pyproject.toml)
 check: $(STAMP)
